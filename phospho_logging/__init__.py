@@ -1,0 +1,26 @@
+"""Ship LLM tasks to phospho with the logging tools you already use.
+
+A log record that carries an ``input`` (``extra={"input": ..., "output": ...}``) becomes a
+phospho task, snapshotted on the caller's thread and sent in batches by a worker thread.
+Without credentials, tasks go to a local SQLite store instead.
+"""
+
+from __future__ import annotations
+
+from ._context import context
+from ._handlers import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener
+from ._pipeline import Pipeline, configure, flush, shutdown, stats
+from ._version import __version__
+
+__all__ = [
+    "PhosphoHandler",
+    "PhosphoQueueHandler",
+    "PhosphoQueueListener",
+    "Pipeline",
+    "__version__",
+    "configure",
+    "context",
+    "flush",
+    "shutdown",
+    "stats",
+]

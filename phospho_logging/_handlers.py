@@ -1,0 +1,281 @@
+"""The logging handlers: the asynchronous pair and the sending handler.
+
+* ``PhosphoQueueHandler`` snapshots a task-carrying record on the caller's thread
+  (``prepare``) and puts it on a queue without blocking.
+* ``PhosphoQueueListener`` drains that queue on one thread: it batches and sends through
+  the exporter of the ``PhosphoHandler`` it was given, and passes records on to any other
+  handlers, as the stdlib listener does.
+* ``PhosphoHandler`` holds the options and the exporter. Attached to a logger directly
+  (or behind the stdlib ``QueueListener``), it runs a queue and worker of its own, so the
+  caller's thread never does network I/O either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import queue as queue_module
+import threading
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from . import _capture, _context, _diag
+from ._config import Options, resolve
+from ._store import LocalStoreExporter
+from ._task import carries_task, snapshot_record
+from ._transport import Exporter, HTTPExporter
+from ._worker import PENDING_ATTR, WORKER_THREADS, ProducerCounters, Worker, offer
+
+_new_record = logging.LogRecord.__new__
+
+
+def make_exporter(options: Options) -> Exporter:
+    """The HTTP exporter with credentials, the local store without."""
+    if options.online:
+        assert options.api_key is not None
+        return HTTPExporter(options.endpoint, options.api_key)
+    return LocalStoreExporter(options.store_path())
+
+
+def _report_emit_error(exc: BaseException) -> None:
+    _diag.warn_once("emit_error", "a record could not be turned into a task: %r", exc)
+
+
+class PhosphoHandler(logging.Handler):
+    """Turns task-carrying records into phospho events and ships them asynchronously.
+
+    Args:
+        level: the handler's level.
+        **options: any option of ``phospho_logging.configure`` (``api_key``,
+            ``project_id``, ``base_url``, ``local_dir``, ``max_batch_size``, ...);
+            unset options come from ``PHOSPHO_*`` environment variables.
+    """
+
+    def __init__(self, level: int = logging.NOTSET, **options: Any) -> None:
+        super().__init__(level)
+        self.options: Options = resolve(options)
+        self.exporter: Exporter = make_exporter(self.options)
+        self.counters = ProducerCounters()
+        self._queue: "queue_module.SimpleQueue[Any]" = queue_module.SimpleQueue()
+        self.worker = Worker(self._queue, self.exporter, self.options, self.counters)
+
+    def __repr__(self) -> str:
+        return f"<PhosphoHandler {self.exporter.destination} ({logging.getLevelName(self.level)})>"
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        # No handler lock: emit only enqueues, and the queue is thread-safe.
+        if self.filters:
+            rv = self.filter(record)
+            if not rv:
+                return False
+            if isinstance(rv, logging.LogRecord):
+                record = rv
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Snapshot the record (unless a queue handler already did) and enqueue it."""
+        try:
+            pending = record.__dict__.get(PENDING_ATTR)
+            if pending is None:
+                if record.thread in WORKER_THREADS or not carries_task(record):
+                    return
+                o = self.options
+                pending = snapshot_record(record, o.input_to_str, o.output_to_str, _context.current())
+            if _capture.active:
+                _capture.deliver_record(record, lambda: pending, self.options)
+                return
+            self.worker.start()
+            offer(self._queue, pending, self.counters, self.options.max_queue_size)
+        except Exception as exc:  # noqa: BLE001 - never raise into the application
+            _report_emit_error(exc)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
+        """Wait until the tasks this handler accepted are delivered (see ``Worker.flush``)."""
+        return self.worker.flush(timeout)
+
+    def close(self) -> None:
+        """Deliver what is queued within ``shutdown_timeout``, then release resources."""
+        self.worker.stop()
+        super().close()
+
+    def stats(self) -> Dict[str, Any]:
+        """Delivery counters (see the README)."""
+        return self.worker.stats()
+
+
+class PhosphoQueueListener(logging.handlers.QueueListener):
+    """Drains a ``PhosphoQueueHandler``'s queue on one thread, batching and sending.
+
+    The signature is the stdlib's. The first ``PhosphoHandler`` among ``handlers`` gives
+    the options and the exporter (one built from the environment if there is none); other
+    handlers receive every record, as with the stdlib listener.
+    """
+
+    def __init__(self, queue: Any, *handlers: logging.Handler, respect_handler_level: bool = False) -> None:
+        super().__init__(queue, *handlers, respect_handler_level=respect_handler_level)
+        senders = [h for h in handlers if isinstance(h, PhosphoHandler)]
+        self.sender: PhosphoHandler = senders[0] if senders else PhosphoHandler()
+        self.others = [h for h in handlers if h is not self.sender]
+        self.counters = ProducerCounters()
+        self.worker = Worker(
+            queue,
+            self.sender.exporter,
+            self.sender.options,
+            self.counters,
+            forward=self._forward if self.others else None,
+            name="phospho-logging-listener",
+        )
+
+    def _forward(self, record: logging.LogRecord) -> None:
+        for handler in self.others:
+            if not self.respect_handler_level or record.levelno >= handler.level:
+                try:
+                    handler.handle(record)
+                except Exception as exc:  # noqa: BLE001
+                    _diag.warn_once("forward_error", "handler %r failed: %r", handler, exc)
+
+    def start(self) -> None:
+        """Start the listener thread (once)."""
+        self.worker.start()
+        self._thread = self.worker._thread  # what the stdlib API exposes
+
+    def stop(self, timeout: Optional[float] = None) -> None:  # type: ignore[override]
+        """Deliver what is queued within ``timeout`` (default ``shutdown_timeout``), then end."""
+        self.worker.stop(timeout)
+        self._thread = None
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until everything enqueued before the call is delivered."""
+        return self.worker.flush(timeout)
+
+    def stats(self) -> Dict[str, Any]:
+        """Delivery counters (see the README)."""
+        return self.worker.stats()
+
+    @property
+    def direct(self) -> bool:
+        """True when only our sender listens, so bare snapshots can go on the queue."""
+        return not self.others
+
+
+class PhosphoQueueHandler(logging.handlers.QueueHandler):
+    """Snapshots task-carrying records on the caller's thread and enqueues them.
+
+    The signature is the stdlib's plus optional keywords. Records without an ``input``
+    are ignored at the cost of one dict lookup. A full queue drops the task and counts
+    it; the caller never blocks.
+
+    Args:
+        queue: any queue with ``put_nowait``; ``None`` makes an unbounded
+            ``queue.SimpleQueue`` bounded by ``max_queue_size``.
+        max_queue_size: the bound for queues without a ``maxsize`` of their own.
+        input_to_str, output_to_str: text functions run on the caller's thread (default:
+            those of the listener's ``PhosphoHandler``).
+    """
+
+    def __init__(
+        self,
+        queue: Any = None,
+        *,
+        max_queue_size: Optional[int] = None,
+        input_to_str: Any = None,
+        output_to_str: Any = None,
+    ) -> None:
+        super().__init__(queue if queue is not None else queue_module.SimpleQueue())
+        self._own_options = resolve(
+            {"max_queue_size": max_queue_size, "input_to_str": input_to_str, "output_to_str": output_to_str},
+            environ={},
+        )
+        self._input_to_str = self._own_options.input_to_str
+        self._output_to_str = self._own_options.output_to_str
+        self._explicit_max = max_queue_size
+        self._max_queue_size = self._queue_bound(Options.max_queue_size)
+        self._listener: Optional[logging.handlers.QueueListener] = None
+        self._direct = False
+        self.counters = ProducerCounters()
+
+    @property  # type: ignore[override]
+    def listener(self) -> Optional[logging.handlers.QueueListener]:
+        """The listener draining this handler's queue (dictConfig sets it on 3.12+)."""
+        return self._listener
+
+    @listener.setter
+    def listener(self, listener: Optional[logging.handlers.QueueListener]) -> None:
+        self._listener = listener
+        self._direct = isinstance(listener, PhosphoQueueListener) and listener.direct
+        if isinstance(listener, PhosphoQueueListener):
+            listener.worker.producer = self.counters
+            sender = listener.sender.options
+            self._input_to_str = self._own_options.input_to_str or sender.input_to_str
+            self._output_to_str = self._own_options.output_to_str or sender.output_to_str
+            self._max_queue_size = self._queue_bound(sender.max_queue_size)
+
+    def _queue_bound(self, default: int) -> int:
+        # A queue with a maxsize of its own enforces it; ours are bounded by the option.
+        maxsize = getattr(self.queue, "maxsize", 0) or 0
+        return maxsize if maxsize > 0 else (self._explicit_max or default)
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        # The hot path: no handler lock (the queue is thread-safe) and the cheapest
+        # possible test for records that are not tasks.
+        if "input" not in record.__dict__ and not (type(record.msg) is dict and "input" in record.msg):
+            return False
+        if self.filters:
+            rv = self.filter(record)
+            if not rv:
+                return False
+            if isinstance(rv, logging.LogRecord):
+                record = rv
+        self.emit(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Enqueue the snapshot of a task-carrying record; ignore other records."""
+        try:
+            if record.thread in WORKER_THREADS or not carries_task(record):
+                return
+            item = self.prepare(record)
+            if _capture.active:
+                pending = getattr(item, PENDING_ATTR, item)
+                _capture.deliver_record(record, lambda: pending, self._listener_options())
+                return
+            offer(self.queue, item, self.counters, self._max_queue_size)
+        except Exception as exc:  # noqa: BLE001 - never raise into the application
+            _report_emit_error(exc)
+
+    def prepare(self, record: logging.LogRecord) -> Any:
+        """Snapshot the record into a task, on the caller's thread.
+
+        With a ``PhosphoQueueListener`` that has no other handlers, the snapshot itself is
+        enqueued. Otherwise a copy of the record carries it, with ``msg`` rendered and
+        ``args``/``exc_info`` cleared as the stdlib does (a structlog event dict in
+        ``msg`` is kept as is, for a downstream ``ProcessorFormatter``).
+        """
+        pending = snapshot_record(record, self._input_to_str, self._output_to_str, _context.current())
+        if self._direct:
+            return pending
+        copy = _new_record(logging.LogRecord)
+        copy.__dict__.update(record.__dict__)
+        if type(record.msg) is not dict and pending.log is not None:
+            copy.msg = pending.log[2]
+            copy.args = None
+        copy.exc_info = None
+        if pending.log is not None and pending.log[6] is not None:
+            copy.exc_text = pending.log[6]
+        copy.__dict__[PENDING_ATTR] = pending
+        return copy
+
+    def _listener_options(self) -> Options:
+        if isinstance(self._listener, PhosphoQueueListener):
+            return self._listener.sender.options
+        return self._own_options
+
+    def stats(self) -> Dict[str, Any]:
+        """Delivery counters of this handler's pipeline."""
+        if isinstance(self._listener, PhosphoQueueListener):
+            return self._listener.stats()
+        for handler in getattr(self._listener, "handlers", ()):
+            if isinstance(handler, PhosphoHandler):
+                return handler.stats()
+        return {}

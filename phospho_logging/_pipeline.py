@@ -1,0 +1,141 @@
+"""``configure()``: one asynchronous pipeline attached to a logger, and its handle."""
+
+from __future__ import annotations
+
+import logging
+import queue as queue_module
+import sys
+import threading
+from typing import Any, Dict, Optional, Set, Union
+
+from ._handlers import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener
+
+_lock = threading.Lock()
+_current: Optional["Pipeline"] = None
+_noticed: Set[str] = set()
+
+
+class Pipeline:
+    """The handle ``configure()`` returns: a queue handler on a logger, a listener thread
+    that batches and sends, and the sending handler with the options."""
+
+    def __init__(self, logger: logging.Logger, options: Dict[str, Any]) -> None:
+        self.logger = logger
+        self.sender = PhosphoHandler(**options)
+        self.options = self.sender.options
+        q: "queue_module.SimpleQueue[Any]" = queue_module.SimpleQueue()
+        self.listener = PhosphoQueueListener(q, self.sender)
+        self.handler = PhosphoQueueHandler(q)
+        self.handler.listener = self.listener
+
+    def __repr__(self) -> str:
+        return f"<phospho_logging pipeline on {self.logger.name!r} -> {self.sender.exporter.destination}>"
+
+    def start(self) -> None:
+        self.listener.start()
+        self.logger.addHandler(self.handler)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every task logged before the call is delivered; True if all were.
+
+        ``None`` waits as long as the retry budget allows. False means a timeout, or tasks
+        dropped or rejected since the last flush (``stats()`` says which).
+        """
+        return self.listener.flush(timeout)
+
+    def shutdown(self, timeout: Optional[float] = None) -> None:
+        """Detach from the logger, deliver what is queued within ``timeout`` (default
+        ``shutdown_timeout``), and stop the worker. Later tasks on the logger are ignored."""
+        self.logger.removeHandler(self.handler)
+        self.listener.stop(timeout)
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters: ``enqueued == sent + rejected + dropped + queued + spooled``."""
+        return self.listener.stats()
+
+
+def configure(
+    api_key: Optional[str] = None,
+    project_id: Optional[str] = None,
+    base_url: Optional[str] = None,
+    logger: Union[str, logging.Logger] = "phospho",
+    local_dir: Optional[str] = None,
+    **options: Any,
+) -> Pipeline:
+    """Ship task-carrying records of ``logger`` to phospho, or to the local store offline.
+
+    Unset values come from ``PHOSPHO_API_KEY``, ``PHOSPHO_PROJECT_ID``,
+    ``PHOSPHO_BASE_URL``, ``PHOSPHO_LOCAL_DIR`` and the other ``PHOSPHO_*`` variables.
+    Calling it again replaces the previous pipeline: that one is detached at once and
+    delivers what it had queued in the background, so no task is sent twice or lost.
+
+    Args:
+        api_key: the phospho API key.
+        project_id: the phospho project id.
+        base_url: the API root (default ``https://api.phospho.ai``).
+        logger: a logger name, a ``Logger``, or ``""`` for the root logger.
+        local_dir: where the local store lives when there are no credentials.
+        **options: ``max_batch_size``, ``max_batch_bytes``, ``flush_interval``,
+            ``max_queue_size``, ``timeout``, ``shutdown_timeout``, ``max_attempts``,
+            ``max_field_chars``, ``version_id``, ``input_to_str``, ``output_to_str``,
+            ``allow_insecure_http``.
+
+    Returns:
+        The pipeline handle, with ``flush``, ``shutdown`` and ``stats``.
+    """
+    global _current
+    target = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger or None)
+    all_options = dict(options, api_key=api_key, project_id=project_id, base_url=base_url, local_dir=local_dir)
+    pipeline = Pipeline(target, all_options)
+    with _lock:
+        previous, _current = _current, pipeline
+    if previous is not None:
+        previous.logger.removeHandler(previous.handler)
+        previous.listener.worker.stop(wait=False)
+    if target.level == logging.NOTSET and target is not logging.getLogger():
+        # A named logger inherits the root's WARNING by default, which would drop info().
+        target.setLevel(logging.INFO)
+    pipeline.start()
+    _notice(pipeline)
+    return pipeline
+
+
+def _notice(pipeline: Pipeline) -> None:
+    destination = pipeline.sender.exporter.destination
+    if pipeline.options.online or destination in _noticed:
+        return
+    _noticed.add(destination)
+    try:
+        sys.stderr.write(
+            f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks are kept in the "
+            f"{destination}.\nphospho-logging: see them with `phospho-logging tail`; "
+            "set both variables to send them to phospho.\n"
+        )
+    except Exception:  # noqa: BLE001 - a closed stderr must not break configure()
+        pass
+
+
+def current() -> Optional[Pipeline]:
+    """The pipeline of the last ``configure()`` call, if any."""
+    return _current
+
+
+def flush(timeout: Optional[float] = None) -> bool:
+    """Flush the configured pipeline (True if nothing is configured)."""
+    pipeline = _current
+    return True if pipeline is None else pipeline.flush(timeout)
+
+
+def shutdown(timeout: Optional[float] = None) -> None:
+    """Shut the configured pipeline down (see ``Pipeline.shutdown``)."""
+    global _current
+    with _lock:
+        pipeline, _current = _current, None
+    if pipeline is not None:
+        pipeline.shutdown(timeout)
+
+
+def stats() -> Dict[str, Any]:
+    """Counters of the configured pipeline (empty if nothing is configured)."""
+    pipeline = _current
+    return {} if pipeline is None else pipeline.stats()

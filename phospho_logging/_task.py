@@ -1,0 +1,397 @@
+"""Record -> task: pure functions, no I/O.
+
+The work is split in two so the caller pays little:
+
+* ``snapshot_*`` runs on the caller's thread. It copies what the task needs out of the
+  record into JSON-safe values (so later mutation by the app cannot change the task) and
+  runs the user's own text functions, which need the original objects.
+* ``build_event`` runs on the worker. It extracts text, fills the protocol fields, enforces
+  the backend's strict types and the size caps, and returns an event that passes the
+  backend's validation whatever the input was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+import uuid
+from itertools import islice
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from ._extract import detect, input_text, output_text
+from ._serialize import JSON, to_jsonable
+
+#: Attributes every LogRecord has, read off a real one so new ones (3.12's ``taskName``)
+#: are never mistaken for user extras; plus those that formatters add later.
+STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+#: Keys with a meaning of their own; every other extra goes into the task's metadata.
+TASK_KEYS = (
+    "input",
+    "output",
+    "metadata",
+    "session_id",
+    "task_id",
+    "user_id",
+    "version_id",
+    "flag",
+    "raw_input",
+    "raw_output",
+    "input_to_str",
+    "output_to_str",
+)
+_ID_KEYS = ("session_id", "task_id", "user_id", "version_id")
+_IGNORED = STANDARD_ATTRS | {"input_to_str", "output_to_str"}
+_FLAGS = ("success", "failure")
+_TRUNCATION_MARK = "… [truncated by phospho-logging]"
+
+TextFunction = Callable[[Any], str]
+
+#: Where the task was logged: logger, level, message, file, line, function, traceback.
+LogInfo = Tuple[str, str, JSON, str, int, str, Optional[str]]
+_LOG_KEYS = ("log_logger", "log_level", "log_message", "log_file", "log_line", "log_function", "log_exception")
+
+
+class Pending:
+    """A task as snapshotted on the caller's thread, waiting for ``build_event``."""
+
+    __slots__ = (
+        "fields",
+        "input_text",
+        "output_text",
+        "input_type",
+        "output_type",
+        "problems",
+        "created",
+        "log",
+    )
+
+    def __init__(
+        self,
+        fields: Dict[str, JSON],
+        input_text: Optional[str],
+        output_text: Optional[str],
+        input_type: Optional[str],
+        output_type: Optional[str],
+        problems: List[str],
+        created: float,
+        log: Optional[LogInfo],
+    ) -> None:
+        self.fields = fields
+        self.input_text = input_text
+        self.output_text = output_text
+        self.input_type = input_type
+        self.output_type = output_type
+        self.problems = problems
+        self.created = created
+        self.log = log
+
+
+def carries_task(record: logging.LogRecord) -> bool:
+    """True when the record is meant to become a task (it has an ``input``)."""
+    return "input" in record.__dict__ or (
+        type(record.msg) is dict and "input" in record.msg  # a structlog event dict
+    )
+
+
+_SCALARS = frozenset({str, int, bool, type(None)})
+_isfinite = math.isfinite
+
+
+def snap(value: Any, problems: List[str]) -> JSON:
+    """``to_jsonable`` with a fast path for the common shapes: scalars and flat dicts."""
+    kind = type(value)
+    if kind in _SCALARS:
+        return value  # type: ignore[no-any-return]
+    if kind is dict:
+        for key, item in value.items():
+            item_kind = type(item)
+            if type(key) is not str or (
+                item_kind not in _SCALARS and not (item_kind is float and _isfinite(item))
+            ):
+                return to_jsonable(value, problems=problems)
+        return value.copy()  # type: ignore[no-any-return]
+    if kind is float and _isfinite(value):
+        return value  # type: ignore[no-any-return]
+    return to_jsonable(value, problems=problems)
+
+
+#: How many attributes ``Logger.makeRecord`` sets before the caller's extras: the extras
+#: follow them in the record's ``__dict__``, so the scan can start there.
+_FIRST_EXTRA = len(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+
+
+def snapshot_record(
+    record: logging.LogRecord,
+    input_to_str: Optional[TextFunction] = None,
+    output_to_str: Optional[TextFunction] = None,
+    context: Optional[Mapping[str, Any]] = None,
+) -> Pending:
+    """Copy the task out of a record, on the caller's thread. Never raises."""
+    attrs = record.__dict__
+    msg = record.msg
+    problems: List[str] = []
+    if type(msg) is dict:
+        # structlog's ProcessorFormatter.wrap_for_formatter puts the event dict in msg.
+        source: Dict[str, Any] = {k: v for k, v in attrs.items() if k not in _IGNORED}
+        source = {**msg, **source}
+        message: Any = msg.get("event")
+        input_to_str = msg.get("input_to_str") or attrs.get("input_to_str") or input_to_str
+        output_to_str = msg.get("output_to_str") or attrs.get("output_to_str") or output_to_str
+    else:
+        # Extras come after the standard attributes; formatters may have added a few
+        # standard ones (message, asctime) after them, hence the membership test.
+        if len(attrs) > _FIRST_EXTRA and "name" in attrs:
+            source = {k: v for k, v in islice(attrs.items(), _FIRST_EXTRA, None) if k not in _IGNORED}
+            if "input" not in source:  # an odd record layout: scan everything
+                source = {k: v for k, v in attrs.items() if k not in _IGNORED}
+        else:
+            source = {k: v for k, v in attrs.items() if k not in _IGNORED}
+        message = msg
+        try:
+            if type(msg) is not str:
+                message = str(msg)
+            if record.args:
+                message = message % record.args
+        except Exception:  # noqa: BLE001 - a bad %-format must not lose the task
+            problems.append("message_format")
+            message = to_jsonable(msg, problems=problems)
+        if "input_to_str" in attrs:
+            input_to_str = attrs["input_to_str"] or input_to_str
+        if "output_to_str" in attrs:
+            output_to_str = attrs["output_to_str"] or output_to_str
+    log = (
+        record.name,
+        record.levelname,
+        message if type(message) is str else to_jsonable(message, problems=problems),
+        record.pathname,
+        record.lineno,
+        record.funcName,
+        _format_exception(record, problems) if record.exc_info else None,
+    )
+    return snapshot_fields(source, input_to_str, output_to_str, context, problems, record.created, log)
+
+
+def _format_exception(record: logging.LogRecord, problems: List[str]) -> Optional[str]:
+    exc_info = record.exc_info
+    if not exc_info or exc_info[0] is None:
+        return None
+    try:
+        return "".join(traceback.format_exception(*exc_info))
+    except Exception:  # noqa: BLE001
+        problems.append("exception_format")
+        return None
+
+
+def snapshot_fields(
+    source: Mapping[str, Any],
+    input_to_str: Optional[TextFunction] = None,
+    output_to_str: Optional[TextFunction] = None,
+    context: Optional[Mapping[str, Any]] = None,
+    problems: Optional[List[str]] = None,
+    created: Optional[float] = None,
+    log: Optional[LogInfo] = None,
+) -> Pending:
+    """Copy task fields out of any mapping (record extras, a structlog event dict).
+
+    ``context`` holds values bound with ``phospho_logging.context``; fields in ``source``
+    win over it. Never raises.
+    """
+    if problems is None:
+        problems = []
+    fields: Dict[str, JSON] = {}
+    if context:
+        for key, value in context.items():
+            fields[key] = snap(value, problems)
+    for key, value in source.items():
+        if type(value) is str:
+            fields[key] = value
+        elif key == "metadata" and context and "metadata" in fields:
+            merged = fields["metadata"]
+            new = snap(value, problems)
+            if isinstance(merged, dict) and isinstance(new, dict):
+                fields[key] = {**merged, **new}
+            else:
+                fields[key] = new
+        else:
+            fields[key] = snap(value, problems)
+    in_text = None if input_to_str is None else _custom_text(input_to_str, source.get("input"), "input_to_str", problems)
+    out_text = None
+    if output_to_str is not None and source.get("output") is not None:
+        out_text = _custom_text(output_to_str, source["output"], "output_to_str", problems)
+    raw_in = source.get("raw_input", source.get("input"))
+    raw_out = source.get("raw_output", source.get("output"))
+    return Pending(
+        fields,
+        in_text,
+        out_text,
+        None if raw_in is None else type(raw_in).__name__,
+        None if raw_out is None else type(raw_out).__name__,
+        problems,
+        time.time() if created is None else created,
+        log,
+    )
+
+
+def _custom_text(
+    func: Optional[TextFunction], value: Any, name: str, problems: List[str]
+) -> Optional[str]:
+    if func is None:
+        return None
+    try:
+        text = func(value)
+    except Exception:  # noqa: BLE001 - the user's function must not lose the task
+        problems.append(f"{name}_raised")
+        return None
+    if type(text) is not str:
+        problems.append(f"{name}_not_str")
+        return input_text(to_jsonable(text))
+    return text
+
+
+def build_event(
+    pending: Pending,
+    *,
+    project_id: Optional[str] = None,
+    version_id: Optional[str] = None,
+    max_field_chars: int = 100_000,
+) -> Dict[str, JSON]:
+    """Turn a snapshot into a protocol event that passes the backend's strict validation.
+
+    Problems found on the way (coercions, truncations) are appended to
+    ``pending.problems`` and recorded in the event's metadata. Never raises.
+    """
+    fields = dict(pending.fields)
+    problems = pending.problems
+    raw_in = fields.pop("input", None)
+    raw_out = fields.pop("output", None)
+    explicit_raw_in = fields.pop("raw_input", None)
+    explicit_raw_out = fields.pop("raw_output", None)
+    metadata_value = fields.pop("metadata", None)
+    if metadata_value is None:
+        metadata: Dict[str, JSON] = {}
+    elif isinstance(metadata_value, dict):
+        metadata = dict(metadata_value)
+    else:
+        problems.append("metadata_not_dict")
+        metadata = {"metadata": metadata_value}
+
+    text_in = pending.input_text
+    if text_in is None:
+        if raw_in is None:
+            problems.append("input_missing")
+        elif type(raw_in) is not str and not isinstance(raw_in, (dict, list)):
+            problems.append("input_not_text")
+        text_in = input_text(raw_in)
+    text_out = pending.output_text if pending.output_text is not None else output_text(raw_out)
+
+    event: Dict[str, JSON] = {
+        "task_id": None,
+        "session_id": None,
+        "input": text_in,
+        "output": text_out,
+        "client_created_at": int(pending.created),
+        "project_id": project_id,
+        "version_id": version_id,
+    }
+    for key in _ID_KEYS:
+        value = fields.pop(key, None)
+        if value is not None:
+            if type(value) is not str:
+                problems.append(f"{key}_not_str")
+                value = str(value) if not isinstance(value, (dict, list)) else input_text(value)
+            event[key] = value
+    if event["task_id"] is None:
+        event["task_id"] = "task_" + uuid.uuid4().hex
+    flag = fields.pop("flag", None)
+    if flag is not None:
+        if flag in _FLAGS:
+            event["flag"] = flag
+        else:
+            problems.append("flag_invalid")
+            metadata.setdefault("flag_invalid", flag)
+
+    event["raw_input"] = _raw(explicit_raw_in if explicit_raw_in is not None else raw_in, False)
+    event["raw_output"] = _raw(explicit_raw_out if explicit_raw_out is not None else raw_out, True)
+    event["raw_input_type_name"] = pending.input_type
+    event["raw_output_type_name"] = pending.output_type
+    for key, value in detect(event["raw_input"], event["raw_output"]).items():
+        event[key] = value
+
+    # Loose extras go into metadata (never top level, where they could collide with server
+    # fields); an explicit metadata dict wins over them, and both win over our log_* keys.
+    for key, value in fields.items():
+        metadata.setdefault(key, value)
+    if pending.log is not None:
+        for key, value in zip(_LOG_KEYS, pending.log):
+            if value is not None:
+                metadata.setdefault(key, value)
+    _cap(event, metadata, max_field_chars, problems)
+    if problems:
+        metadata["phospho_logging_problems"] = sorted(set(problems))
+    event["metadata"] = metadata
+    return event
+
+
+def _raw(value: JSON, output: bool) -> JSON:
+    """Fit a JSON-safe value into the types the backend accepts for raw_input/raw_output."""
+    if value is None or type(value) is str or type(value) is dict:
+        return value
+    if type(value) is list:
+        if all(type(v) is dict or (output and v is None) for v in value):
+            return value
+        if all(type(v) is str or (output and v is None) for v in value):
+            return value
+    return {"value": value}
+
+
+def _cap(event: Dict[str, JSON], metadata: Dict[str, JSON], limit: int, problems: List[str]) -> None:
+    """Truncate oversized text fields and metadata values, visibly."""
+    truncated = []
+    for key in ("input", "output", "system_prompt"):
+        value = event.get(key)
+        if type(value) is str and len(value) > limit:
+            event[key] = value[:limit] + _TRUNCATION_MARK
+            truncated.append(key)
+    for key in ("raw_input", "raw_output"):
+        value = event.get(key)
+        if value is not None and _too_big(value, limit):
+            event[key] = _truncate_text(_compact(value), limit)
+            truncated.append(key)
+    for key, value in list(metadata.items()):
+        if value is not None and _too_big(value, limit):
+            metadata[key] = _truncate_text(_compact(value), limit)
+            truncated.append(f"metadata.{key}")
+    if truncated:
+        problems.append("truncated")
+        metadata["phospho_logging_truncated"] = truncated
+
+
+def _too_big(value: JSON, limit: int) -> bool:
+    if type(value) is str:
+        return len(value) > limit
+    if type(value) in (int, float, bool):
+        return False
+    return len(_compact(value)) > limit
+
+
+def _compact(value: JSON) -> str:
+    if type(value) is str:
+        return value
+    return input_text(value)  # compact JSON text for containers
+
+
+def _truncate_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + _TRUNCATION_MARK
+
+
+def task_from_record(record: logging.LogRecord, **options: Any) -> Dict[str, JSON]:
+    """The event a record becomes, built in one step (for tests and formatters)."""
+    pending = snapshot_record(record, options.pop("input_to_str", None), options.pop("output_to_str", None))
+    return build_event(pending, **options)

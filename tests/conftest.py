@@ -1,0 +1,65 @@
+"""Shared fixtures: a clean logging state and an isolated environment for every test."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import pytest
+
+import phospho_logging
+from phospho_logging import _diag
+from phospho_logging.testing import PhosphoTestServer
+
+_ENV = [
+    "PHOSPHO_API_KEY",
+    "PHOSPHO_PROJECT_ID",
+    "PHOSPHO_BASE_URL",
+    "PHOSPHO_LOCAL_DIR",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_state(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Each test starts with no PHOSPHO_* variables, a private data dir, and no handlers."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("PHOSPHO_"):
+            monkeypatch.delenv(name)
+    data_home = tmp_path_factory.mktemp("xdg")
+    monkeypatch.setenv("XDG_DATA_HOME", str(data_home))
+    loggers = [logging.getLogger(), logging.getLogger("phospho")]
+    before = {id(lg): (list(lg.handlers), lg.level, lg.propagate) for lg in loggers}
+    _diag.reset()
+    yield
+    phospho_logging.shutdown(timeout=2)
+    for lg in loggers:
+        handlers, level, propagate = before[id(lg)]
+        for h in list(lg.handlers):
+            if h not in handlers:
+                lg.removeHandler(h)
+                try:
+                    h.close()
+                except Exception:
+                    pass
+        lg.setLevel(level)
+        lg.propagate = propagate
+    _diag.reset()
+
+
+@pytest.fixture
+def server() -> Iterator[PhosphoTestServer]:
+    """A running loopback phospho server, stopped after the test."""
+    srv = PhosphoTestServer()
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def creds(server: PhosphoTestServer) -> dict:
+    """configure() keyword arguments pointing at the loopback server."""
+    return {"api_key": server.api_key, "project_id": server.project_id, "base_url": server.url}

@@ -1,0 +1,70 @@
+"""The public surface: names, import side effects, the test helpers."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import phospho_logging
+from phospho_logging.testing import capture_tasks
+from tests.test_exit import child_env
+
+
+class TestPublicNames:
+    def test_all_is_pinned_and_sorted(self) -> None:
+        """__all__ is exactly the documented API, sorted."""
+        assert phospho_logging.__all__ == sorted(phospho_logging.__all__)
+        assert phospho_logging.__all__ == [
+            "PhosphoHandler", "PhosphoQueueHandler", "PhosphoQueueListener", "Pipeline", "__version__",
+            "configure", "context", "flush", "shutdown", "stats",
+        ]
+        for name in phospho_logging.__all__:
+            assert getattr(phospho_logging, name) is not None
+
+    def test_import_has_no_side_effects(self) -> None:
+        """Importing the package adds no handler, changes no level and starts no thread."""
+        code = (
+            "import logging, threading\n"
+            "before = {n: (list(l.handlers), l.level) for n, l in logging.Logger.manager.loggerDict.items() if isinstance(l, logging.Logger)}\n"
+            "root = (list(logging.getLogger().handlers), logging.getLogger().level)\n"
+            "threads = threading.active_count()\n"
+            "import phospho_logging, phospho_logging.testing\n"
+            "assert (list(logging.getLogger().handlers), logging.getLogger().level) == root\n"
+            "assert logging.getLogger('phospho').handlers == [] and logging.getLogger('phospho').level == 0\n"
+            "assert threading.active_count() == threads\n"
+            "import atexit\n"
+            "print('ok')\n"
+        )
+        result = subprocess.run([sys.executable, "-c", code], env=child_env({}), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "ok" and result.stderr == ""
+
+
+class TestCaptureTasks:
+    def test_captures_without_configuration(self) -> None:
+        """capture_tasks sees tasks logged on the phospho logger with nothing configured."""
+        with capture_tasks() as tasks:
+            logging.getLogger("phospho").info("t", extra={"input": "q", "output": "a"})
+            logging.getLogger("phospho").info("not a task")
+        assert [(t["input"], t["output"]) for t in tasks] == [("q", "a")]
+        assert logging.getLogger("phospho").level == logging.NOTSET
+
+    def test_captures_instead_of_sending(self, server, creds) -> None:
+        """With a pipeline configured, captured tasks are not sent, and are captured once."""
+        pipeline = phospho_logging.configure(**creds)
+        with capture_tasks() as tasks:
+            logging.getLogger("phospho").info("t", extra={"input": "q"})
+        assert [t["input"] for t in tasks] == ["q"]
+        assert pipeline.flush(timeout=10)
+        assert server.tasks == []
+        logging.getLogger("phospho").info("t", extra={"input": "after"})
+        assert pipeline.flush(timeout=10)
+        assert [t["input"] for t in server.tasks] == ["after"]
+
+    def test_context_applies(self) -> None:
+        """Fields bound with phospho_logging.context reach captured tasks."""
+        with capture_tasks() as tasks, phospho_logging.context(session_id="s-9", metadata={"tenant": "acme"}):
+            logging.getLogger("phospho").info("t", extra={"input": "q", "metadata": {"k": 1}})
+        assert tasks[0]["session_id"] == "s-9"
+        assert tasks[0]["metadata"]["tenant"] == "acme" and tasks[0]["metadata"]["k"] == 1

@@ -1,0 +1,367 @@
+"""End to end: configure(), the queue pair and PhosphoHandler against a real loopback server."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Dict
+
+import pytest
+
+import phospho_logging
+from phospho_logging import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener
+from phospho_logging.testing import PhosphoTestServer
+from tests.strict import wire_errors
+
+log = logging.getLogger("phospho")
+
+
+def reconciles(stats: Dict[str, Any]) -> bool:
+    return stats["enqueued"] == stats["sent"] + stats["rejected"] + stats["dropped"] + stats["queued"] + stats["spooled"]
+
+
+class TestConfigure:
+    def test_tasks_reach_the_server(self, server: PhosphoTestServer, creds: dict) -> None:
+        """The issue's example: a logged task arrives with every field."""
+        pipeline = phospho_logging.configure(**creds)
+        log.info("answered", extra={"input": "What is 2+2?", "output": "4", "metadata": {"model": "m1"},
+                                    "session_id": "s-1", "user_id": "u-7"})
+        assert pipeline.flush(timeout=10)
+        [task] = server.tasks
+        assert (task["input"], task["output"], task["session_id"], task["user_id"]) == ("What is 2+2?", "4", "s-1", "u-7")
+        assert task["metadata"]["model"] == "m1"
+        assert server.rejected == []
+
+    def test_request_headers(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Bearer auth, JSON content type and a real User-Agent are sent."""
+        phospho_logging.configure(**creds)
+        log.info("x", extra={"input": "q"})
+        assert phospho_logging.flush(timeout=10)
+        headers = {k.lower(): v for k, v in server.requests[0].headers.items()}
+        assert headers["authorization"] == f"Bearer {server.api_key}"
+        assert headers["content-type"] == "application/json"
+        assert headers["user-agent"].startswith("phospho-logging/")
+
+    def test_records_without_input_are_ignored(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Only task-carrying records become tasks."""
+        pipeline = phospho_logging.configure(**creds)
+        log.info("plain line")
+        log.warning("another", extra={"output": "no input"})
+        log.info("task", extra={"input": "q"})
+        assert pipeline.flush(timeout=10)
+        assert [t["input"] for t in server.tasks] == ["q"]
+        assert pipeline.stats()["enqueued"] == 1
+
+    def test_batches_by_count(self, server: PhosphoTestServer, creds: dict) -> None:
+        """max_batch_size caps the events per request."""
+        pipeline = phospho_logging.configure(**creds, max_batch_size=10, flush_interval=60)
+        for i in range(25):
+            log.info("t", extra={"input": f"q{i}"})
+        assert pipeline.flush(timeout=10)
+        assert [r.n_events for r in server.requests] == [10, 10, 5]
+        assert [t["input"] for t in server.tasks] == [f"q{i}" for i in range(25)]
+
+    def test_batches_by_bytes(self, server: PhosphoTestServer, creds: dict) -> None:
+        """max_batch_bytes caps the body size; every task still arrives."""
+        pipeline = phospho_logging.configure(**creds, max_batch_bytes=4000, flush_interval=60)
+        for i in range(20):
+            log.info("t", extra={"input": f"{i}" + "x" * 1000})
+        assert pipeline.flush(timeout=10)
+        assert len(server.tasks) == 20
+        assert len(server.requests) >= 5
+        assert max(r.body_bytes for r in server.requests) <= 4000
+
+    def test_batches_by_time(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Without flush, a partial batch is sent after flush_interval."""
+        phospho_logging.configure(**creds, flush_interval=0.2)
+        log.info("t", extra={"input": "q"})
+        assert server.wait_for_tasks(1, timeout=10)
+
+    def test_reconfigure_never_ships_twice(self, server: PhosphoTestServer, creds: dict) -> None:
+        """A second configure() replaces the pipeline; each task is delivered exactly once."""
+        first = phospho_logging.configure(**creds, flush_interval=60)
+        for i in range(10):
+            log.info("t", extra={"input": f"a{i}"})
+        second = phospho_logging.configure(**creds, flush_interval=60)
+        for i in range(10):
+            log.info("t", extra={"input": f"b{i}"})
+        assert second.flush(timeout=10)
+        first.listener.worker._thread.join(10)
+        assert sorted(t["input"] for t in server.tasks) == sorted([f"a{i}" for i in range(10)] + [f"b{i}" for i in range(10)])
+        assert server.duplicates == 0
+        assert len([h for h in log.handlers if isinstance(h, PhosphoQueueHandler)]) == 1
+
+    def test_stats_reconcile(self, server: PhosphoTestServer, creds: dict) -> None:
+        """enqueued == sent + rejected + dropped + queued, and sent matches the server."""
+        pipeline = phospho_logging.configure(**creds)
+        server.reject_next_events(2, "Quota exceeded")
+        for i in range(12):
+            log.info("t", extra={"input": f"q{i}"})
+        pipeline.flush(timeout=10)
+        stats = pipeline.stats()
+        assert reconciles(stats)
+        assert stats["sent"] == len(server.tasks) == 10
+        assert stats["rejected"] == 2
+        assert stats["rejected_by_reason"] == {"Quota exceeded": 2}
+
+    def test_flush_false_after_rejections(self, server: PhosphoTestServer, creds: dict) -> None:
+        """flush() says False when tasks since the last flush were rejected, True again after."""
+        pipeline = phospho_logging.configure(**creds)
+        server.reject_next_events(1)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=10) is False
+        log.info("t", extra={"input": "q2"})
+        assert pipeline.flush(timeout=10) is True
+
+    def test_full_queue_drops_and_counts(self, server: PhosphoTestServer, creds: dict, capsys: pytest.CaptureFixture) -> None:
+        """A full queue drops tasks without blocking, counts them, and warns once."""
+        # A pipeline built by hand whose listener does not run yet.
+        q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        sender = PhosphoHandler(**creds, max_queue_size=5)
+        listener = PhosphoQueueListener(q, sender)
+        handler = PhosphoQueueHandler(q)
+        handler.listener = listener
+        lg = logging.getLogger("phospho.full")
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        try:
+            for i in range(20):
+                lg.info("t", extra={"input": f"q{i}"})
+            stats = handler.stats()
+            assert stats["enqueued"] == 20
+            assert stats["dropped_by_reason"] == {"queue_full": 15}
+            assert stats["queued"] == 5
+            assert reconciles(stats)
+            listener.start()
+            assert listener.flush(timeout=10) is False  # drops happened since the last flush
+            assert len([t for t in server.tasks if t["input"].startswith("q")]) == 5
+        finally:
+            lg.removeHandler(handler)
+            listener.stop(timeout=2)
+        err = capsys.readouterr().err
+        assert err.count("task queue is full") == 1
+
+    def test_module_level_functions(self, server: PhosphoTestServer, creds: dict) -> None:
+        """phospho_logging.flush/stats/shutdown act on the configured pipeline."""
+        assert phospho_logging.stats() == {} and phospho_logging.flush() is True
+        phospho_logging.configure(**creds)
+        log.info("t", extra={"input": "q"})
+        assert phospho_logging.flush(timeout=10)
+        assert phospho_logging.stats()["sent"] == 1
+        phospho_logging.shutdown(timeout=5)
+        assert phospho_logging.stats() == {}
+        log.info("after", extra={"input": "late"})
+        assert [t["input"] for t in server.tasks] == ["q"]
+
+    def test_configure_a_logger_object_or_root(self, server: PhosphoTestServer, creds: dict) -> None:
+        """logger= accepts a Logger, and "" for the root logger."""
+        root = logging.getLogger()
+        root.setLevel(logging.INFO)
+        pipeline = phospho_logging.configure(**creds, logger="")
+        logging.getLogger("anything.below").info("t", extra={"input": "from child"})
+        assert pipeline.flush(timeout=10)
+        assert [t["input"] for t in server.tasks] == ["from child"]
+        other = logging.getLogger("mine")
+        pipeline = phospho_logging.configure(**creds, logger=other)
+        other.info("t", extra={"input": "from mine"})
+        assert pipeline.flush(timeout=10)
+        assert other.level == logging.INFO
+
+    def test_many_threads_exactly_once(self, server: PhosphoTestServer, creds: dict) -> None:
+        """16 threads logging at once: every task delivered exactly once."""
+        pipeline = phospho_logging.configure(**creds, max_queue_size=100_000)
+
+        def work(n: int) -> None:
+            for i in range(200):
+                log.info("t", extra={"input": f"{n}-{i}"})
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert pipeline.flush(timeout=30)
+        inputs = [t["input"] for t in server.tasks]
+        assert len(inputs) == len(set(inputs)) == 3200
+        assert server.duplicates == 0
+        stats = pipeline.stats()
+        assert stats["sent"] == 3200 and reconciles(stats)
+
+
+class TestDelivery:
+    def test_retries_5xx_then_delivers(self, server: PhosphoTestServer, creds: dict) -> None:
+        """503s with Retry-After are retried; the batch arrives once."""
+        pipeline = phospho_logging.configure(**creds)
+        server.fail_next(503, count=2, retry_after="0")
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=20)
+        assert [r.status for r in server.requests] == [503, 503, 200]
+        assert len(server.tasks) == 1 and pipeline.stats()["retries"] == 2
+
+    def test_connection_closed_is_retried(self, server: PhosphoTestServer, creds: dict) -> None:
+        """A dropped connection is retried on a new one."""
+        pipeline = phospho_logging.configure(**creds)
+        server.close_next(1)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=20)
+        assert len(server.tasks) == 1
+
+    def test_hung_server_times_out(self, server: PhosphoTestServer, creds: dict) -> None:
+        """A server that never answers costs one timeout, then the retry succeeds."""
+        pipeline = phospho_logging.configure(**creds, timeout=0.5)
+        server.hang_next(1)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=20)
+        assert len(server.tasks) == 1
+
+    def test_bad_key_reported_once(self, server: PhosphoTestServer, creds: dict, capsys: pytest.CaptureFixture) -> None:
+        """401 is a configuration error: one clear message, tasks counted, key not shown."""
+        creds = dict(creds, api_key="wrong-key-123")
+        pipeline = phospho_logging.configure(**creds, max_batch_size=1)
+        for i in range(3):
+            log.info("t", extra={"input": f"q{i}"})
+        assert pipeline.flush(timeout=10) is False
+        stats = pipeline.stats()
+        assert stats["dropped_by_reason"] == {"http_401": 3}
+        err = capsys.readouterr().err
+        assert err.count("phospho rejected the API key") == 1
+        assert "wrong-key-123" not in err and "wrong-key-123" not in repr(stats)
+        assert "wrong-key-123" not in repr(pipeline.options) and "wrong-key-123" not in repr(pipeline.sender)
+
+    def test_unknown_project(self, server: PhosphoTestServer, creds: dict, capsys: pytest.CaptureFixture) -> None:
+        """404 names the unknown project."""
+        pipeline = phospho_logging.configure(**dict(creds, project_id="nope"))
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=10) is False
+        assert "unknown project" in capsys.readouterr().err
+
+    def test_413_splits_the_batch(self, creds: dict) -> None:
+        """A body over the server's limit is split until it fits."""
+        with PhosphoTestServer(max_body_bytes=3000) as srv:
+            pipeline = phospho_logging.configure(api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url,
+                                                 flush_interval=60)
+            for i in range(8):
+                log.info("t", extra={"input": f"{i}" + "y" * 600})
+            assert pipeline.flush(timeout=20)
+            assert len(srv.tasks) == 8
+            assert 413 in [r.status for r in srv.requests]
+
+    def test_every_event_strictly_valid(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Odd inputs end up as events the server logs without error_in_log."""
+        pipeline = phospho_logging.configure(**creds)
+        log.info("t", extra={"input": float("nan"), "output": {"choices": []}, "user_id": 5, "flag": 1,
+                             "metadata": {"when": __import__("datetime").date(2024, 1, 2)}, "raw_input": 3})
+        assert pipeline.flush(timeout=10)
+        assert server.rejected == [] and len(server.tasks) == 1
+        assert wire_errors(server.tasks[0]) is None
+
+
+class TestHandlers:
+    def test_phospho_handler_alone_is_asynchronous(self, server: PhosphoTestServer, creds: dict) -> None:
+        """PhosphoHandler on a logger ships from its own worker thread."""
+        handler = PhosphoHandler(**creds)
+        lg = logging.getLogger("phospho.direct")
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        try:
+            lg.info("t", extra={"input": "q"})
+            assert handler.flush(timeout=10)
+            assert len(server.tasks) == 1
+            assert handler.worker._thread is not threading.current_thread()
+        finally:
+            lg.removeHandler(handler)
+            handler.close()
+
+    def test_stdlib_listener_with_phospho_handler(self, server: PhosphoTestServer, creds: dict) -> None:
+        """The stdlib QueueListener can drive PhosphoHandler (the dictConfig 3.12 default)."""
+        q: "queue.Queue[Any]" = queue.Queue()
+        sender = PhosphoHandler(**creds)
+        listener = logging.handlers.QueueListener(q, sender)
+        handler = PhosphoQueueHandler(q)
+        handler.listener = listener
+        lg = logging.getLogger("phospho.stdlib")
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        listener.start()
+        try:
+            lg.info("hello %s", "you", extra={"input": "q"})
+            listener.stop()
+            assert sender.flush(timeout=10)
+            [task] = server.tasks
+            assert task["metadata"]["log_message"] == "hello you"
+        finally:
+            lg.removeHandler(handler)
+            sender.close()
+
+    def test_listener_forwards_records_to_other_handlers(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Other handlers given to PhosphoQueueListener still receive the records."""
+        seen = []
+
+        class Collect(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(record.getMessage())
+
+        q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        listener = PhosphoQueueListener(q, PhosphoHandler(**creds), Collect())
+        handler = PhosphoQueueHandler(q)
+        handler.listener = listener
+        lg = logging.getLogger("phospho.fwd")
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        listener.start()
+        try:
+            lg.info("msg %d", 1, extra={"input": "q"})
+            assert listener.flush(timeout=10)
+            assert seen == ["msg 1"] and len(server.tasks) == 1
+        finally:
+            lg.removeHandler(handler)
+            listener.stop(timeout=2)
+
+    def test_filters_apply(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Handler filters still decide which records are shipped."""
+        pipeline = phospho_logging.configure(**creds)
+        pipeline.handler.addFilter(lambda r: r.__dict__.get("input") != "secret")
+        log.info("t", extra={"input": "secret"})
+        log.info("t", extra={"input": "public"})
+        assert pipeline.flush(timeout=10)
+        assert [t["input"] for t in server.tasks] == ["public"]
+
+
+class TestOptions:
+    def test_environment_variables(self, server: PhosphoTestServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        """PHOSPHO_* variables configure everything, including a trailing /v2 in the URL."""
+        monkeypatch.setenv("PHOSPHO_API_KEY", server.api_key)
+        monkeypatch.setenv("PHOSPHO_PROJECT_ID", server.project_id)
+        monkeypatch.setenv("PHOSPHO_BASE_URL", server.url + "/v2/")
+        monkeypatch.setenv("PHOSPHO_MAX_BATCH_SIZE", "2")
+        pipeline = phospho_logging.configure()
+        assert pipeline.options.max_batch_size == 2
+        for i in range(3):
+            log.info("t", extra={"input": f"q{i}"})
+        assert pipeline.flush(timeout=10)
+        assert [r.n_events for r in server.requests] == [2, 1]
+
+    @pytest.mark.parametrize(
+        "options, message",
+        [
+            ({"api_key": "k"}, "project_id"),
+            ({"project_id": "p"}, "api_key"),
+            ({"max_batch_size": 0}, "max_batch_size"),
+            ({"timeout": "soon"}, "timeout"),
+            ({"nonsense": 1}, "unknown"),
+            ({"api_key": "k", "project_id": "p", "base_url": "http://example.com"}, "plain http"),
+            ({"base_url": "ftp://x"}, "base_url"),
+        ],
+    )
+    def test_bad_options_are_clear_errors(self, options: dict, message: str) -> None:
+        """Misconfiguration fails at configure() with a message naming the option."""
+        with pytest.raises((ValueError, TypeError), match=message):
+            phospho_logging.configure(**options)
+
+    def test_insecure_http_allowed_explicitly(self) -> None:
+        """allow_insecure_http=True lets a trusted plain-http endpoint through."""
+        pipeline = phospho_logging.configure(api_key="k", project_id="p", base_url="http://example.com",
+                                             allow_insecure_http=True)
+        assert pipeline.options.endpoint == "http://example.com/v2/log/p"
+        pipeline.shutdown(timeout=0)

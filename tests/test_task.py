@@ -1,0 +1,261 @@
+"""Record -> task: field rules, extraction, strictness and snapshot semantics."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import sys
+from typing import Any, Dict
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from phospho_logging._task import STANDARD_ATTRS, build_event, snapshot_record, task_from_record
+from tests.strict import wire_errors
+
+
+def make_record(msg: str = "answered", args: Any = None, **extra: Any) -> logging.LogRecord:
+    logger = logging.getLogger("phospho.test")
+    return logger.makeRecord("phospho.test", logging.INFO, "app.py", 12, msg, args, None, "handler", extra)
+
+
+def task(**extra: Any) -> Dict[str, Any]:
+    return task_from_record(make_record(**extra))
+
+
+class TestStandardAttrs:
+    def test_read_from_a_real_record(self) -> None:
+        """The standard attribute set comes from a live LogRecord, including taskName on 3.12+."""
+        assert {"name", "msg", "args", "created", "exc_info", "stack_info"} <= STANDARD_ATTRS
+        if sys.version_info >= (3, 12):
+            assert "taskName" in vars(make_record())
+        assert "taskName" in STANDARD_ATTRS
+
+    def test_no_standard_attribute_leaks_into_metadata(self) -> None:
+        """filename, stack_info, taskName and friends never appear as user metadata."""
+        event = task(input="q")
+        leaked = set(event["metadata"]) & STANDARD_ATTRS
+        assert leaked == set()
+
+
+class TestFields:
+    def test_the_issue_example(self) -> None:
+        """The README example maps each extra to its protocol field."""
+        event = task(input="What is 2+2?", output="4", metadata={"model": "m1"}, session_id="s-1", user_id="u-7")
+        assert event["input"] == "What is 2+2?"
+        assert event["output"] == "4"
+        assert event["session_id"] == "s-1"
+        assert event["user_id"] == "u-7"
+        assert event["metadata"]["model"] == "m1"
+        assert event["task_id"].startswith("task_")
+        assert isinstance(event["client_created_at"], int)
+        assert wire_errors(event) is None
+
+    def test_other_extras_go_to_metadata_not_top_level(self) -> None:
+        """Unknown extras land in metadata, where they cannot collide with server fields."""
+        event = task(input="q", environment="prod", created_at="x", tenant="acme")
+        assert event["metadata"]["tenant"] == "acme"
+        assert event["metadata"]["environment"] == "prod"
+        assert event["metadata"]["created_at"] == "x"
+        assert "tenant" not in event and "environment" not in event and "created_at" not in event
+
+    def test_explicit_metadata_wins_over_loose_extras(self) -> None:
+        """A key in metadata= beats an extra of the same name."""
+        event = task(input="q", metadata={"tenant": "from-metadata"}, tenant="from-extra")
+        assert event["metadata"]["tenant"] == "from-metadata"
+
+    def test_log_fields_in_metadata(self) -> None:
+        """Logger, level, message and source location are recorded under log_* keys."""
+        event = task_from_record(make_record("hello %s", ("you",), input="q"))
+        meta = event["metadata"]
+        assert meta["log_logger"] == "phospho.test"
+        assert meta["log_level"] == "INFO"
+        assert meta["log_message"] == "hello you"
+        assert meta["log_file"] == "app.py" and meta["log_line"] == 12 and meta["log_function"] == "handler"
+
+    def test_exception_text_recorded(self) -> None:
+        """A record logged with exc_info carries the traceback text in metadata."""
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            record = logging.getLogger("x").makeRecord("x", 40, "f", 1, "m", None, sys.exc_info(), extra={"input": "q"})
+        event = task_from_record(record)
+        assert "ValueError: boom" in event["metadata"]["log_exception"]
+
+    def test_given_task_id_and_flag_kept(self) -> None:
+        """task_id, version_id and a valid flag are passed through."""
+        event = task(input="q", task_id="t-1", version_id="v2", flag="success")
+        assert (event["task_id"], event["version_id"], event["flag"]) == ("t-1", "v2", "success")
+
+    def test_version_id_option_is_the_default(self) -> None:
+        """The version_id option applies unless the record has its own."""
+        pending = snapshot_record(make_record(input="q"))
+        assert build_event(pending, version_id="v9")["version_id"] == "v9"
+        pending = snapshot_record(make_record(input="q", version_id="mine"))
+        assert build_event(pending, version_id="v9")["version_id"] == "mine"
+
+    def test_no_output_is_null(self) -> None:
+        """A record without output gives output null, which the server accepts."""
+        event = task(input="q")
+        assert event["output"] is None and event["raw_output"] is None
+        assert wire_errors(event) is None
+
+
+class TestExtraction:
+    def test_openai_request_and_response(self) -> None:
+        """messages -> last user text; choices -> answer; model, system prompt and usage detected."""
+        request = {"model": "gpt-x", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]}
+        response = {"model": "gpt-x-2024", "choices": [{"message": {"role": "assistant", "content": "Hello."}}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+        event = task(input=request, output=response)
+        assert event["input"] == "Hi?"
+        assert event["output"] == "Hello."
+        assert event["model"] == "gpt-x-2024"
+        assert event["system_prompt"] == "Be brief."
+        assert (event["prompt_tokens"], event["completion_tokens"], event["total_tokens"]) == (5, 2, 7)
+        assert event["raw_input"] == request and event["raw_input_type_name"] == "dict"
+        assert wire_errors(event) is None
+
+    def test_pydantic_like_objects(self) -> None:
+        """Objects with model_dump (openai's ChatCompletion) are read as their dicts."""
+
+        class Completion:
+            def model_dump(self) -> Dict[str, Any]:
+                return {"choices": [{"message": {"content": "from pydantic"}}]}
+
+        event = task(input="q", output=Completion())
+        assert event["output"] == "from pydantic"
+        assert event["raw_output_type_name"] == "Completion"
+
+    def test_custom_text_functions(self) -> None:
+        """input_to_str / output_to_str given on the record replace the extraction."""
+        event = task(input={"q": 1}, output=[1, 2], input_to_str=lambda x: "IN", output_to_str=lambda x: "OUT")
+        assert (event["input"], event["output"]) == ("IN", "OUT")
+        assert "input_to_str" not in event["metadata"]
+
+    def test_custom_function_that_raises_or_returns_non_str(self) -> None:
+        """A failing text function falls back to the default extraction and is marked."""
+        def bad(x: Any) -> str:
+            raise RuntimeError("no")
+
+        event = task(input="q", output="a", input_to_str=bad, output_to_str=lambda x: 42)
+        assert event["input"] == "q"
+        assert event["output"] == "42"
+        assert {"input_to_str_raised", "output_to_str_not_str"} <= set(event["metadata"]["phospho_logging_problems"])
+        assert wire_errors(event) is None
+
+
+class Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    __str__ = __repr__
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        "extra",
+        [
+            {"input": datetime.datetime(2024, 1, 1)},
+            {"input": b"\xff bytes"},
+            {"input": {1, 2}},
+            {"input": float("nan"), "output": math.inf},
+            {"input": Unprintable(), "output": Unprintable()},
+            {"input": 42, "output": 3.5},
+            {"input": None},
+            {"input": "q", "metadata": "not a dict"},
+            {"input": "q", "metadata": {1: "a", "1": "b", (2, 3): "c"}},
+            {"input": "q", "user_id": 7, "session_id": 1.5, "flag": "meh", "task_id": ["x"]},
+            {"input": "q", "raw_input": 5, "raw_output": [1, "a", None]},
+            {"input": "\ud800 lone surrogate", "output": "\udfff"},
+        ],
+    )
+    def test_best_effort_valid_task(self, extra: Dict[str, Any]) -> None:
+        """Odd values never raise and always give an event the backend accepts."""
+        event = task(**extra)
+        assert wire_errors(event) is None
+        assert isinstance(event["input"], str)
+
+    def test_cycles(self) -> None:
+        """A self-referencing input or metadata is cut, not a crash."""
+        loop: Dict[str, Any] = {"messages": []}
+        loop["self"] = loop
+        event = task(input=loop, metadata={"loop": loop})
+        assert wire_errors(event) is None
+        assert "cycle" in event["metadata"]["phospho_logging_problems"]
+
+    def test_problems_are_marked(self) -> None:
+        """Coercions are listed in metadata so nothing changes silently."""
+        event = task(input=42, user_id=7, flag="meh")
+        problems = set(event["metadata"]["phospho_logging_problems"])
+        assert {"input_not_text", "user_id_not_str", "flag_invalid"} <= problems
+        assert event["user_id"] == "7" and event.get("flag") is None
+        assert event["metadata"]["flag_invalid"] == "meh"
+
+    def test_bad_format_args(self) -> None:
+        """A message whose %-args do not match still gives a task."""
+        event = task_from_record(make_record("%d items", ("many",), input="q"))
+        assert "message_format" in event["metadata"]["phospho_logging_problems"]
+        assert wire_errors(event) is None
+
+    def test_huge_values_truncated_visibly(self) -> None:
+        """Fields over max_field_chars are cut and listed in metadata."""
+        big = "x" * 5000
+        pending = snapshot_record(make_record(input=big, output=big, metadata={"blob": big, "small": "s"}, raw_input={"a": big}))
+        event = build_event(pending, max_field_chars=1000)
+        assert len(event["input"]) < 1100 and event["input"].endswith("[truncated by phospho-logging]")
+        assert set(event["metadata"]["phospho_logging_truncated"]) >= {"input", "output", "raw_input", "metadata.blob"}
+        assert event["metadata"]["small"] == "s"
+        assert wire_errors(event) is None
+
+
+class TestSnapshot:
+    def test_later_mutation_does_not_change_the_task(self) -> None:
+        """What is shipped is the value at the logging call."""
+        messages = [{"role": "user", "content": "first"}]
+        meta = {"k": "before", "nested": {"n": 1}}
+        pending = snapshot_record(make_record(input={"messages": messages}, metadata=meta))
+        messages.append({"role": "user", "content": "second"})
+        messages[0]["content"] = "changed"
+        meta["k"] = "after"
+        meta["nested"]["n"] = 2
+        event = build_event(pending)
+        assert event["input"] == "first"
+        assert event["metadata"]["k"] == "before" and event["metadata"]["nested"] == {"n": 1}
+
+    def test_callers_metadata_not_mutated(self) -> None:
+        """Building the task never changes the caller's own dicts."""
+        meta = {"k": "v"}
+        task(input="q", metadata=meta, extra_key=1)
+        assert meta == {"k": "v"}
+
+
+json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(), st.binary(max_size=20),
+    st.datetimes(), st.sets(st.integers(), max_size=3),
+)
+values = st.recursive(
+    json_leaf,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.tuples(children, children),
+        st.dictionaries(st.one_of(st.text(max_size=5), st.integers()), children, max_size=4),
+    ),
+    max_leaves=12,
+)
+extra_keys = st.sampled_from(
+    ["input", "output", "metadata", "session_id", "task_id", "user_id", "version_id", "flag",
+     "raw_input", "raw_output", "tenant", "model", "created_at", "environment"]
+)
+
+
+class TestProperties:
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.dictionaries(extra_keys, values, max_size=8), values)
+    def test_any_extras_give_a_strict_valid_event(self, extra: Dict[str, Any], input_value: Any) -> None:
+        """Whatever the extras, the task builds without raising and passes strict validation."""
+        extra["input"] = input_value
+        event = task(**extra)
+        assert wire_errors(event) is None
