@@ -16,7 +16,7 @@ from ._task import Pending, build_event
 #: Read on every emit; a plain module global is the cheapest check.
 active = False
 _sinks: List[List[Dict[str, Any]]] = []
-_seen: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_seen: weakref.WeakSet[Any] = weakref.WeakSet()
 _lock = threading.Lock()
 
 

@@ -50,7 +50,7 @@ class context:
         self._fields = fields
         self._tokens: List[contextvars.Token[Optional[Dict[str, Any]]]] = []
 
-    def __enter__(self) -> "context":
+    def __enter__(self) -> context:
         parent = _current.get()
         merged = dict(parent) if parent else {}
         for key, value in self._fields.items():
@@ -64,7 +64,7 @@ class context:
     def __exit__(self, *exc: object) -> None:
         _current.reset(self._tokens.pop())
 
-    def _fresh(self) -> "context":
+    def _fresh(self) -> context:
         new = context.__new__(context)
         new._fields = self._fields
         new._tokens = []

@@ -19,9 +19,7 @@ __all__ = ["chunk_text", "detect", "input_text", "output_text"]
 # Content-part types that carry text: OpenAI chat and Anthropic use "text", the OpenAI
 # Responses API uses "input_text" and "output_text".
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
-_SYSTEM_ROLES = frozenset(
-    {"system", "developer"}
-)  # "developer" replaces "system" for o1+
+_SYSTEM_ROLES = frozenset({"system", "developer"})  # "developer" replaces "system" for o1+
 
 
 def input_text(raw: JSON) -> str:
@@ -264,11 +262,7 @@ def _is_message(value: Any) -> bool:
 
 
 def _is_message_list(value: Any) -> bool:
-    return (
-        type(value) is list
-        and bool(value)
-        and all(type(m) is dict and type(m.get("role")) is str for m in value)
-    )
+    return type(value) is list and bool(value) and all(type(m) is dict and type(m.get("role")) is str for m in value)
 
 
 def _is_str_list(value: list[Any]) -> bool:

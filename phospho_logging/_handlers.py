@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import queue as queue_module
-import threading
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 from . import _capture, _context, _diag
@@ -56,13 +54,13 @@ class PhosphoHandler(logging.Handler):
         self.options: Options = resolve(options)
         self.exporter: Exporter = make_exporter(self.options)
         self.counters = ProducerCounters()
-        self._queue: "queue_module.SimpleQueue[Any]" = queue_module.SimpleQueue()
+        self._queue: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
         self.worker = Worker(self._queue, self.exporter, self.options, self.counters)
 
     def __repr__(self) -> str:
         return f"<PhosphoHandler {self.exporter.destination} ({logging.getLevelName(self.level)})>"
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         # No handler lock: emit only enqueues, and the queue is thread-safe.
         if self.filters:
             rv = self.filter(record)
@@ -140,7 +138,7 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
         self.worker.start()
         self._thread = self.worker._thread  # what the stdlib API exposes
 
-    def stop(self, timeout: Optional[float] = None) -> None:  # type: ignore[override]
+    def stop(self, timeout: Optional[float] = None) -> None:
         """Deliver what is queued within ``timeout`` (default ``shutdown_timeout``), then end."""
         self.worker.stop(timeout)
         self._thread = None
@@ -195,7 +193,7 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         self._direct = False
         self.counters = ProducerCounters()
 
-    @property  # type: ignore[override]
+    @property
     def listener(self) -> Optional[logging.handlers.QueueListener]:
         """The listener draining this handler's queue (dictConfig sets it on 3.12+)."""
         return self._listener
@@ -216,7 +214,7 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         maxsize = getattr(self.queue, "maxsize", 0) or 0
         return maxsize if maxsize > 0 else (self._explicit_max or default)
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         # The hot path: no handler lock (the queue is thread-safe) and the cheapest
         # possible test for records that are not tasks.
         if "input" not in record.__dict__ and not (type(record.msg) is dict and "input" in record.msg):

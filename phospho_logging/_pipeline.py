@@ -11,7 +11,7 @@ from typing import Any, Dict, Optional, Set, Union
 from ._handlers import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener
 
 _lock = threading.Lock()
-_current: Optional["Pipeline"] = None
+_current: Optional[Pipeline] = None
 _noticed: Set[str] = set()
 
 
@@ -23,7 +23,7 @@ class Pipeline:
         self.logger = logger
         self.sender = PhosphoHandler(**options)
         self.options = self.sender.options
-        q: "queue_module.SimpleQueue[Any]" = queue_module.SimpleQueue()
+        q: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
         self.listener = PhosphoQueueListener(q, self.sender)
         self.handler = PhosphoQueueHandler(q)
         self.handler.listener = self.listener

@@ -90,9 +90,7 @@ class _State:
             self.problems.append(problem)
 
 
-def to_jsonable(
-    obj: object, *, max_depth: int = 20, problems: list[str] | None = None
-) -> JSON:
+def to_jsonable(obj: object, *, max_depth: int = 20, problems: list[str] | None = None) -> JSON:
     """Return an independent snapshot of ``obj`` made only of JSON types; never raises.
 
     Containers are always copied, so mutating ``obj`` afterwards does not change the
@@ -185,9 +183,7 @@ def _enter(owner: object, depth: int, st: _State) -> str | None:
     return None
 
 
-def _walk_dict(
-    items: Iterable[tuple[Any, Any]], owner: object, depth: int, st: _State
-) -> JSON:
+def _walk_dict(items: Iterable[tuple[Any, Any]], owner: object, depth: int, st: _State) -> JSON:
     # _enter() inlined: this is the hot path of every dict-shaped log call.
     if depth >= st.max_depth:
         st.tag("max_depth")
@@ -221,9 +217,7 @@ def _walk_dict(
     return out
 
 
-def _walk_list(
-    seq: Iterable[Any], depth: int, st: _State, owner: object = None
-) -> JSON:
+def _walk_list(seq: Iterable[Any], depth: int, st: _State, owner: object = None) -> JSON:
     if owner is None:
         owner = seq
     if depth >= st.max_depth:
@@ -321,9 +315,7 @@ def _walk_duck(obj: Any, depth: int, st: _State) -> JSON:
     cls = type(obj)
     if callable(getattr(cls, "model_dump", None)):  # pydantic v2
         return _replace(obj, obj.model_dump(), depth, st)
-    if hasattr(cls, "__fields__") and callable(
-        getattr(cls, "dict", None)
-    ):  # pydantic v1
+    if hasattr(cls, "__fields__") and callable(getattr(cls, "dict", None)):  # pydantic v1
         return _replace(obj, obj.dict(), depth, st)
     if hasattr(cls, "__dataclass_fields__"):
         # Not dataclasses.asdict(): it deep-copies every field value (slow, and may raise

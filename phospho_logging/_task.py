@@ -102,24 +102,42 @@ def carries_task(record: logging.LogRecord) -> bool:
 
 _SCALARS = frozenset({str, int, bool, type(None)})
 _isfinite = math.isfinite
+_FAST_DEPTH = 8
 
 
-def snap(value: Any, problems: List[str]) -> JSON:
-    """``to_jsonable`` with a fast path for the common shapes: scalars and flat dicts."""
+class _Slow(Exception):
+    """Raised inside the fast copy when a value needs the full ``to_jsonable``."""
+
+
+def _fast_copy(value: Any, depth: int) -> JSON:
     kind = type(value)
     if kind in _SCALARS:
         return value  # type: ignore[no-any-return]
-    if kind is dict:
-        for key, item in value.items():
-            item_kind = type(item)
-            if type(key) is not str or (
-                item_kind not in _SCALARS and not (item_kind is float and _isfinite(item))
-            ):
-                return to_jsonable(value, problems=problems)
-        return value.copy()  # type: ignore[no-any-return]
     if kind is float and _isfinite(value):
         return value  # type: ignore[no-any-return]
-    return to_jsonable(value, problems=problems)
+    if depth > _FAST_DEPTH:
+        raise _Slow
+    if kind is dict:
+        out: Dict[str, JSON] = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _Slow
+            out[key] = item if type(item) is str else _fast_copy(item, depth + 1)
+        return out
+    if kind is list:
+        return [item if type(item) is str else _fast_copy(item, depth + 1) for item in value]
+    raise _Slow
+
+
+def snap(value: Any, problems: List[str]) -> JSON:
+    """A JSON-safe deep copy: a fast path for plain JSON-like values (the common case),
+    ``to_jsonable`` for everything else."""
+    if type(value) is str:
+        return value
+    try:
+        return _fast_copy(value, 0)
+    except Exception:  # noqa: BLE001 - _Slow, or a container another thread is resizing
+        return to_jsonable(value, problems=problems)
 
 
 #: How many attributes ``Logger.makeRecord`` sets before the caller's extras: the extras
@@ -221,7 +239,9 @@ def snapshot_fields(
                 fields[key] = new
         else:
             fields[key] = snap(value, problems)
-    in_text = None if input_to_str is None else _custom_text(input_to_str, source.get("input"), "input_to_str", problems)
+    in_text = None
+    if input_to_str is not None:
+        in_text = _custom_text(input_to_str, source.get("input"), "input_to_str", problems)
     out_text = None
     if output_to_str is not None and source.get("output") is not None:
         out_text = _custom_text(output_to_str, source["output"], "output_to_str", problems)
@@ -334,7 +354,8 @@ def build_event(
                 metadata.setdefault(key, value)
     _cap(event, metadata, max_field_chars, problems)
     if problems:
-        metadata["phospho_logging_problems"] = sorted(set(problems))
+        tags: List[JSON] = [*sorted(set(problems))]
+        metadata["phospho_logging_problems"] = tags
     event["metadata"] = metadata
     return event
 
@@ -353,7 +374,7 @@ def _raw(value: JSON, output: bool) -> JSON:
 
 def _cap(event: Dict[str, JSON], metadata: Dict[str, JSON], limit: int, problems: List[str]) -> None:
     """Truncate oversized text fields and metadata values, visibly."""
-    truncated = []
+    truncated: List[JSON] = []
     for key in ("input", "output", "system_prompt"):
         value = event.get(key)
         if type(value) is str and len(value) > limit:

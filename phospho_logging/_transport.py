@@ -91,7 +91,7 @@ class HTTPExporter(Exporter):
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
-        self._session = None  # created on the worker thread, on first use
+        self._session: Any = None  # a requests.Session, made on the worker thread on first use
 
     def __repr__(self) -> str:
         return f"HTTPExporter({self._endpoint!r})"

@@ -17,7 +17,7 @@ import random
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from . import _diag
 from ._config import Options
@@ -27,7 +27,7 @@ from ._transport import Exporter, Outcome
 
 #: Identities of the worker threads: a record created on one of them (urllib3's debug
 #: lines about our own requests, say) is never turned into a task.
-WORKER_THREADS: set = set()
+WORKER_THREADS: Set[int] = set()
 
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
@@ -35,7 +35,7 @@ IDLE_WAIT = 1.0
 PENDING_ATTR = "_phospho_pending"
 
 
-def count_value(counter: "itertools.count[int]") -> int:
+def count_value(counter: itertools.count[int]) -> int:
     """The next value of an ``itertools.count`` without advancing it.
 
     ``next()`` on a count is atomic under the GIL, which makes it the cheapest
@@ -93,7 +93,7 @@ class _Stop(_Marker):
         self.deadline = deadline
 
 
-_live_workers: "weakref.WeakSet[Worker]" = weakref.WeakSet()
+_live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 _atexit_registered = False
 _atexit_lock = threading.Lock()
 

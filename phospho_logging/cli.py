@@ -9,7 +9,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from . import _store
 from ._config import Options, default_data_dir, env_name
@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("-n", type=int, default=10, metavar="N", help="how many tasks (default 10)")
     tail.add_argument("--json", action="store_true", help="one JSON event per line, as sent on the wire")
     tail.add_argument("--session", metavar="ID", help="only tasks of this session")
-    tail.add_argument("--local-dir", help=f"the store's directory (default ${env_name('local_dir')} or {default_data_dir()})")
+    tail.add_argument(
+        "--local-dir", help=f"the store's directory (default ${env_name('local_dir')} or {default_data_dir()})"
+    )
     tail.set_defaults(func=cmd_tail)
     return parser
 

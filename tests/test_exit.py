@@ -23,12 +23,12 @@ def child_env(env: Dict[str, str]) -> Dict[str, str]:
     return full_env
 
 
-def run(code: str, env: Dict[str, str], timeout: float = 60) -> "subprocess.CompletedProcess[str]":
+def run(code: str, env: Dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=child_env(env),
                           capture_output=True, text=True, timeout=timeout)
 
 
-def popen(code: str, env: Dict[str, str]) -> "subprocess.Popen[str]":
+def popen(code: str, env: Dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=child_env(env), text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 

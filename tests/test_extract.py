@@ -106,15 +106,10 @@ class TestInputText:
 
     def test_other_containers_give_compact_json(self) -> None:
         """Other dicts and lists give compact JSON text, non-ASCII kept as is."""
-        assert (
-            input_text({"question": "café?", "n": [1, 2]})
-            == '{"question":"café?","n":[1,2]}'
-        )
+        assert input_text({"question": "café?", "n": [1, 2]}) == '{"question":"café?","n":[1,2]}'
         assert input_text([1, "a"]) == '[1,"a"]'
 
-    @pytest.mark.parametrize(
-        ("raw", "expected"), [(42, "42"), (1.5, "1.5"), (True, "True")]
-    )
+    @pytest.mark.parametrize(("raw", "expected"), [(42, "42"), (1.5, "1.5"), (True, "True")])
     def test_scalars_give_str(self, raw: JSON, expected: str) -> None:
         """Numbers and booleans give str(x)."""
         assert input_text(raw) == expected
@@ -162,15 +157,11 @@ class TestOutputText:
 
     def test_ollama_generate_gives_response(self) -> None:
         """An Ollama generate reply gives its response."""
-        assert (
-            output_text({"model": "llama3", "response": "Hi!", "done": True}) == "Hi!"
-        )
+        assert output_text({"model": "llama3", "response": "Hi!", "done": True}) == "Hi!"
 
     def test_ollama_chat_gives_message_content(self) -> None:
         """An Ollama chat reply gives message.content."""
-        assert (
-            output_text({"model": "llama3", "message": assistant("Hello")}) == "Hello"
-        )
+        assert output_text({"model": "llama3", "message": assistant("Hello")}) == "Hello"
 
     def test_anthropic_message_gives_joined_text_blocks(self) -> None:
         """An Anthropic message gives its text blocks joined; tool_use blocks are ignored."""
@@ -240,20 +231,9 @@ class TestChunkText:
 
     def test_openai_chunks(self) -> None:
         """OpenAI chunks give delta.content, "" for role-only, null or usage-only chunks."""
-        assert (
-            chunk_text({"choices": [{"index": 0, "delta": {"content": "Hel"}}]})
-            == "Hel"
-        )
-        assert (
-            chunk_text({"choices": [{"delta": {"role": "assistant", "content": ""}}]})
-            == ""
-        )
-        assert (
-            chunk_text(
-                {"choices": [{"delta": {"content": None}, "finish_reason": "stop"}]}
-            )
-            == ""
-        )
+        assert chunk_text({"choices": [{"index": 0, "delta": {"content": "Hel"}}]}) == "Hel"
+        assert chunk_text({"choices": [{"delta": {"role": "assistant", "content": ""}}]}) == ""
+        assert chunk_text({"choices": [{"delta": {"content": None}, "finish_reason": "stop"}]}) == ""
         assert chunk_text({"choices": [], "usage": {"total_tokens": 3}}) == ""
 
     def test_completions_chunk_gives_text(self) -> None:
@@ -280,9 +260,7 @@ class TestChunkText:
         assert chunk_text(json_delta) == ""
         assert chunk_text({"type": "message_stop"}) == ""
 
-    @pytest.mark.parametrize(
-        "chunk", [None, 3, True, ["a"], {"unknown": "x"}, {"choices": ["x"]}]
-    )
+    @pytest.mark.parametrize("chunk", [None, 3, True, ["a"], {"unknown": "x"}, {"choices": ["x"]}])
     def test_unknown_chunks_are_empty(self, chunk: JSON) -> None:
         """None and unknown shapes add no text."""
         assert chunk_text(chunk) == ""
@@ -297,15 +275,9 @@ class TestDetect:
 
     def test_system_prompt_from_messages(self) -> None:
         """The first system (or developer) message of the input is the system prompt."""
-        raw: JSON = {
-            "messages": [user("q"), SYSTEM, {"role": "system", "content": "second"}]
-        }
+        raw: JSON = {"messages": [user("q"), SYSTEM, {"role": "system", "content": "second"}]}
         assert detect(raw, None) == {"system_prompt": "Be brief."}
-        dev: JSON = {
-            "messages": [
-                {"role": "developer", "content": [{"type": "text", "text": "Dev"}]}
-            ]
-        }
+        dev: JSON = {"messages": [{"role": "developer", "content": [{"type": "text", "text": "Dev"}]}]}
         assert detect(dev, None) == {"system_prompt": "Dev"}
 
     def test_system_prompt_from_message_list(self) -> None:
@@ -314,9 +286,7 @@ class TestDetect:
 
     def test_anthropic_system(self) -> None:
         """An Anthropic-style system key (text or text blocks) is the system prompt."""
-        assert detect({"system": "Sys", "messages": [user("q")]}, None) == {
-            "system_prompt": "Sys"
-        }
+        assert detect({"system": "Sys", "messages": [user("q")]}, None) == {"system_prompt": "Sys"}
         blocks: JSON = [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}]
         assert detect({"system": blocks}, None) == {"system_prompt": "A\nB"}
 
@@ -339,9 +309,7 @@ class TestDetect:
 
     def test_ollama_counts(self) -> None:
         """Ollama's top-level prompt_eval_count and eval_count are the token counts."""
-        assert detect(
-            None, {"prompt_eval_count": 4, "eval_count": 6, "done": True}
-        ) == {
+        assert detect(None, {"prompt_eval_count": 4, "eval_count": 6, "done": True}) == {
             "prompt_tokens": 4,
             "completion_tokens": 6,
             "total_tokens": 10,
@@ -376,9 +344,7 @@ class TestDetect:
             "total_tokens": 10,
         }
 
-    @pytest.mark.parametrize(
-        "raw", [None, "x", 3, [], [1], {"messages": "x", "usage": []}]
-    )
+    @pytest.mark.parametrize("raw", [None, "x", 3, [], [1], {"messages": "x", "usage": []}])
     def test_nothing_found_gives_empty_dict(self, raw: JSON) -> None:
         """Shapes without anything to detect give an empty dict."""
         assert detect(raw, raw) == {}
@@ -386,9 +352,7 @@ class TestDetect:
 
 # --- property tests -------------------------------------------------------------------
 
-_text = st.text(st.characters(exclude_categories=()), max_size=10) | st.sampled_from(
-    ["\ud800", ""]
-)
+_text = st.text(st.characters(exclude_categories=()), max_size=10) | st.sampled_from(["\ud800", ""])
 _scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -398,9 +362,7 @@ _scalars = st.one_of(
 )
 _json = st.recursive(
     _scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(_text, children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_text, children, max_size=4),
     max_leaves=20,
 )
 _roles = st.sampled_from(["system", "developer", "user", "assistant", "tool", 3, None])
@@ -432,12 +394,8 @@ _llm_shapes = st.one_of(
                 st.fixed_dictionaries(
                     {},
                     optional={
-                        "message": st.fixed_dictionaries(
-                            {}, optional={"content": _json, "tool_calls": _json}
-                        )
-                        | _json,
-                        "delta": st.fixed_dictionaries({}, optional={"content": _json})
-                        | _json,
+                        "message": st.fixed_dictionaries({}, optional={"content": _json, "tool_calls": _json}) | _json,
+                        "delta": st.fixed_dictionaries({}, optional={"content": _json}) | _json,
                         "text": _json,
                     },
                 )
@@ -467,9 +425,7 @@ _llm_shapes = st.one_of(
         },
     ),
 )
-_settings = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+_settings = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 _DETECTED = {
     "model": str,
     "system_prompt": str,
@@ -501,9 +457,7 @@ class TestProperties:
 
     @_settings
     @given(_llm_shapes, _llm_shapes)
-    def test_detect_gives_known_keys_with_right_types(
-        self, raw_input: JSON, raw_output: JSON
-    ) -> None:
+    def test_detect_gives_known_keys_with_right_types(self, raw_input: JSON, raw_output: JSON) -> None:
         """detect never raises and gives only known keys, each with its exact type."""
         found = detect(raw_input, raw_output)
         for key, value in found.items():

@@ -117,7 +117,7 @@ class TestConfigure:
     def test_full_queue_drops_and_counts(self, server: PhosphoTestServer, creds: dict, capsys: pytest.CaptureFixture) -> None:
         """A full queue drops tasks without blocking, counts them, and warns once."""
         # A pipeline built by hand whose listener does not run yet.
-        q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         sender = PhosphoHandler(**creds, max_queue_size=5)
         listener = PhosphoQueueListener(q, sender)
         handler = PhosphoQueueHandler(q)
@@ -275,7 +275,7 @@ class TestHandlers:
 
     def test_stdlib_listener_with_phospho_handler(self, server: PhosphoTestServer, creds: dict) -> None:
         """The stdlib QueueListener can drive PhosphoHandler (the dictConfig 3.12 default)."""
-        q: "queue.Queue[Any]" = queue.Queue()
+        q: queue.Queue[Any] = queue.Queue()
         sender = PhosphoHandler(**creds)
         listener = logging.handlers.QueueListener(q, sender)
         handler = PhosphoQueueHandler(q)
@@ -302,7 +302,7 @@ class TestHandlers:
             def emit(self, record: logging.LogRecord) -> None:
                 seen.append(record.getMessage())
 
-        q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         listener = PhosphoQueueListener(q, PhosphoHandler(**creds), Collect())
         handler = PhosphoQueueHandler(q)
         handler.listener = listener

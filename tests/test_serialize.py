@@ -197,9 +197,7 @@ class TestScalars:
             (float("-inf"), "-Infinity"),
         ],
     )
-    def test_non_finite_floats_become_strings(
-        self, value: float, expected: str
-    ) -> None:
+    def test_non_finite_floats_become_strings(self, value: float, expected: str) -> None:
         """NaN, inf and -inf become "NaN", "Infinity", "-Infinity" and are tagged "nan"."""
         problems: list[str] = []
         assert to_jsonable({"x": value}, problems=problems) == {"x": expected}
@@ -252,9 +250,7 @@ class TestBytes:
     def test_bytes_like_are_decoded_with_replacement(self, kind: Any) -> None:
         """bytes, bytearray and memoryview are decoded as UTF-8, bad bytes -> U+FFFD."""
         problems: list[str] = []
-        assert (
-            to_jsonable(kind(b"caf\xc3\xa9 \xff"), problems=problems) == "café \ufffd"
-        )
+        assert to_jsonable(kind(b"caf\xc3\xa9 \xff"), problems=problems) == "café \ufffd"
         assert problems == ["bytes"]
 
 
@@ -331,9 +327,7 @@ class TestContainers:
     def test_non_str_keys_are_coerced(self) -> None:
         """Non-str keys become str(key), tagged "key_coerced"."""
         problems: list[str] = []
-        result = to_jsonable(
-            {1: "a", None: "b", (1, 2): "c", 2.5: "d"}, problems=problems
-        )
+        result = to_jsonable({1: "a", None: "b", (1, 2): "c", 2.5: "d"}, problems=problems)
         assert result == {"1": "a", "None": "b", "(1, 2)": "c", "2.5": "d"}
         assert problems == ["key_coerced"] * 4
 
@@ -360,9 +354,7 @@ class TestContainers:
     def test_key_whose_str_raises_gets_a_placeholder(self) -> None:
         """A key whose __str__ raises becomes "<unrepresentable Type>", tagged "repr_failed"."""
         problems: list[str] = []
-        assert to_jsonable({BadStr(): 1}, problems=problems) == {
-            "<unrepresentable BadStr>": 1
-        }
+        assert to_jsonable({BadStr(): 1}, problems=problems) == {"<unrepresentable BadStr>": 1}
         assert "repr_failed" in problems
 
     def test_str_subclass_key_keeps_its_text(self) -> None:
@@ -424,9 +416,7 @@ class TestObjects:
     def test_failing_model_dump_falls_back_to_repr(self) -> None:
         """A model_dump that raises gives the object's repr, tagged "convert_failed"."""
         problems: list[str] = []
-        assert to_jsonable({"m": BrokenModel()}, problems=problems) == {
-            "m": "BrokenModel()"
-        }
+        assert to_jsonable({"m": BrokenModel()}, problems=problems) == {"m": "BrokenModel()"}
         assert problems == ["convert_failed"]
 
     def test_model_dump_returning_self_is_a_cycle(self) -> None:
@@ -514,9 +504,7 @@ class TestObjects:
     def test_repr_that_raises_gives_a_placeholder(self) -> None:
         """An object whose __repr__ raises becomes "<unrepresentable Type>"."""
         problems: list[str] = []
-        assert to_jsonable([BadRepr()], problems=problems) == [
-            "<unrepresentable BadRepr>"
-        ]
+        assert to_jsonable([BadRepr()], problems=problems) == ["<unrepresentable BadRepr>"]
         assert problems == ["object_repr", "repr_failed"]
 
     def test_keyboard_interrupt_from_user_code_propagates(self) -> None:
@@ -611,9 +599,7 @@ class TestLimits:
 
 class TestDumps:
     @pytest.fixture(params=["orjson", "stdlib"])
-    def encoder(
-        self, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-    ) -> str:
+    def encoder(self, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
         if request.param == "orjson" and not _orjson_installed:
             pytest.skip("orjson is not installed")
         monkeypatch.setattr(_serialize, "_USE_ORJSON", request.param == "orjson")
@@ -665,9 +651,9 @@ class TestDumps:
 
 # --- property tests -------------------------------------------------------------------
 
-_any_text = st.text(
-    st.characters(exclude_categories=()), max_size=20
-) | st.sampled_from(["\ud800", "a\udfffb", "\ud83d\ude00", "NaN", "1", "1#2"])
+_any_text = st.text(st.characters(exclude_categories=()), max_size=20) | st.sampled_from(
+    ["\ud800", "a\udfffb", "\ud83d\ude00", "NaN", "1", "1#2"]
+)
 _hashable_leaves = st.one_of(
     st.none(),
     st.booleans(),
@@ -682,9 +668,7 @@ _hashable_leaves = st.one_of(
     st.sampled_from(list(Color) + list(Level)),
 )
 # Unhashable leaves: bytearray, and Decimal NaNs (a signaling NaN cannot be hashed).
-_leaves = (
-    _hashable_leaves | st.builds(bytearray, st.binary(max_size=10)) | st.decimals()
-)
+_leaves = _hashable_leaves | st.builds(bytearray, st.binary(max_size=10)) | st.decimals()
 _keys = st.one_of(
     _any_text,
     st.integers(),
@@ -704,17 +688,13 @@ _values = st.recursive(
     ),
     max_leaves=30,
 )
-_settings = settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+_settings = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 class TestProperties:
     @_settings
     @given(_values, st.integers(min_value=0, max_value=25))
-    def test_any_value_gives_a_jsonable_snapshot(
-        self, value: object, max_depth: int
-    ) -> None:
+    def test_any_value_gives_a_jsonable_snapshot(self, value: object, max_depth: int) -> None:
         """Any nested value converts without raising into JSON types only."""
         problems: list[str] = []
         result = to_jsonable(value, max_depth=max_depth, problems=problems)

@@ -1,0 +1,297 @@
+"""Benchmark cases for phospho_logging, one per process.
+
+Run one case (normally ``benchmarks/run.py`` does this, in a fresh subprocess)::
+
+    python benchmarks/cases.py CASE --n N
+
+It prints one JSON line: ``{"case", "value", "unit", "n", ...}``. Works from a source
+checkout (the repository root is put first on ``sys.path``) and with the package installed.
+``PHOSPHO_*`` environment variables are ignored, so the local-store cases stay offline.
+
+Per-call cases warm up, then time N calls of ``log.info(...)`` with
+``time.perf_counter_ns`` three times and report the best, in ns per call. As ``timeit``
+does, the garbage collector is off during the timed loops (the hot-path cases keep every
+snapshot on a queue nobody drains, which would make full collections ever slower; that
+is an artefact of the set-up, not a cost an application pays).
+
+* ``null_extra``        baseline: a logger with a ``NullHandler``, a task-carrying call
+                        (``input``/``output`` of 100 chars and a small ``metadata`` dict).
+* ``stdlib_queue``      the same call into ``logging.handlers.QueueHandler`` (stdlib
+                        ``prepare``: format + copy), no listener: the caller's cost only.
+* ``hot_path``          the same call into ``PhosphoQueueHandler`` wired to a
+                        ``PhosphoQueueListener`` that is never started: the caller's own
+                        cost of snapshotting and enqueueing a task.
+* ``null_messages``     baseline with an OpenAI-style request dict as ``input`` and a
+                        ChatCompletion-like dict as ``output``.
+* ``hot_path_messages`` ``hot_path`` with that extra.
+* ``null_plain``        baseline: ``log.info("plain line")`` into a ``NullHandler``.
+* ``non_task``          ``log.info("plain line")`` into the phospho handler (should be
+                        close to ``null_plain``: a record without ``input`` is ignored).
+* ``end_to_end``        tasks/s delivered to a loopback ``PhosphoTestServer`` with the
+                        default options: ``configure()``, N calls from the main thread,
+                        ``flush(timeout=120)``; timed from the first call to the flush's
+                        return. Also reports the peak RSS of the process (``peak_rss_mb``).
+* ``end_to_end_local``  the same into the SQLite local store (no credentials).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import logging.handlers
+import os
+import queue
+import sqlite3
+import sys
+import tempfile
+import time
+from itertools import repeat
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+if (ROOT / "phospho_logging" / "__init__.py").exists() and str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+for _name in [k for k in os.environ if k.startswith("PHOSPHO_")]:
+    del os.environ[_name]
+
+import phospho_logging  # noqa: E402
+from phospho_logging import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener  # noqa: E402
+from phospho_logging.testing import PhosphoTestServer  # noqa: E402
+
+
+def _text(prefix: str) -> str:
+    """A deterministic 100-character string."""
+    return (prefix + " " + "lorem ipsum dolor sit amet " * 4)[:100]
+
+
+EXTRA: Dict[str, Any] = {
+    "input": _text("What is the capital of France?"),
+    "output": _text("The capital of France is Paris."),
+    "metadata": {"model": "m1", "temperature": "0.2", "user": "u-7"},
+}
+MESSAGES_EXTRA: Dict[str, Any] = {
+    "input": {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": _text("You are a helpful assistant.")},
+            {"role": "user", "content": _text("What is the capital of France?")},
+        ],
+    },
+    "output": {
+        "id": "chatcmpl-9xYzAbCdEfGhIjKlMnOpQrStUv",
+        "object": "chat.completion",
+        "created": 1717171717,
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": _text("The capital of France is Paris.")},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 42, "completion_tokens": 21, "total_tokens": 63},
+    },
+}
+REPEATS = 3
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _logger(name: str, handler: logging.Handler) -> logging.Logger:
+    log = logging.getLogger(f"bench.{name}")
+    log.propagate = False
+    log.setLevel(logging.INFO)
+    log.handlers[:] = [handler]
+    return log
+
+
+def _per_call(call: Callable[[], Any], n: int, between: Callable[[], None] = lambda: None) -> Dict[str, Any]:
+    """Best of REPEATS timed loops of ``n`` calls, in ns per call (gc off while timing)."""
+    for _ in repeat(None, min(n, 2000)):
+        call()
+    between()
+    runs = []
+    for _ in range(REPEATS):
+        gc.collect()
+        gc.disable()
+        try:
+            start = time.perf_counter_ns()
+            for _ in repeat(None, n):
+                call()
+            runs.append((time.perf_counter_ns() - start) / n)
+        finally:
+            gc.enable()
+        between()
+    return {"value": min(runs), "unit": "ns/call", "runs": runs}
+
+
+def _drain(q: "queue.SimpleQueue[Any]") -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
+
+def _info_call(log: logging.Logger, msg: str, extra: Optional[Dict[str, Any]]) -> Callable[[], Any]:
+    info = log.info
+    if extra is None:
+        return lambda: info(msg)
+    return lambda: info(msg, extra=extra)
+
+
+def _null(name: str, msg: str, extra: Optional[Dict[str, Any]], n: int) -> Dict[str, Any]:
+    return _per_call(_info_call(_logger(name, logging.NullHandler()), msg, extra), n)
+
+
+def _phospho(name: str, msg: str, extra: Optional[Dict[str, Any]], n: int) -> Dict[str, Any]:
+    """The caller's cost through the queue handler; the listener is never started."""
+    with tempfile.TemporaryDirectory(prefix="phospho-bench-") as tmp:
+        q: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        sender = PhosphoHandler(local_dir=tmp, max_queue_size=10**8)
+        listener = PhosphoQueueListener(q, sender)
+        handler = PhosphoQueueHandler(q)
+        handler.listener = listener
+        log = _logger(name, handler)
+        try:
+            result = _per_call(_info_call(log, msg, extra), n, between=lambda: _drain(q))
+            enqueued = handler.stats().get("enqueued")
+        finally:
+            log.removeHandler(handler)
+            sender.close()
+    if extra is not None and enqueued != n * REPEATS + min(n, 2000):
+        result["error"] = f"expected every call to be enqueued, stats()['enqueued'] = {enqueued}"
+    return result
+
+
+def _peak_rss_mb() -> Optional[float]:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def _throughput(pipeline: Any, n: int, count: Callable[[], int]) -> Dict[str, Any]:
+    """Log ``n`` tasks on the pipeline's logger, flush, and check ``count()`` == n."""
+    info = pipeline.logger.info
+    extra = EXTRA
+    start = time.perf_counter()
+    for _ in repeat(None, n):
+        info("answered", extra=extra)
+    flushed = pipeline.flush(timeout=120)
+    elapsed = time.perf_counter() - start
+    delivered = count()
+    stats = pipeline.stats()
+    result: Dict[str, Any] = {
+        "value": n / elapsed,
+        "unit": "tasks/s",
+        "seconds": elapsed,
+        "delivered": delivered,
+        "flushed": flushed,
+        "dropped_by_reason": stats.get("dropped_by_reason"),
+        "batches": stats.get("batches"),
+    }
+    if delivered != n:
+        result["error"] = f"{delivered} of {n} tasks delivered (flush returned {flushed}, stats {stats})"
+    return result
+
+
+# -- the cases -------------------------------------------------------------------------------
+
+
+def null_extra(n: int) -> Dict[str, Any]:
+    return _null("null_extra", "answered", EXTRA, n)
+
+
+def stdlib_queue(n: int) -> Dict[str, Any]:
+    log = _logger("stdlib_queue", logging.handlers.QueueHandler(queue.SimpleQueue()))
+    q = log.handlers[0].queue  # type: ignore[attr-defined]
+    return _per_call(_info_call(log, "answered", EXTRA), n, between=lambda: _drain(q))
+
+
+def hot_path(n: int) -> Dict[str, Any]:
+    return _phospho("hot_path", "answered", EXTRA, n)
+
+
+def null_messages(n: int) -> Dict[str, Any]:
+    return _null("null_messages", "answered", MESSAGES_EXTRA, n)
+
+
+def hot_path_messages(n: int) -> Dict[str, Any]:
+    return _phospho("hot_path_messages", "answered", MESSAGES_EXTRA, n)
+
+
+def null_plain(n: int) -> Dict[str, Any]:
+    return _null("null_plain", "plain line", None, n)
+
+
+def non_task(n: int) -> Dict[str, Any]:
+    return _phospho("non_task", "plain line", None, n)
+
+
+def end_to_end(n: int) -> Dict[str, Any]:
+    srv = PhosphoTestServer()
+    pipeline = None
+    try:
+        srv.start()
+        pipeline = phospho_logging.configure(api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url)
+        pipeline.logger.propagate = False
+        result = _throughput(pipeline, n, lambda: len(srv.tasks))
+    finally:
+        if pipeline is not None:
+            pipeline.shutdown(timeout=10)
+        srv.stop()
+    result["peak_rss_mb"] = _peak_rss_mb()
+    return result
+
+
+def end_to_end_local(n: int) -> Dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="phospho-bench-") as tmp:
+        pipeline = phospho_logging.configure(local_dir=tmp)
+        try:
+            pipeline.logger.propagate = False
+            path = pipeline.options.store_path()
+
+            def count() -> int:
+                with sqlite3.connect(str(path)) as conn:
+                    return int(conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+
+            result = _throughput(pipeline, n, count)
+        finally:
+            pipeline.shutdown(timeout=10)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    return result
+
+
+CASES: Dict[str, Callable[[int], Dict[str, Any]]] = {
+    f.__name__: f
+    for f in (
+        null_extra, stdlib_queue, hot_path, null_messages, hot_path_messages,
+        null_plain, non_task, end_to_end, end_to_end_local,
+    )
+}
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("case", choices=sorted(CASES))
+    parser.add_argument("--n", type=int, default=20_000, help="calls (or tasks) per timed loop")
+    args = parser.parse_args(argv)
+    result = {"case": args.case, "n": args.n}
+    result.update(CASES[args.case](args.n))
+    result["version"] = phospho_logging.__version__
+    result["package"] = str(Path(phospho_logging.__file__).resolve().parent)
+    print(json.dumps(result), flush=True)
+    if "error" in result:
+        print(f"{args.case}: ERROR: {result['error']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
