@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Iterator, List
 
 import pytest
 
@@ -46,6 +46,23 @@ def clean_state(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPa
         lg.setLevel(level)
         lg.propagate = propagate
     _diag.reset()
+
+
+@pytest.fixture
+def diag() -> Iterator[List[str]]:
+    """The messages phospho_logging reports about itself during the test."""
+    messages: List[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect()
+    _diag.logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        _diag.logger.removeHandler(handler)
 
 
 @pytest.fixture

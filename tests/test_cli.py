@@ -66,3 +66,18 @@ class TestTail:
                                 env=child_env({}), capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert "no answer" in result.stdout
+
+
+class TestConsoleScript:
+    def test_installed_command(self, store: Path) -> None:
+        """The phospho-logging console script is installed with the package and runs tail."""
+        import shutil
+        import sysconfig
+
+        script = shutil.which("phospho-logging", path=sysconfig.get_path("scripts"))
+        if script is None:
+            pytest.skip("the package is not installed in this environment (run the README's set-up command)")
+        result = subprocess.run([script, "tail", "-n", "1", "--json", "--local-dir", str(store)],
+                                env=child_env({}), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["input"] == "no answer"
