@@ -15,16 +15,19 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import queue as queue_module
+import threading
 from typing import Any, Dict, Optional
 
-from . import _capture, _context, _diag
+from . import _capture, _diag
 from ._config import Options, resolve
+from ._context import _current
 from ._store import LocalStoreExporter
 from ._task import carries_task, snapshot_record
 from ._transport import Exporter, HTTPExporter
-from ._worker import PENDING_ATTR, WORKER_THREADS, ProducerCounters, Worker, offer
+from ._worker import PENDING_ATTR, WORKER_THREADS, ProducerCounters, Worker, count_queue_full, offer, stop_at_exit
 
 _new_record = logging.LogRecord.__new__
+_current_context = _current.get
 
 
 def make_exporter(options: Options) -> Exporter:
@@ -79,7 +82,7 @@ class PhosphoHandler(logging.Handler):
                 if record.thread in WORKER_THREADS or not carries_task(record):
                     return
                 o = self.options
-                pending = snapshot_record(record, o.input_to_str, o.output_to_str, _context.current())
+                pending = snapshot_record(record, o.input_to_str, o.output_to_str, _current_context())
             if _capture.active:
                 _capture.deliver_record(record, lambda: pending, self.options)
                 return
@@ -190,8 +193,11 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         self._explicit_max = max_queue_size
         self._max_queue_size = self._queue_bound(Options.max_queue_size)
         self._listener: Optional[logging.handlers.QueueListener] = None
+        self._listener_idle = False
+        self._start_lock = threading.Lock()
         self._direct = False
         self.counters = ProducerCounters()
+        self._offered = self.counters.offered
 
     @property
     def listener(self) -> Optional[logging.handlers.QueueListener]:
@@ -201,6 +207,7 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
     @listener.setter
     def listener(self, listener: Optional[logging.handlers.QueueListener]) -> None:
         self._listener = listener
+        self._listener_idle = listener is not None
         self._direct = isinstance(listener, PhosphoQueueListener) and listener.direct
         if isinstance(listener, PhosphoQueueListener):
             listener.worker.producer = self.counters
@@ -225,22 +232,45 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
                 return False
             if isinstance(rv, logging.LogRecord):
                 record = rv
-        self.emit(record)
+        self._enqueue(record)
         return True
 
     def emit(self, record: logging.LogRecord) -> None:
         """Enqueue the snapshot of a task-carrying record; ignore other records."""
+        if carries_task(record):
+            self._enqueue(record)
+
+    def _enqueue(self, record: logging.LogRecord) -> None:
         try:
-            if record.thread in WORKER_THREADS or not carries_task(record):
+            if record.thread in WORKER_THREADS:
                 return
             item = self.prepare(record)
             if _capture.active:
                 pending = getattr(item, PENDING_ATTR, item)
                 _capture.deliver_record(record, lambda: pending, self._listener_options())
                 return
-            offer(self.queue, item, self.counters, self._max_queue_size)
+            if self._listener_idle:
+                self._start_listener()
+            next(self._offered)
+            q = self.queue
+            if q.qsize() >= self._max_queue_size:
+                raise queue_module.Full
+            q.put_nowait(item)
+        except queue_module.Full:
+            count_queue_full(self.counters, self._max_queue_size)
         except Exception as exc:  # noqa: BLE001 - never raise into the application
             _report_emit_error(exc)
+
+    def _start_listener(self) -> None:
+        """Start a listener nobody started (dictConfig never does: CPython gh-117827)."""
+        with self._start_lock:
+            listener = self._listener
+            if self._listener_idle and listener is not None:
+                if getattr(listener, "_thread", None) is None:
+                    listener.start()
+                    if not isinstance(listener, PhosphoQueueListener):
+                        stop_at_exit(listener)
+                self._listener_idle = False
 
     def prepare(self, record: logging.LogRecord) -> Any:
         """Snapshot the record into a task, on the caller's thread.
@@ -250,17 +280,18 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         ``args``/``exc_info`` cleared as the stdlib does (a structlog event dict in
         ``msg`` is kept as is, for a downstream ``ProcessorFormatter``).
         """
-        pending = snapshot_record(record, self._input_to_str, self._output_to_str, _context.current())
+        pending = snapshot_record(record, self._input_to_str, self._output_to_str, _current_context())
         if self._direct:
             return pending
         copy = _new_record(logging.LogRecord)
         copy.__dict__.update(record.__dict__)
-        if type(record.msg) is not dict and pending.log is not None:
-            copy.msg = pending.log[2]
+        log = pending.log
+        if type(record.msg) is not dict:
+            copy.msg = log[2]
             copy.args = None
         copy.exc_info = None
-        if pending.log is not None and pending.log[6] is not None:
-            copy.exc_text = pending.log[6]
+        if log[6] is not None:
+            copy.exc_text = log[6]
         copy.__dict__[PENDING_ATTR] = pending
         return copy
 

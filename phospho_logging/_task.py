@@ -17,7 +17,7 @@ import math
 import time
 import traceback
 import uuid
-from itertools import islice
+from operator import itemgetter
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ._extract import detect, input_text, output_text
@@ -58,39 +58,42 @@ LogInfo = Tuple[str, str, JSON, str, int, str, Optional[str]]
 _LOG_KEYS = ("log_logger", "log_level", "log_message", "log_file", "log_line", "log_function", "log_exception")
 
 
-class Pending:
-    """A task as snapshotted on the caller's thread, waiting for ``build_event``."""
+class Pending(tuple):  # type: ignore[type-arg]
+    """A task as snapshotted on the caller's thread, waiting for ``build_event``.
 
-    __slots__ = (
-        "fields",
-        "input_text",
-        "output_text",
-        "input_type",
-        "output_type",
-        "problems",
-        "created",
-        "log",
-    )
+    A tuple, because one is made inside every task-carrying logging call and a tuple is
+    the cheapest object Python builds; the properties name its slots. Build one with
+    ``make_pending``.
+    """
 
-    def __init__(
-        self,
-        fields: Dict[str, JSON],
-        input_text: Optional[str],
-        output_text: Optional[str],
-        input_type: Optional[str],
-        output_type: Optional[str],
-        problems: List[str],
-        created: float,
-        log: Optional[LogInfo],
-    ) -> None:
-        self.fields = fields
-        self.input_text = input_text
-        self.output_text = output_text
-        self.input_type = input_type
-        self.output_type = output_type
-        self.problems = problems
-        self.created = created
-        self.log = log
+    __slots__ = ()
+
+    fields: Dict[str, JSON] = property(itemgetter(0))  # type: ignore[assignment]
+    input_text: Optional[str] = property(itemgetter(1))  # type: ignore[assignment]
+    output_text: Optional[str] = property(itemgetter(2))  # type: ignore[assignment]
+    input_type: Optional[str] = property(itemgetter(3))  # type: ignore[assignment]
+    output_type: Optional[str] = property(itemgetter(4))  # type: ignore[assignment]
+    problems: List[str] = property(itemgetter(5))  # type: ignore[assignment]
+    created: float = property(itemgetter(6))  # type: ignore[assignment]
+    #: Where it was logged: logger, level, message, file, line, function, traceback.
+    log: LogInfo = property(itemgetter(slice(7, 14)))  # type: ignore[assignment]
+
+
+_tuple_new = tuple.__new__
+
+
+def make_pending(
+    fields: Dict[str, JSON],
+    input_text: Optional[str],
+    output_text: Optional[str],
+    input_type: Optional[str],
+    output_type: Optional[str],
+    problems: List[str],
+    created: float,
+    log: LogInfo = (None, None, None, None, None, None, None),  # type: ignore[assignment]
+) -> Pending:
+    """A ``Pending`` from its parts (the hot path builds the tuple inline instead)."""
+    return _tuple_new(Pending, (fields, input_text, output_text, input_type, output_type, problems, created, *log))
 
 
 def carries_task(record: logging.LogRecord) -> bool:
@@ -145,55 +148,146 @@ def snap(value: Any, problems: List[str]) -> JSON:
 _FIRST_EXTRA = len(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 
 
+#: The attributes ``LogRecord.__init__`` sets. Extras come after them in a record's
+#: ``__dict__``, so the scan for extras walks it backwards and stops at the first of these.
+_INIT_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+
+
 def snapshot_record(
     record: logging.LogRecord,
     input_to_str: Optional[TextFunction] = None,
     output_to_str: Optional[TextFunction] = None,
     context: Optional[Mapping[str, Any]] = None,
 ) -> Pending:
-    """Copy the task out of a record, on the caller's thread. Never raises."""
+    """Copy the task out of a record, on the caller's thread. Never raises.
+
+    This runs inside every task-carrying logging call, so the common case (a record made
+    by ``Logger.makeRecord`` with a few extras) touches the extras only.
+    """
     attrs = record.__dict__
     msg = record.msg
-    problems: List[str] = []
     if type(msg) is dict:
-        # structlog's ProcessorFormatter.wrap_for_formatter puts the event dict in msg.
-        source: Dict[str, Any] = {k: v for k, v in attrs.items() if k not in _IGNORED}
-        source = {**msg, **source}
-        message: Any = msg.get("event")
-        input_to_str = msg.get("input_to_str") or attrs.get("input_to_str") or input_to_str
-        output_to_str = msg.get("output_to_str") or attrs.get("output_to_str") or output_to_str
-    else:
-        # Extras come after the standard attributes; formatters may have added a few
-        # standard ones (message, asctime) after them, hence the membership test.
-        if len(attrs) > _FIRST_EXTRA and "name" in attrs:
-            source = {k: v for k, v in islice(attrs.items(), _FIRST_EXTRA, None) if k not in _IGNORED}
-            if "input" not in source:  # an odd record layout: scan everything
-                source = {k: v for k, v in attrs.items() if k not in _IGNORED}
+        return _snapshot_event_dict_record(record, input_to_str, output_to_str, context)
+    problems: List[str] = []
+    fields: Dict[str, JSON] = {}
+    # Walked backwards (cheap to stop early); build_event restores the caller's order.
+    for key, value in reversed(attrs.items()):
+        if key in _INIT_ATTRS:
+            break
+        if key in _IGNORED or key[0] == "_":
+            continue
+        kind = type(value)
+        if kind is str:
+            fields[key] = value
+        elif kind is dict or kind is list:
+            try:
+                fields[key] = _fast_copy(value, 0)
+            except Exception:  # noqa: BLE001 - _Slow, or a container being resized
+                fields[key] = to_jsonable(value, problems=problems)
         else:
-            source = {k: v for k, v in attrs.items() if k not in _IGNORED}
-        message = msg
-        try:
-            if type(msg) is not str:
-                message = str(msg)
-            if record.args:
-                message = message % record.args
-        except Exception:  # noqa: BLE001 - a bad %-format must not lose the task
-            problems.append("message_format")
-            message = to_jsonable(msg, problems=problems)
-        if "input_to_str" in attrs:
-            input_to_str = attrs["input_to_str"] or input_to_str
-        if "output_to_str" in attrs:
-            output_to_str = attrs["output_to_str"] or output_to_str
-    log = (
+            fields[key] = snap(value, problems)
+    if "input" not in fields or context:
+        # An unusual record layout, or fields bound with context(): the general path.
+        return snapshot_fields(
+            {k: v for k, v in attrs.items() if k not in _IGNORED and k[0] != "_"},
+            attrs.get("input_to_str") or input_to_str,
+            attrs.get("output_to_str") or output_to_str,
+            context,
+            problems,
+            record.created,
+            _log_info(record, _message(record, problems), problems),
+        )
+    if "input_to_str" in attrs:
+        input_to_str = attrs["input_to_str"] or input_to_str
+    if "output_to_str" in attrs:
+        output_to_str = attrs["output_to_str"] or output_to_str
+    raw_in = attrs.get("raw_input", attrs["input"])
+    raw_out = attrs.get("raw_output", attrs.get("output"))
+    return _tuple_new(
+        Pending,
+        (
+            fields,
+            None if input_to_str is None else _custom_text(input_to_str, attrs["input"], "input_to_str", problems),
+            None
+            if output_to_str is None or attrs.get("output") is None
+            else _custom_text(output_to_str, attrs["output"], "output_to_str", problems),
+            None if raw_in is None else type(raw_in).__name__,
+            None if raw_out is None else type(raw_out).__name__,
+            problems,
+            record.created,
+            record.name,
+            record.levelname,
+            msg if type(msg) is str and not record.args else _message(record, problems),
+            record.pathname,
+            record.lineno,
+            record.funcName,
+            _format_exception(record, problems) if record.exc_info else None,
+        ),
+    )
+
+
+def _message(record: logging.LogRecord, problems: List[str]) -> JSON:
+    """``record.getMessage()``, but a bad %-format does not lose the task."""
+    msg = record.msg
+    try:
+        message = msg if type(msg) is str else str(msg)
+        if record.args:
+            message = message % record.args
+        return message
+    except Exception:  # noqa: BLE001
+        problems.append("message_format")
+        return to_jsonable(msg, problems=problems)
+
+
+def _log_info(record: logging.LogRecord, message: JSON, problems: List[str]) -> LogInfo:
+    return (
         record.name,
         record.levelname,
-        message if type(message) is str else to_jsonable(message, problems=problems),
+        message,
         record.pathname,
         record.lineno,
         record.funcName,
         _format_exception(record, problems) if record.exc_info else None,
     )
-    return snapshot_fields(source, input_to_str, output_to_str, context, problems, record.created, log)
+
+
+def _snapshot_event_dict_record(
+    record: logging.LogRecord,
+    input_to_str: Optional[TextFunction],
+    output_to_str: Optional[TextFunction],
+    context: Optional[Mapping[str, Any]],
+) -> Pending:
+    """A record whose ``msg`` is a structlog event dict (``ProcessorFormatter.wrap_for_formatter``)."""
+    msg: Dict[str, Any] = record.msg  # type: ignore[assignment]
+    attrs = record.__dict__
+    problems: List[str] = []
+    source = {**msg, **{k: v for k, v in attrs.items() if k not in _IGNORED and k[0] != "_"}}
+    event_text = msg.get("event")
+    message: JSON = event_text if type(event_text) is str else snap(event_text, problems)
+    return snapshot_fields(
+        source,
+        msg.get("input_to_str") or attrs.get("input_to_str") or input_to_str,
+        msg.get("output_to_str") or attrs.get("output_to_str") or output_to_str,
+        context,
+        problems,
+        record.created,
+        _log_info(record, message, problems),
+    )
+
+
+def _bind_context(fields: Dict[str, JSON], context: Mapping[str, Any], problems: List[str]) -> None:
+    for key, value in context.items():
+        fields[key] = snap(value, problems)
+
+
+def _merge_metadata(fields: Dict[str, JSON], value: Any, problems: List[str]) -> None:
+    """The record's metadata on top of the context's, key by key."""
+    bound = fields["metadata"]
+    new = snap(value, problems)
+    if isinstance(bound, dict) and isinstance(new, dict):
+        fields["metadata"] = {**bound, **new}
+    else:
+        fields["metadata"] = new
 
 
 def _format_exception(record: logging.LogRecord, problems: List[str]) -> Optional[str]:
@@ -225,18 +319,14 @@ def snapshot_fields(
         problems = []
     fields: Dict[str, JSON] = {}
     if context:
-        for key, value in context.items():
-            fields[key] = snap(value, problems)
-    for key, value in source.items():
+        _bind_context(fields, context, problems)
+    for key, value in reversed(list(source.items())):  # last-first, as snapshot_record does
+        if key == "input_to_str" or key == "output_to_str":
+            continue
         if type(value) is str:
             fields[key] = value
         elif key == "metadata" and context and "metadata" in fields:
-            merged = fields["metadata"]
-            new = snap(value, problems)
-            if isinstance(merged, dict) and isinstance(new, dict):
-                fields[key] = {**merged, **new}
-            else:
-                fields[key] = new
+            _merge_metadata(fields, value, problems)
         else:
             fields[key] = snap(value, problems)
     in_text = None
@@ -247,7 +337,7 @@ def snapshot_fields(
         out_text = _custom_text(output_to_str, source["output"], "output_to_str", problems)
     raw_in = source.get("raw_input", source.get("input"))
     raw_out = source.get("raw_output", source.get("output"))
-    return Pending(
+    return make_pending(
         fields,
         in_text,
         out_text,
@@ -255,7 +345,7 @@ def snapshot_fields(
         None if raw_out is None else type(raw_out).__name__,
         problems,
         time.time() if created is None else created,
-        log,
+        *(() if log is None else (log,)),
     )
 
 
@@ -346,12 +436,12 @@ def build_event(
 
     # Loose extras go into metadata (never top level, where they could collide with server
     # fields); an explicit metadata dict wins over them, and both win over our log_* keys.
-    for key, value in fields.items():
+    # Snapshots list fields last-first (see snapshot_record): restore the caller's order.
+    for key, value in reversed(list(fields.items())):
         metadata.setdefault(key, value)
-    if pending.log is not None:
-        for key, value in zip(_LOG_KEYS, pending.log):
-            if value is not None:
-                metadata.setdefault(key, value)
+    for key, value in zip(_LOG_KEYS, pending.log):
+        if value is not None:
+            metadata.setdefault(key, value)
     _cap(event, metadata, max_field_chars, problems)
     if problems:
         tags: List[JSON] = [*sorted(set(problems))]

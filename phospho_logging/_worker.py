@@ -63,14 +63,19 @@ def offer(q: Any, item: Any, counters: ProducerCounters, max_queue_size: int) ->
         q.put_nowait(item)
         return True
     except queue_module.Full:
-        next(counters.queue_full)
-        _diag.warn_once(
-            "queue_full",
-            "the task queue is full (max_queue_size=%d); tasks are being dropped and counted "
-            "in stats()['dropped_by_reason']['queue_full']",
-            max_queue_size,
-        )
+        count_queue_full(counters, max_queue_size)
         return False
+
+
+def count_queue_full(counters: ProducerCounters, max_queue_size: int) -> None:
+    """Count a task refused by a full queue, and say so (rate-limited)."""
+    next(counters.queue_full)
+    _diag.warn_once(
+        "queue_full",
+        "the task queue is full (max_queue_size=%d); tasks are being dropped and counted "
+        "in stats()['dropped_by_reason']['queue_full']",
+        max_queue_size,
+    )
 
 
 class _Marker:
@@ -298,7 +303,7 @@ class Worker:
 
     def _build(self, item: Any) -> Optional[Tuple[Dict[str, Any], bytes]]:
         pending: Optional[Pending]
-        if isinstance(item, Pending):
+        if type(item) is Pending:
             pending = item
         else:
             pending = getattr(item, PENDING_ATTR, None)
@@ -464,8 +469,27 @@ def _register_atexit() -> None:
             _atexit_registered = True
 
 
+_foreign_listeners: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def stop_at_exit(listener: Any) -> None:
+    """Have a stdlib ``QueueListener`` we started stopped (so drained) at exit."""
+    _foreign_listeners.add(listener)
+    _register_atexit()
+
+
 def stop_all(timeout: Optional[float] = None) -> None:
-    """Stop every live worker at once, each within its own ``shutdown_timeout``."""
+    """Stop every live worker at once, each within its own ``shutdown_timeout``.
+
+    Stdlib listeners we started go first: stopping one drains its queue into the
+    ``PhosphoHandler`` behind it, whose worker is then stopped with the others.
+    """
+    for listener in list(_foreign_listeners):
+        if getattr(listener, "_thread", None) is not None:
+            try:
+                listener.stop()
+            except Exception:  # noqa: BLE001 - exit must go on
+                pass
     workers = [w for w in list(_live_workers) if w.alive]
     for worker in workers:
         worker.stop(timeout, wait=False)

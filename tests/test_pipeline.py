@@ -116,29 +116,20 @@ class TestConfigure:
 
     def test_full_queue_drops_and_counts(self, server: PhosphoTestServer, creds: dict, diag: List[str]) -> None:
         """A full queue drops tasks without blocking, counts them, and warns once."""
-        # A pipeline built by hand whose listener does not run yet.
-        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        sender = PhosphoHandler(**creds, max_queue_size=5)
-        listener = PhosphoQueueListener(q, sender)
-        handler = PhosphoQueueHandler(q)
-        handler.listener = listener
-        lg = logging.getLogger("phospho.full")
-        lg.setLevel(logging.INFO)
-        lg.addHandler(handler)
-        try:
-            for i in range(20):
-                lg.info("t", extra={"input": f"q{i}"})
-            stats = handler.stats()
-            assert stats["enqueued"] == 20
-            assert stats["dropped_by_reason"] == {"queue_full": 15}
-            assert stats["queued"] == 5
-            assert reconciles(stats)
-            listener.start()
-            assert listener.flush(timeout=10) is False  # drops happened since the last flush
-            assert len([t for t in server.tasks if t["input"].startswith("q")]) == 5
-        finally:
-            lg.removeHandler(handler)
-            listener.stop(timeout=2)
+        pipeline = phospho_logging.configure(**creds, max_queue_size=5, max_batch_size=1, timeout=1)
+        server.hang_next(1)
+        log.info("t", extra={"input": "first"})
+        assert server.wait_for_requests(1, timeout=10)  # the worker is now stuck in a request
+        for i in range(20):
+            log.info("t", extra={"input": f"q{i}"})
+        stats = pipeline.stats()
+        assert stats["enqueued"] == 21
+        assert stats["dropped_by_reason"] == {"queue_full": 15}
+        assert stats["queued"] == 6
+        assert reconciles(stats)
+        assert pipeline.flush(timeout=20) is False  # drops happened since the last flush
+        assert sorted(t["input"] for t in server.tasks) == sorted(["first"] + [f"q{i}" for i in range(5)])
+        assert reconciles(pipeline.stats())
         assert sum("task queue is full" in m for m in diag) == 1
 
     def test_module_level_functions(self, server: PhosphoTestServer, creds: dict) -> None:

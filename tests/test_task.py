@@ -61,6 +61,17 @@ class TestFields:
         assert event["metadata"]["created_at"] == "x"
         assert "tenant" not in event and "environment" not in event and "created_at" not in event
 
+    def test_metadata_keeps_the_callers_order(self) -> None:
+        """Loose extras appear in metadata in the order the caller gave them."""
+        event = task(input="q", zeta=1, alpha=2, mid=3)
+        assert [k for k in event["metadata"] if not k.startswith("log_")] == ["zeta", "alpha", "mid"]
+
+    def test_underscore_extras_are_private(self) -> None:
+        """Extras starting with _ (structlog's _logger, _name) are not shipped."""
+        event = task(input="q", _logger=object(), _name="x", visible=1)
+        assert "_logger" not in event["metadata"] and "_name" not in event["metadata"]
+        assert event["metadata"]["visible"] == 1
+
     def test_explicit_metadata_wins_over_loose_extras(self) -> None:
         """A key in metadata= beats an extra of the same name."""
         event = task(input="q", metadata={"tenant": "from-metadata"}, tenant="from-extra")
