@@ -252,7 +252,7 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
             if self._listener_idle:
                 self._start_listener()
             next(self._offered)
-            q = self.queue
+            q: Any = self.queue
             if q.qsize() >= self._max_queue_size:
                 raise queue_module.Full
             q.put_nowait(item)
