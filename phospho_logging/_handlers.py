@@ -21,8 +21,8 @@ from typing import Any, Dict, Optional
 from . import _capture, _diag
 from ._config import Options, resolve
 from ._context import _current
+from ._snapshot import carries_task, snapshot_record
 from ._store import LocalStoreExporter
-from ._task import carries_task, snapshot_record
 from ._transport import Exporter, HTTPExporter
 from ._worker import PENDING_ATTR, WORKER_THREADS, ProducerCounters, Worker, count_queue_full, offer, stop_at_exit
 
@@ -36,6 +36,16 @@ def make_exporter(options: Options) -> Exporter:
         assert options.api_key is not None
         return HTTPExporter(options.endpoint, options.api_key)
     return LocalStoreExporter(options.store_path())
+
+
+def holds_logging_lock() -> bool:
+    """True when this thread holds ``logging``'s module lock (inside dictConfig, say)."""
+    lock = getattr(logging, "_lock", None)
+    is_owned = getattr(lock, "_is_owned", None)
+    try:
+        return bool(is_owned()) if is_owned is not None else False
+    except Exception:  # noqa: BLE001 - a private API: assume the safe answer
+        return True
 
 
 def _report_emit_error(exc: BaseException) -> None:
@@ -92,12 +102,20 @@ class PhosphoHandler(logging.Handler):
             _report_emit_error(exc)
 
     def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
-        """Wait until the tasks this handler accepted are delivered (see ``Worker.flush``)."""
+        """Wait until the tasks this handler accepted are delivered (see ``Worker.flush``).
+
+        Called by ``logging`` itself (``logging.shutdown``, a new ``dictConfig``) with its
+        module lock held, it only asks the worker to send now: waiting there could stall
+        every thread that logs.
+        """
+        if timeout is None and holds_logging_lock():
+            timeout = 0.0
         return self.worker.flush(timeout)
 
     def close(self) -> None:
-        """Deliver what is queued within ``shutdown_timeout``, then release resources."""
-        self.worker.stop()
+        """Stop accepting tasks; what is queued is delivered in the background within
+        ``shutdown_timeout`` (interpreter exit waits for it). Never blocks."""
+        self.worker.stop(wait=False)
         super().close()
 
     def stats(self) -> Dict[str, Any]:

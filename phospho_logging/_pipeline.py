@@ -8,7 +8,10 @@ import sys
 import threading
 from typing import Any, Dict, Optional, Set, Union
 
+from . import _capture
 from ._handlers import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener
+from ._snapshot import Pending
+from ._worker import offer
 
 _lock = threading.Lock()
 _current: Optional[Pipeline] = None
@@ -52,6 +55,13 @@ class Pipeline:
     def stats(self) -> Dict[str, Any]:
         """Counters: ``enqueued == sent + rejected + dropped + queued + spooled``."""
         return self.listener.stats()
+
+    def submit(self, pending: Pending) -> None:
+        """Enqueue a task snapshotted elsewhere (the structlog processor). Never blocks."""
+        if _capture.active:
+            _capture.deliver(pending, self.options)
+            return
+        offer(self.listener.queue, pending, self.handler.counters, self.options.max_queue_size)
 
 
 def configure(

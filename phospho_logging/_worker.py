@@ -22,7 +22,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 from . import _diag
 from ._config import Options
 from ._serialize import dumps
-from ._task import Pending, build_event
+from ._snapshot import Pending
+from ._task import build_event
 from ._transport import Exporter, Outcome
 
 #: Identities of the worker threads: a record created on one of them (urllib3's debug
@@ -32,6 +33,7 @@ WORKER_THREADS: Set[int] = set()
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 IDLE_WAIT = 1.0
+STOP_GRACE = 0.05
 PENDING_ATTR = "_phospho_pending"
 
 
@@ -345,20 +347,29 @@ class Worker:
         return sum(self.dropped.values()) + self.rejected + count_value(self.producer.queue_full)
 
     def _finish(self, stop: _Stop) -> None:
-        """Drain whatever is left (also what raced in after the stop marker)."""
+        """Deliver what is left, including what races in after the stop marker.
+
+        Loggers on other threads may still be in ``emit()`` when the handler is closed (a
+        second ``dictConfig``, say), so the queue is watched for ``STOP_GRACE`` seconds of
+        quiet before the worker ends; past the deadline, tasks are dropped and counted.
+        """
         batch: List[Tuple[Dict[str, Any], bytes]] = []
         while True:
+            left = stop.deadline - time.monotonic()
             try:
-                item = self.queue.get_nowait()
+                item = self.queue.get(True, min(STOP_GRACE, left)) if left > 0 else self.queue.get_nowait()
             except queue_module.Empty:
                 break
             if isinstance(item, _Marker):
-                item.ok = False
-                item.done.set()
+                if batch:
+                    self._send(batch)
+                    batch = []
+                self._barrier(item)
                 continue
             built = self._build(item)
             if built is not None:
                 batch.append(built)
+                self._in_worker = len(batch)
                 if len(batch) >= self.options.max_batch_size:
                     self._send(batch)
                     batch = []

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 from . import _capture, _context
 from ._config import Options
-from ._task import carries_task, snapshot_record
+from ._snapshot import carries_task, snapshot_record
 from ._testserver import PhosphoTestServer, RecordedRequest
 from ._worker import WORKER_THREADS
 

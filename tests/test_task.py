@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from phospho_logging._task import STANDARD_ATTRS, build_event, snapshot_record, task_from_record
+from phospho_logging._snapshot import STANDARD_ATTRS, snapshot_record
+from phospho_logging._task import build_event, task_from_record
 from tests.strict import wire_errors
 
 

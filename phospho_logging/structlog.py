@@ -1,0 +1,120 @@
+"""structlog integration: a processor that turns event dicts with an ``input`` into tasks.
+
+Put ``PhosphoProcessor()`` anywhere in a structlog processor chain::
+
+    structlog.configure(processors=[
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        PhosphoProcessor(),
+        structlog.dev.ConsoleRenderer(),
+    ])
+    phospho_logging.configure()
+    structlog.get_logger().info("answered", input="What is 2+2?", output="4")
+
+The event is snapshotted on the caller's thread and handed to the configured pipeline's
+queue; the worker thread builds and sends it. The event dict comes back with a ``task_id``
+added, so the console line can be matched with the task in phospho.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, MutableMapping, Optional
+
+try:
+    import structlog as _structlog  # noqa: F401 - only to fail early with a clear message
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "phospho_logging.structlog needs structlog: pip install 'phospho-logging[structlog]'"
+    ) from exc
+
+from . import _capture, _diag, _pipeline
+from ._config import Options, resolve
+from ._context import _current
+from ._snapshot import new_task_id, snapshot_event_dict
+
+__all__ = ["PhosphoProcessor", "ShippedEvent"]
+
+EventDict = MutableMapping[str, Any]
+
+
+class PhosphoProcessor:
+    """A structlog processor: an event dict carrying ``input`` becomes a phospho task.
+
+    Field rules are those of log records: ``output``, ``metadata``, ``session_id``,
+    ``task_id``, ``user_id``, ``version_id``, ``flag``, ``raw_input``, ``raw_output`` have
+    their meaning; other keys go into the task's metadata; the ``event`` text is the message.
+    It never raises into the application and never blocks.
+
+    Args:
+        pipeline: where tasks go (default: the pipeline of the last
+            ``phospho_logging.configure()`` call, looked up on each event).
+        input_to_str, output_to_str: text functions (or ``"module:function"``), as in
+            ``configure``; the pipeline's own apply otherwise.
+    """
+
+    def __init__(
+        self,
+        pipeline: Optional[_pipeline.Pipeline] = None,
+        *,
+        input_to_str: Optional[Callable[[Any], str]] = None,
+        output_to_str: Optional[Callable[[Any], str]] = None,
+    ) -> None:
+        self._pipeline = pipeline
+        own = resolve({"input_to_str": input_to_str, "output_to_str": output_to_str}, environ={})
+        self._input_to_str = own.input_to_str
+        self._output_to_str = own.output_to_str
+
+    def __repr__(self) -> str:
+        return f"PhosphoProcessor(pipeline={self._pipeline!r})"
+
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
+        if "input" not in event_dict:
+            return event_dict
+        try:
+            task_id = event_dict.get("task_id")
+            if type(task_id) is not str or not task_id:
+                task_id = new_task_id()
+            pipeline = self._pipeline or _pipeline._current
+            options = _DEFAULTS if pipeline is None else pipeline.options
+            pending = snapshot_event_dict(
+                event_dict,
+                method_name,
+                task_id,
+                self._input_to_str or options.input_to_str,
+                self._output_to_str or options.output_to_str,
+                _context_get(),
+            )
+            if pipeline is not None:
+                pipeline.submit(pending)
+            elif _capture.active:
+                _capture.deliver(pending, options)
+            else:
+                _diag.warn_once(
+                    "processor_unconfigured",
+                    "PhosphoProcessor got a task but no pipeline is configured: call "
+                    "phospho_logging.configure() (tasks are not kept until then)",
+                )
+                return event_dict
+            # A new dict (the caller's is not ours to change), of a type that tells our
+            # handlers the task is already shipped if the event goes on to stdlib.
+            shipped = ShippedEvent(event_dict)
+            shipped["task_id"] = task_id
+            return shipped
+        except Exception as exc:  # noqa: BLE001 - never raise into the application
+            _diag.warn_once("processor_error", "PhosphoProcessor could not make a task: %r", exc)
+            return event_dict
+
+
+class ShippedEvent(dict):  # type: ignore[type-arg]
+    """An event dict whose task ``PhosphoProcessor`` already shipped.
+
+    Our handlers only read tasks from a record whose ``msg`` is exactly a ``dict``, so an
+    event that goes on to stdlib (``ProcessorFormatter.wrap_for_formatter``) is not
+    shipped twice; everything else treats it as the plain dict it is.
+    """
+
+    __slots__ = ()
+
+
+_DEFAULTS = Options()
+_context_get = _current.get

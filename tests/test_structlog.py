@@ -1,0 +1,226 @@
+"""structlog: the processor, contextvars, and stdlib integration through ProcessorFormatter."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import subprocess
+import sys
+from typing import Any, Dict, Iterator, List
+
+import pytest
+import structlog
+
+import phospho_logging
+from phospho_logging import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener
+from phospho_logging.structlog import PhosphoProcessor
+from phospho_logging.testing import PhosphoTestServer, capture_tasks
+from tests.strict import wire_errors
+from tests.test_exit import child_env
+
+
+@pytest.fixture(autouse=True)
+def reset_structlog() -> Iterator[None]:
+    """structlog's global configuration and context are reset around every test."""
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+class Collect:
+    """A final processor that keeps the event dicts it sees and drops them."""
+
+    def __init__(self) -> None:
+        self.events: List[Dict[str, Any]] = []
+
+    def __call__(self, logger: Any, method_name: str, event_dict: Dict[str, Any]) -> Any:
+        self.events.append(event_dict)
+        raise structlog.DropEvent
+
+
+class TestProcessor:
+    def test_event_becomes_a_task(self, server: PhosphoTestServer, creds: dict) -> None:
+        """An event with input reaches phospho; the returned dict carries its task_id."""
+        pipeline = phospho_logging.configure(**creds)
+        sink = Collect()
+        structlog.configure(processors=[structlog.processors.add_log_level, PhosphoProcessor(), sink])
+        structlog.get_logger().warning("answered", input="What is 2+2?", output="4", session_id="s-1",
+                                       user_id="u-7", metadata={"model": "m1"}, tenant="acme")
+        assert pipeline.flush(timeout=10)
+        [task] = server.tasks
+        assert (task["input"], task["output"], task["session_id"], task["user_id"]) == ("What is 2+2?", "4", "s-1", "u-7")
+        meta = task["metadata"]
+        assert meta["model"] == "m1" and meta["tenant"] == "acme"
+        assert meta["log_message"] == "answered" and meta["log_level"] == "WARNING"
+        assert "event" not in meta and "level" not in meta
+        assert sink.events[0]["task_id"] == task["task_id"]
+        assert wire_errors(task) is None
+
+    def test_events_without_input_pass_untouched(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Ordinary events are returned as they came, and nothing is shipped."""
+        pipeline = phospho_logging.configure(**creds)
+        sink = Collect()
+        structlog.configure(processors=[PhosphoProcessor(), sink])
+        structlog.get_logger().info("hello", x=1)
+        assert pipeline.flush(timeout=10)
+        assert sink.events == [{"event": "hello", "x": 1}] and server.tasks == []
+
+    def test_callers_dict_not_mutated_and_given_task_id_kept(self) -> None:
+        """The processor returns a new dict; a task_id given by the caller is used as is."""
+        processor = PhosphoProcessor()
+        with capture_tasks() as tasks:
+            original = {"event": "e", "input": "q"}
+            returned = processor(None, "info", original)
+            given = processor(None, "info", {"event": "e", "input": "q", "task_id": "mine"})
+        assert "task_id" not in original and returned["task_id"] == tasks[0]["task_id"]
+        assert given["task_id"] == "mine" and tasks[1]["task_id"] == "mine"
+
+    def test_merge_contextvars_session(self, server: PhosphoTestServer, creds: dict) -> None:
+        """A session_id bound with structlog.contextvars flows into the task."""
+        pipeline = phospho_logging.configure(**creds)
+        structlog.configure(processors=[structlog.contextvars.merge_contextvars, PhosphoProcessor(), Collect()])
+        structlog.contextvars.bind_contextvars(session_id="bound-session", request_id="r-1")
+        structlog.get_logger().info("answered", input="q")
+        assert pipeline.flush(timeout=10)
+        [task] = server.tasks
+        assert task["session_id"] == "bound-session" and task["metadata"]["request_id"] == "r-1"
+
+    def test_phospho_context_applies(self) -> None:
+        """phospho_logging.context() values reach processor tasks; the event's own win."""
+        structlog.configure(processors=[PhosphoProcessor(), Collect()])
+        with capture_tasks() as tasks, phospho_logging.context(session_id="ctx", user_id="u", metadata={"a": 1}):
+            structlog.get_logger().info("e", input="q", user_id="own", metadata={"b": 2})
+        assert tasks[0]["session_id"] == "ctx" and tasks[0]["user_id"] == "own"
+        assert tasks[0]["metadata"]["a"] == 1 and tasks[0]["metadata"]["b"] == 2
+
+    def test_explicit_pipeline(self, server: PhosphoTestServer, creds: dict) -> None:
+        """A processor given a pipeline submits there, whatever configure() says later."""
+        mine = phospho_logging.configure(**creds, logger="mine")
+        structlog.configure(processors=[PhosphoProcessor(mine), Collect()])
+        structlog.get_logger().info("e", input="q")
+        assert mine.flush(timeout=10) and len(server.tasks) == 1
+
+    def test_never_raises(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Odd values, a raising text function: the app's call returns, a valid task is sent."""
+        pipeline = phospho_logging.configure(**creds)
+
+        class Bad:
+            def __repr__(self) -> str:
+                raise RuntimeError("no")
+
+        def explode(value: Any) -> str:
+            raise ValueError("boom")
+
+        structlog.configure(processors=[PhosphoProcessor(input_to_str=explode), Collect()])
+        structlog.get_logger().info("e", input=Bad(), output=float("nan"), metadata={"b": Bad()}, flag=3)
+        assert pipeline.flush(timeout=10)
+        [task] = server.tasks
+        assert wire_errors(task) is None
+        assert "input_to_str_raised" in task["metadata"]["phospho_logging_problems"]
+
+    def test_exception_text(self) -> None:
+        """exc_info on the event puts the traceback in log_exception."""
+        structlog.configure(processors=[PhosphoProcessor(), Collect()])
+        with capture_tasks() as tasks:
+            try:
+                raise KeyError("gone")
+            except KeyError:
+                structlog.get_logger().error("failed", input="q", exc_info=True)
+        assert "KeyError: 'gone'" in tasks[0]["metadata"]["log_exception"]
+
+    def test_unconfigured_warns_once(self, diag: List[str]) -> None:
+        """With no pipeline, the processor says so once and passes events through."""
+        processor = PhosphoProcessor()
+        for _ in range(3):
+            assert processor(None, "info", {"event": "e", "input": "q"}) == {"event": "e", "input": "q"}
+        assert sum("no pipeline is configured" in m for m in diag) == 1
+
+
+def stdlib_chain(*extra_processors: Any) -> None:
+    structlog.configure(
+        processors=[structlog.stdlib.add_log_level, *extra_processors,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
+def console_handler() -> tuple[logging.Handler, io.StringIO]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(processor=structlog.processors.JSONRenderer()))
+    return handler, stream
+
+
+class TestStdlib:
+    def test_processor_with_processor_formatter(self, server: PhosphoTestServer, creds: dict) -> None:
+        """BoundLogger + ProcessorFormatter + configure() on the same logger: shipped once,
+        and the console line shows the task_id."""
+        pipeline = phospho_logging.configure(**creds, logger="app")
+        handler, stream = console_handler()
+        logging.getLogger("app").addHandler(handler)
+        try:
+            stdlib_chain(PhosphoProcessor())
+            structlog.get_logger("app").info("answered", input="q", output="a")
+            assert pipeline.flush(timeout=10)
+        finally:
+            logging.getLogger("app").removeHandler(handler)
+        [task] = server.tasks
+        assert server.duplicates == 0 and pipeline.stats()["enqueued"] == 1
+        line = json.loads(stream.getvalue())
+        assert line["task_id"] == task["task_id"] and line["event"] == "answered"
+
+    def test_wrapped_dicts_without_processor(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Without the processor, the handler reads task fields from the event dict in record.msg."""
+        pipeline = phospho_logging.configure(**creds, logger="app")
+        stdlib_chain(structlog.contextvars.merge_contextvars)
+        structlog.contextvars.bind_contextvars(session_id="s-ctx")
+        structlog.get_logger("app").info("answered", input="q", output="a", tenant="acme")
+        assert pipeline.flush(timeout=10)
+        [task] = server.tasks
+        assert (task["input"], task["output"], task["session_id"]) == ("q", "a", "s-ctx")
+        assert task["metadata"]["tenant"] == "acme" and task["metadata"]["log_message"] == "answered"
+        assert "_logger" not in task["metadata"] and "_name" not in task["metadata"]
+
+    def test_processor_formatter_behind_our_queue(self, server: PhosphoTestServer, creds: dict) -> None:
+        """structlog issue 702: a ProcessorFormatter behind our queue pair still gets the event dict."""
+        handler, stream = console_handler()
+        q: Any = __import__("queue").SimpleQueue()
+        listener = PhosphoQueueListener(q, PhosphoHandler(**creds), handler)
+        queue_handler = PhosphoQueueHandler(q)
+        queue_handler.listener = listener
+        app = logging.getLogger("app702")
+        app.setLevel(logging.INFO)
+        app.addHandler(queue_handler)
+        listener.start()
+        try:
+            stdlib_chain()
+            structlog.get_logger("app702").info("answered", input="q", output="a", n=1)
+            assert listener.flush(timeout=10)
+        finally:
+            app.removeHandler(queue_handler)
+            listener.stop(timeout=2)
+        line = json.loads(stream.getvalue())
+        assert (line["event"], line["input"], line["n"], line["level"]) == ("answered", "q", 1, "info")
+        assert [t["input"] for t in server.tasks] == ["q"]
+
+    def test_capture_sees_processor_tasks_once(self) -> None:
+        """capture_tasks collects a processor task once even when it also reaches stdlib."""
+        logging.getLogger("cap").setLevel(logging.INFO)
+        stdlib_chain(PhosphoProcessor())
+        with capture_tasks() as tasks:
+            structlog.get_logger("cap").info("e", input="q")
+        assert [t["input"] for t in tasks] == ["q"]
+
+
+class TestOptionalDependency:
+    def test_missing_structlog_names_the_extra(self) -> None:
+        """Without structlog installed, the import error says which extra to install."""
+        code = ("import sys; sys.modules['structlog'] = None\n"
+                "try:\n    import phospho_logging.structlog\nexcept ImportError as e:\n    print(e)\n")
+        result = subprocess.run([sys.executable, "-c", code], env=child_env({}), capture_output=True, text=True, timeout=60)
+        assert "pip install 'phospho-logging[structlog]'" in result.stdout, result.stderr
