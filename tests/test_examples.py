@@ -1,0 +1,26 @@
+"""Every script in examples/ runs offline, as a newcomer would run it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_exit import child_env
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_runs_offline(script: Path, tmp_path: Path) -> None:
+    """The example exits 0 with no credentials, reports its tasks delivered, and keeps them
+    in the local store, not in the working directory."""
+    result = subprocess.run([sys.executable, str(script)], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path / "store")}),
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "delivered: True" in result.stdout, result.stdout
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "store" / "tasks.sqlite3").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
