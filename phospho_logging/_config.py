@@ -41,6 +41,9 @@ class Options:
     input_to_str: Optional[TextFunction] = None
     output_to_str: Optional[TextFunction] = None
     allow_insecure_http: bool = False
+    durable: bool = False
+    max_spool_tasks: int = 100_000
+    max_retry_time: float = 60.0
 
     def __repr__(self) -> str:
         # The key is never shown, even masked, so a repr pasted in a bug report is safe.
@@ -65,11 +68,13 @@ class Options:
         return Path(self.local_dir or default_data_dir()) / "tasks.sqlite3"
 
 
-_INT_OPTIONS = {"max_batch_size", "max_batch_bytes", "max_queue_size", "max_attempts", "max_field_chars"}
-_FLOAT_OPTIONS = {"flush_interval", "timeout", "shutdown_timeout"}
+_INT_OPTIONS = {
+    "max_batch_size", "max_batch_bytes", "max_queue_size", "max_attempts", "max_field_chars", "max_spool_tasks"
+}
+_FLOAT_OPTIONS = {"flush_interval", "timeout", "shutdown_timeout", "max_retry_time"}
 _STR_OPTIONS = {"api_key", "project_id", "base_url", "local_dir", "version_id"}
 _FUNC_OPTIONS = {"input_to_str", "output_to_str"}
-_BOOL_OPTIONS = {"allow_insecure_http"}
+_BOOL_OPTIONS = {"allow_insecure_http", "durable"}
 OPTION_NAMES = frozenset(f.name for f in fields(Options))
 
 

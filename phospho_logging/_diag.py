@@ -50,3 +50,9 @@ def reset() -> None:
     with _lock:
         _last.clear()
         _suppressed.clear()
+
+
+def reinit_after_fork() -> None:
+    """A forked child gets a fresh lock (the parent's may have been held at fork time)."""
+    global _lock
+    _lock = threading.Lock()

@@ -16,6 +16,7 @@ import logging
 import logging.handlers
 import queue as queue_module
 import threading
+import weakref
 from typing import Any, Dict, Optional
 
 from . import _capture, _diag
@@ -24,7 +25,16 @@ from ._context import _current
 from ._snapshot import carries_task, snapshot_record
 from ._store import LocalStoreExporter
 from ._transport import Exporter, HTTPExporter
-from ._worker import PENDING_ATTR, WORKER_THREADS, ProducerCounters, Worker, count_queue_full, offer, stop_at_exit
+from ._worker import (
+    PENDING_ATTR,
+    WORKER_THREADS,
+    ProducerCounters,
+    Worker,
+    count_queue_full,
+    offer,
+    on_fork,
+    stop_at_exit,
+)
 
 _new_record = logging.LogRecord.__new__
 _current_context = _current.get
@@ -36,6 +46,24 @@ def make_exporter(options: Options) -> Exporter:
         assert options.api_key is not None
         return HTTPExporter(options.endpoint, options.api_key)
     return LocalStoreExporter(options.store_path())
+
+
+_instances: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _track(handler: Any) -> None:
+    """Remember a handler so a forked child can give it a queue of its own."""
+    if not _instances:
+        on_fork(_reinit_all_after_fork)
+    _instances.add(handler)
+
+
+def _reinit_all_after_fork() -> None:
+    for handler in list(_instances):
+        try:
+            handler._reinit_after_fork()
+        except Exception as exc:  # noqa: BLE001 - a child must come up whatever happens
+            _diag.warn_once("fork", "could not reset %r after fork: %r", handler, exc)
 
 
 def holds_logging_lock() -> bool:
@@ -66,9 +94,17 @@ class PhosphoHandler(logging.Handler):
         super().__init__(level)
         self.options: Options = resolve(options)
         self.exporter: Exporter = make_exporter(self.options)
+        self._fresh_queue()
+        _track(self)
+
+    def _fresh_queue(self) -> None:
         self.counters = ProducerCounters()
         self._queue: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
         self.worker = Worker(self._queue, self.exporter, self.options, self.counters)
+
+    def _reinit_after_fork(self) -> None:
+        self.exporter.reset_after_fork()
+        self._fresh_queue()
 
     def __repr__(self) -> str:
         return f"<PhosphoHandler {self.exporter.destination} ({logging.getLevelName(self.level)})>"
@@ -146,6 +182,18 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
             name="phospho-logging-listener",
         )
 
+    def rebuild_worker(self, counters: ProducerCounters) -> None:
+        """A new worker on ``self.queue`` (after a fork)."""
+        self.sender.exporter.reset_after_fork()
+        self.worker = Worker(
+            self.queue,
+            self.sender.exporter,
+            self.sender.options,
+            counters,
+            forward=self._forward if self.others else None,
+            name="phospho-logging-listener",
+        )
+
     def _forward(self, record: logging.LogRecord) -> None:
         for handler in self.others:
             if not self.respect_handler_level or record.levelno >= handler.level:
@@ -216,6 +264,33 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         self._direct = False
         self.counters = ProducerCounters()
         self._offered = self.counters.offered
+        _track(self)
+
+    def _reinit_after_fork(self) -> None:
+        """In a forked child: a queue of our own (the parent's items stay the parent's),
+        fresh counters, and a listener that starts again with the first task."""
+        old = self.queue
+        if isinstance(old, queue_module.SimpleQueue):
+            new: Any = queue_module.SimpleQueue()
+        elif isinstance(old, queue_module.Queue):
+            new = type(old)(old.maxsize)
+        else:
+            try:
+                new = type(old)()
+            except Exception:  # noqa: BLE001 - an exotic queue: keep it
+                new = old
+        self.queue = new
+        self.counters = ProducerCounters()
+        self._offered = self.counters.offered
+        self._start_lock = threading.Lock()
+        listener = self._listener
+        if listener is None:
+            return
+        listener.queue = new
+        listener._thread = None  # type: ignore[attr-defined]
+        if isinstance(listener, PhosphoQueueListener):
+            listener.rebuild_worker(self.counters)
+        self._listener_idle = True
 
     @property
     def listener(self) -> Optional[logging.handlers.QueueListener]:

@@ -81,6 +81,9 @@ class LocalStoreExporter(Exporter):
             return Outcome(False, retry=True, error=f"cannot write the local store {self.path}: {exc}")
         return Outcome(True)
 
+    def reset_after_fork(self) -> None:
+        self._conn = None  # SQLite connections must not cross a fork
+
     def close(self) -> None:
         if self._conn is not None:
             try:

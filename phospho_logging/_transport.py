@@ -52,6 +52,10 @@ class Exporter:
     def close(self) -> None:
         """Release connections and files."""
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: drop the parent's connections without closing them (closing
+        a TLS session here could disturb the parent's)."""
+
 
 def encode_batch(encoded: Sequence[bytes]) -> bytes:
     """The request body, built from events that are already JSON."""
@@ -143,6 +147,9 @@ class HTTPExporter(Exporter):
         if self._session is not None:
             self._session.close()
             self._session = None
+
+    def reset_after_fork(self) -> None:
+        self._session = None
 
 
 def _detail(content: bytes) -> str:

@@ -1,10 +1,11 @@
-"""The worker: one thread that batches tasks and sends them through an exporter.
+"""The worker: one thread that batches tasks and hands them to ``Delivery``.
 
 The queue is shared with the producer (``PhosphoQueueHandler`` or ``PhosphoHandler``),
 which snapshots records on the caller's thread and never blocks. The worker builds the
-events, batches them by count, bytes and time, sends with bounded retries, and keeps the
-counters that ``stats()`` reports. Flush and stop are markers in the same FIFO queue, so a
-flush waits exactly for what was logged before it.
+events, batches them by count, bytes and time, and delivers them (``_delivery``); when
+idle it replays the spool. Flush and stop are markers in the same FIFO queue, so a flush
+waits exactly for what was logged before it. Stop has a deadline: what is not delivered
+by then is spooled, by the worker or, if it is stuck in a request, by the stopping thread.
 """
 
 from __future__ import annotations
@@ -12,29 +13,31 @@ from __future__ import annotations
 import atexit
 import itertools
 import logging
+import os
 import queue as queue_module
-import random
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from . import _diag
 from ._config import Options
+from ._delivery import Counters, Delivery
 from ._serialize import dumps
 from ._snapshot import Pending
+from ._spool import Spool
 from ._task import build_event
-from ._transport import Exporter, Outcome
+from ._transport import Exporter
 
 #: Identities of the worker threads: a record created on one of them (urllib3's debug
 #: lines about our own requests, say) is never turned into a task.
 WORKER_THREADS: Set[int] = set()
 
-BACKOFF_BASE = 0.5
-BACKOFF_CAP = 30.0
 IDLE_WAIT = 1.0
 STOP_GRACE = 0.05
 PENDING_ATTR = "_phospho_pending"
+
+Built = Tuple[Dict[str, Any], bytes]
 
 
 def count_value(counter: itertools.count[int]) -> int:
@@ -100,9 +103,11 @@ class _Stop(_Marker):
         self.deadline = deadline
 
 
-_live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
-_atexit_registered = False
-_atexit_lock = threading.Lock()
+def make_spool(options: Options) -> Optional[Spool]:
+    """The spool for an online pipeline (the local store needs none)."""
+    if not options.online:
+        return None
+    return Spool(options.store_path(), options.endpoint, options.max_spool_tasks)
 
 
 class Worker:
@@ -125,21 +130,16 @@ class Worker:
         self._name = name
         self._thread: Optional[threading.Thread] = None
         self._start_lock = threading.Lock()
-        self._stopping = threading.Event()  # interrupts back-off sleeps
+        self._stopping = threading.Event()  # cuts back-off sleeps short
         self._deadline: Optional[float] = None
         self._stopped = False
-        # Counters below are written by the worker thread only.
-        self.taken = 0
-        self.sent = 0
-        self.rejected = 0
-        self.dropped: Dict[str, int] = {}
-        self.rejected_by_reason: Dict[str, int] = {}
-        self.problems: Dict[str, int] = {}
-        self.batches = 0
-        self.requests = 0
-        self.retries = 0
-        self.last_error: Optional[str] = None
+        self.counters = Counters()
+        self.spool = make_spool(options)
+        self.delivery = Delivery(exporter, options, self.counters, self.spool, self._stopping, lambda: self._deadline)
+        self._in_flight: List[Built] = []
+        self._in_worker = 0
         self._losses_at_barrier = 0
+        self._replay_pending = self.spool is not None
 
     # -- control, from any thread -------------------------------------------------------
 
@@ -155,84 +155,89 @@ class Worker:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
             _live_workers.add(self)
-            _register_atexit()
+            _register_process_hooks()
 
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait until everything queued before this call is delivered.
+        """Wait until everything queued before this call is delivered or spooled.
 
         Returns True when it was, and no task was dropped or rejected since the previous
         flush; False on timeout or loss (``stats()`` says which). ``None`` waits for the
         whole retry budget.
         """
         if not self.alive:
-            return self._idle_flush()
+            return self._stopped and self.queued() == 0 and self._losses() == self._losses_at_barrier
         marker = _Flush()
         self.queue.put(marker)  # markers bypass the bound: a flush is never refused
         limit = self.retry_budget() if timeout is None else max(0.0, timeout)
         return marker.done.wait(limit) and marker.ok
 
-    def _idle_flush(self) -> bool:
-        if self._stopped or self._thread is None:
-            return self._losses() == self._losses_at_barrier and self.queued() == 0
-        return False
-
     def stop(self, timeout: Optional[float] = None, wait: bool = True) -> bool:
-        """Deliver what is queued within ``timeout`` (default ``shutdown_timeout``), then end.
-
-        Tasks still undelivered at the deadline are dropped and counted. With
-        ``wait=False`` the deadline is set and the call returns at once.
-        """
+        """Deliver what is queued within ``timeout`` (default ``shutdown_timeout``), spool
+        the rest, and end. With ``wait=False`` the deadline is set and the call returns."""
         limit = self.options.shutdown_timeout if timeout is None else max(0.0, timeout)
         with self._start_lock:
             already = self._stopped
             self._stopped = True
             thread = self._thread
         if thread is None:
-            self._drop_unstarted()
+            self._rescue()  # never started: whatever was queued goes to the spool
             return True
-        marker = _Stop(time.monotonic() + limit)
         if not already:
-            self._deadline = marker.deadline
-            self.queue.put(marker)
+            self._deadline = time.monotonic() + limit
+            self.queue.put(_Stop(self._deadline))
         self._stopping.set()
         if not wait:
             return False
-        thread.join(max(0.0, marker.deadline - time.monotonic()))
+        return self.join()
+
+    def join(self) -> bool:
+        """Wait for the worker until its deadline; if it is stuck (in a request that will
+        not answer), spool what it holds from this thread. True if it ended in time."""
+        thread = self._thread
+        if thread is None or self._deadline is None:
+            return True
+        # Leave a moment before the deadline to spool what the worker could not send.
+        reserve = min(0.25, 0.2 * self.options.shutdown_timeout)
+        thread.join(max(0.0, self._deadline - reserve - time.monotonic()))
+        if thread.is_alive():
+            self._rescue()
+            thread.join(max(0.0, self._deadline - time.monotonic()))
         return not thread.is_alive()
 
     def retry_budget(self) -> float:
-        """The longest a batch can take to succeed or be given up."""
+        """The longest a batch can take to be delivered or spooled."""
         o = self.options
-        return o.flush_interval + o.max_attempts * (o.timeout + BACKOFF_CAP)
+        return o.flush_interval + o.max_retry_time + o.timeout + 1.0
 
     def queued(self) -> int:
         offered = count_value(self.producer.offered) - count_value(self.producer.queue_full)
-        return max(0, offered - self.taken) + self._in_worker
-
-    _in_worker = 0
+        return max(0, offered - self.counters.taken) + self._in_worker
 
     def stats(self) -> Dict[str, Any]:
-        """The counters; ``enqueued == sent + rejected + dropped + queued`` always holds
-        once the worker is idle."""
-        dropped = dict(self.dropped)
+        """The counters; ``enqueued == sent + rejected + dropped + queued + spooled``."""
+        c = self.counters
+        dropped = dict(c.dropped)
         queue_full = count_value(self.producer.queue_full)
         if queue_full:
             dropped["queue_full"] = queue_full
         return {
             "destination": self.exporter.destination,
             "enqueued": count_value(self.producer.offered),
-            "sent": self.sent,
-            "rejected": self.rejected,
+            "sent": c.sent,
+            "rejected": c.rejected,
             "dropped": sum(dropped.values()),
             "queued": self.queued(),
-            "spooled": 0,
+            "spooled": c.spooled,
+            "replayed": c.replayed,
             "dropped_by_reason": dropped,
-            "rejected_by_reason": dict(self.rejected_by_reason),
-            "problems": dict(self.problems),
-            "batches": self.batches,
-            "requests": self.requests,
-            "retries": self.retries,
-            "last_error": self.last_error,
+            "rejected_by_reason": dict(c.rejected_by_reason),
+            "spooled_by_reason": dict(c.spooled_by_reason),
+            "problems": dict(c.problems),
+            "batches": c.batches,
+            "requests": c.requests,
+            "retries": c.retries,
+            "circuit_open": self.delivery.circuit.is_open(),
+            "last_error": c.last_error,
             "worker_alive": self.alive,
         }
 
@@ -248,11 +253,13 @@ class Worker:
             WORKER_THREADS.discard(threading.get_ident())
             try:
                 self.exporter.close()
+                if self.spool is not None:
+                    self.spool.close()
             except Exception:  # noqa: BLE001
                 pass
 
     def _loop(self) -> None:
-        batch: List[Tuple[Dict[str, Any], bytes]] = []
+        batch: List[Built] = []
         size = 0
         due = 0.0
         get = self.queue.get
@@ -266,11 +273,15 @@ class Worker:
                     self._send(batch)
                     batch, size = [], 0
                     continue
+            elif self._replay_pending and not self.delivery.circuit.is_open():
+                wait = 0.0
             else:
                 wait = IDLE_WAIT
             try:
-                item = get(True, wait)
+                item = get(True, wait) if wait > 0 else get_nowait()
             except queue_module.Empty:
+                if not batch and self._replay_pending:
+                    self._replay()
                 continue
             while True:
                 if isinstance(item, _Marker):
@@ -286,7 +297,7 @@ class Worker:
                     if built is not None:
                         if not batch:
                             due = time.monotonic() + self.options.flush_interval
-                        if batch and size + len(built[1]) > max_bytes:
+                        elif size + len(built[1]) > max_bytes:
                             self._send(batch)
                             batch, size = [], 0
                             due = time.monotonic() + self.options.flush_interval
@@ -303,7 +314,12 @@ class Worker:
                 except queue_module.Empty:
                     break
 
-    def _build(self, item: Any) -> Optional[Tuple[Dict[str, Any], bytes]]:
+    def _replay(self) -> None:
+        more = self.delivery.replay(self.options.max_batch_size)
+        if more is False:
+            self._replay_pending = False
+
+    def _build(self, item: Any) -> Optional[Built]:
         pending: Optional[Pending]
         if type(item) is Pending:
             pending = item
@@ -313,18 +329,19 @@ class Worker:
                 self._forward(item)
             if pending is None:
                 return None
-        self.taken += 1
+        self.counters.taken += 1
+        return self._event(pending)
+
+    def _event(self, pending: Pending) -> Optional[Built]:
         try:
             o = self.options
             event = build_event(
-                pending,
-                project_id=o.project_id,
-                version_id=o.version_id,
-                max_field_chars=o.max_field_chars,
+                pending, project_id=o.project_id, version_id=o.version_id, max_field_chars=o.max_field_chars
             )
+            problems = self.counters.problems
             for tag in pending.problems:
-                seen = self.problems.get(tag, 0)
-                self.problems[tag] = seen + 1
+                seen = problems.get(tag, 0)
+                problems[tag] = seen + 1
                 if not seen:
                     _diag.warn_once(
                         "problem:" + tag,
@@ -334,7 +351,7 @@ class Worker:
                     )
             return event, dumps(event)
         except Exception as exc:  # noqa: BLE001 - a bug here must not stop the worker
-            self._drop(1, "internal_error", f"could not build a task: {exc!r}")
+            self.delivery.drop(1, "internal_error", f"could not build a task: {exc!r}")
             return None
 
     def _barrier(self, marker: _Marker) -> None:
@@ -344,16 +361,16 @@ class Worker:
         marker.done.set()
 
     def _losses(self) -> int:
-        return sum(self.dropped.values()) + self.rejected + count_value(self.producer.queue_full)
+        return self.counters.losses() + count_value(self.producer.queue_full)
 
     def _finish(self, stop: _Stop) -> None:
         """Deliver what is left, including what races in after the stop marker.
 
         Loggers on other threads may still be in ``emit()`` when the handler is closed (a
         second ``dictConfig``, say), so the queue is watched for ``STOP_GRACE`` seconds of
-        quiet before the worker ends; past the deadline, tasks are dropped and counted.
+        quiet before the worker ends; past the deadline, tasks are spooled.
         """
-        batch: List[Tuple[Dict[str, Any], bytes]] = []
+        batch: List[Built] = []
         while True:
             left = stop.deadline - time.monotonic()
             try:
@@ -378,115 +395,116 @@ class Worker:
         self._in_worker = 0
         self._barrier(stop)
 
-    def _drop_unstarted(self) -> None:
-        leftover = self.queued()
-        if leftover:
-            self.taken += leftover
-            self._drop(leftover, "closed_before_start", "the pipeline was closed before it started")
-
-    # -- sending ------------------------------------------------------------------------
-
-    def _request_timeout(self) -> Optional[float]:
-        if self._deadline is None:
-            return self.options.timeout
-        left = self._deadline - time.monotonic()
-        return min(self.options.timeout, left) if left > 0.05 else None
-
-    def _send(self, batch: List[Tuple[Dict[str, Any], bytes]]) -> None:
-        self.batches += 1
-        events = [b[0] for b in batch]
-        encoded = [b[1] for b in batch]
-        self._deliver(events, encoded)
+    def _send(self, batch: List[Built]) -> None:
+        self.counters.batches += 1
+        self._in_flight = batch
+        self.delivery.deliver([b[0] for b in batch], [b[1] for b in batch])
+        self._in_flight = []
         self._in_worker = 0
+        if self.counters.spooled and self.spool is not None:
+            self._replay_pending = True
 
-    def _deliver(self, events: Sequence[Dict[str, Any]], encoded: Sequence[bytes]) -> None:
-        attempt = 0
+    # -- rescue, from the stopping thread ------------------------------------------------
+
+    def _rescue(self) -> None:
+        """Spool (or store) what the worker holds and what is still queued.
+
+        Runs on the thread that stops the pipeline when the worker cannot finish in time;
+        a batch the worker is still sending may be spooled twice, which is harmless: the
+        server skips task ids it knows.
+        """
+        built: List[Built] = list(self._in_flight)
         while True:
-            timeout = self._request_timeout()
-            if timeout is None:
-                self._drop(len(events), "shutdown_deadline", "shutdown_timeout reached with tasks unsent")
-                return
-            outcome = self._export(events, encoded, timeout)
-            if outcome.ok:
-                self._account(outcome, events)
-                return
-            if (outcome.too_large or outcome.status == 422) and len(events) > 1:
-                # Halve until the offending size or event is isolated.
-                half = len(events) // 2
-                self._deliver(events[:half], encoded[:half])
-                self._deliver(events[half:], encoded[half:])
-                return
-            if outcome.status == 422:
-                self._reject(events, outcome.error)
-                return
-            attempt += 1
-            if outcome.retry and attempt < self.options.max_attempts:
-                self.retries += 1
-                if self._backoff(attempt, outcome.retry_after):
-                    continue
-                # Shutdown interrupted the back-off: one last try if time is left.
+            try:
+                item = self.queue.get_nowait()
+            except queue_module.Empty:
+                break
+            if isinstance(item, _Marker):
+                item.done.set()
                 continue
-            reason = f"http_{outcome.status}" if outcome.status else "unreachable"
-            self._drop(len(events), reason, outcome.error)
+            pending = item if type(item) is Pending else getattr(item, PENDING_ATTR, None)
+            if pending is not None:
+                self.counters.taken += 1
+                event = self._event(pending)
+                if event is not None:
+                    built.append(event)
+        self._in_worker = 0
+        if not built:
             return
+        events, encoded = [b[0] for b in built], [b[1] for b in built]
+        if self.spool is not None:
+            spool = Spool(self.spool.path, self.spool.destination, self.spool.max_tasks)
+            try:
+                spool.put([e["task_id"] for e in events], encoded)
+                self.counters.spooled += len(events)
+                reasons = self.counters.spooled_by_reason
+                reasons["shutdown_deadline"] = reasons.get("shutdown_deadline", 0) + len(events)
+            except Exception as exc:  # noqa: BLE001
+                self.delivery.drop(len(events), "spool_error", f"cannot write the spool: {exc}")
+            finally:
+                spool.close()
+            return
+        from ._store import LocalStoreExporter
 
-    def _export(self, events: Sequence[Dict[str, Any]], encoded: Sequence[bytes], timeout: float) -> Outcome:
-        self.requests += 1
+        store = LocalStoreExporter(self.options.store_path())
         try:
-            return self.exporter.export(events, encoded, timeout)
-        except Exception as exc:  # noqa: BLE001 - an exporter bug is a failed attempt
-            return Outcome(False, retry=True, error=f"exporter error: {type(exc).__name__}: {exc}")
+            if store.export(events, encoded, 1.0).ok:
+                self.counters.sent += len(events)
+            else:
+                self.delivery.drop(len(events), "shutdown_deadline", "shutdown_timeout reached")
+        finally:
+            store.close()
 
-    def _backoff(self, attempt: int, retry_after: Optional[float]) -> bool:
-        """Sleep before the next attempt (full jitter, or the server's wish); False if
-        interrupted by shutdown."""
-        delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
-        if retry_after is not None:
-            delay = max(delay, retry_after)
-        if self._deadline is not None:
-            delay = min(delay, max(0.0, self._deadline - time.monotonic() - 0.1))
-        return not self._stopping.wait(delay)
-
-    def _account(self, outcome: Outcome, events: Sequence[Dict[str, Any]]) -> None:
-        if outcome.rejected:
-            self._reject([events[i] for i in outcome.rejected], None, outcome.rejected.values())
-        self.sent += len(events) - len(outcome.rejected)
-
-    def _reject(self, events: Sequence[Dict[str, Any]], reason: Optional[str], reasons: Any = None) -> None:
-        reasons = list(reasons) if reasons is not None else [reason or "rejected"] * len(events)
-        for why in reasons:
-            self.rejected_by_reason[why] = self.rejected_by_reason.get(why, 0) + 1
-        self.rejected += len(events)
-        _diag.warn_once(
-            "rejected:" + reasons[0][:60],
-            "phospho rejected %d task(s): %s (counted in stats()['rejected_by_reason'])",
-            len(events),
-            reasons[0],
+    def reinit_after_fork(self) -> None:
+        """In a forked child: forget the parent's thread, locks, counters and connections."""
+        self._thread = None
+        self._start_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._deadline = None
+        self._stopped = False
+        self.counters = Counters()
+        self._in_flight = []
+        self._in_worker = 0
+        self._losses_at_barrier = 0
+        self.exporter.reset_after_fork()
+        self.spool = make_spool(self.options)
+        self.delivery = Delivery(
+            self.exporter, self.options, self.counters, self.spool, self._stopping, lambda: self._deadline
         )
-
-    def _drop(self, count: int, reason: str, message: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + count
-        self.last_error = message
-        _diag.warn_once("dropped:" + reason, "%d task(s) not delivered: %s", count, message)
+        self._replay_pending = False  # the parent replays its spool; the child only adds
 
 
-def _register_atexit() -> None:
-    global _atexit_registered
-    with _atexit_lock:
-        if not _atexit_registered:
-            # Registered after logging's own hook, so it runs first: the queues drain
-            # before logging.shutdown() flushes and closes the handlers.
-            atexit.register(stop_all)
-            _atexit_registered = True
-
-
+_live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+_hooks_registered = False
+_hooks_lock = threading.Lock()
 _foreign_listeners: weakref.WeakSet[Any] = weakref.WeakSet()
+_fork_callbacks: List[Callable[[], None]] = []
 
 
 def stop_at_exit(listener: Any) -> None:
     """Have a stdlib ``QueueListener`` we started stopped (so drained) at exit."""
     _foreign_listeners.add(listener)
-    _register_atexit()
+    _register_process_hooks()
+
+
+def on_fork(callback: Callable[[], None]) -> None:
+    """Run ``callback`` in a forked child, after the workers are reset (once per callback)."""
+    if callback not in _fork_callbacks:
+        _fork_callbacks.append(callback)
+    _register_process_hooks()
+
+
+def _register_process_hooks() -> None:
+    global _hooks_registered
+    with _hooks_lock:
+        if _hooks_registered:
+            return
+        # Registered after logging's own hook, so it runs first: the queues drain before
+        # logging.shutdown() flushes and closes the handlers.
+        atexit.register(stop_all)
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+        _hooks_registered = True
 
 
 def stop_all(timeout: Optional[float] = None) -> None:
@@ -505,6 +523,36 @@ def stop_all(timeout: Optional[float] = None) -> None:
     for worker in workers:
         worker.stop(timeout, wait=False)
     for worker in workers:
-        thread = worker._thread
-        if thread is not None and worker._deadline is not None:
-            thread.join(max(0.0, worker._deadline - time.monotonic()))
+        worker.join()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child gets its own queues, locks, connections and (lazily) threads; the
+    parent's queued tasks stay the parent's to send."""
+    global _hooks_lock, _live_workers
+    WORKER_THREADS.clear()
+    _hooks_lock = threading.Lock()
+    _diag.reinit_after_fork()
+    workers = list(_live_workers)
+    _live_workers = weakref.WeakSet()
+    for worker in workers:
+        worker.reinit_after_fork()
+    for callback in _fork_callbacks:
+        try:
+            callback()
+        except Exception:  # noqa: BLE001
+            pass
+    _register_multiprocessing_exit()
+
+
+def _register_multiprocessing_exit() -> None:
+    """multiprocessing's children end with os._exit(), skipping atexit; its own exit
+    hook runs its finalizers, so drain there too."""
+    import sys
+
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        try:
+            util.Finalize(None, stop_all, exitpriority=100)
+        except Exception:  # noqa: BLE001
+            pass

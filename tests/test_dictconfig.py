@@ -98,9 +98,13 @@ def flush(handler: logging.Handler, timeout: float = 30) -> bool:
     return handler.flush(timeout)
 
 
-def assert_delivered_once(server: PhosphoTestServer, inputs: List[str], timeout: float = 30) -> None:
+def assert_delivered_once(
+    server: PhosphoTestServer, inputs: List[str], timeout: float = 30, context: Optional[List[logging.Handler]] = None
+) -> None:
     """Every input arrived on the server, exactly once, and nothing else did."""
-    assert server.wait_for_tasks(len(inputs), timeout=timeout), (len(server.tasks), len(inputs))
+    if not server.wait_for_tasks(len(inputs), timeout=timeout):
+        stats = [(h, getattr(h, "stats", dict)()) for h in context or []]
+        raise AssertionError(f"{len(server.tasks)} of {len(inputs)} tasks arrived; handlers: {stats}")
     got = sorted(t["input"] for t in server.tasks)
     assert got == sorted(inputs), (len(got), len(inputs), sorted(set(inputs) - set(got))[:10])
     assert server.duplicates == 0
@@ -326,13 +330,23 @@ class TestReconfigure:
             # clears, that takes logging's module lock, which dictConfig holds.
             root.addHandler(sink)
             urllib3_logger.setLevel(logging.DEBUG)
+            seen = []
+            def _count(r):
+                seen.append((r.name, threading.current_thread().name, [type(h).__name__ for h in logging.getLogger().handlers]))
+                return True
+            logging.getLogger("urllib3.connectionpool").addFilter(_count)
         logged: List[List[str]] = [[] for _ in range(self.THREADS)]
         ready = [threading.Event() for _ in range(self.THREADS)]
         reconfigured = threading.Event()
         failures: List[BaseException] = []
-        # The threads log faster than one loopback server takes tasks: the queue must hold
+        # The threads log faster than one loopback server takes tasks: the queues must hold
         # all of them (LIMIT per thread at most), or queue_full drops would blur the check.
-        options = {"flush_interval": "0.05", "max_queue_size": str(self.THREADS * self.LIMIT)}
+        # The queue handler's queue is bounded by its own maxsize, not by the PhosphoHandler's
+        # max_queue_size, when the stdlib listener is in between.
+        bound = self.THREADS * self.LIMIT
+        options: Dict[str, Any] = {"flush_interval": "0.05", "max_queue_size": str(bound)}
+        if shape != "portable":
+            options["queue"] = {"()": "queue.Queue", "maxsize": bound}
 
         def work(k: int) -> None:
             log, mine, after = logging.getLogger(LOGGER), logged[k], 0
@@ -369,6 +383,7 @@ class TestReconfigure:
             second.start()
             second.join(30)
             assert not second.is_alive(), "the second dictConfig deadlocked"
+            dbg = (list(root.handlers), urllib3_logger.level, logging.getLogger("urllib3.connectionpool").isEnabledFor(10), logging.getLogger("urllib3.connectionpool").disabled, len(sink.names), seen[:3], len(seen), __import__("urllib3.connectionpool").connectionpool.log is logging.getLogger("urllib3.connectionpool"), __import__("urllib3.connectionpool").connectionpool.log.__dict__, __import__("urllib3.connectionpool").connectionpool.log.manager is logging.Logger.manager)
         finally:
             reconfigured.set()
             for thread in threads:
@@ -379,9 +394,9 @@ class TestReconfigure:
         assert not failures, failures
         assert all(len(mine) >= self.BEFORE + self.AFTER for mine in logged)
         assert flush(configured[-1])
-        assert_delivered_once(server, [text for mine in logged for text in mine])
+        assert_delivered_once(server, [text for mine in logged for text in mine], context=configured)
         if urllib3_debug:
-            assert "urllib3.connectionpool" in sink.names
+            assert "urllib3.connectionpool" in sink.names, str(dbg)
 
 
 def uncomment_native_alternative(yaml_text: str) -> str:

@@ -206,24 +206,27 @@ class TestDelivery:
         assert len(server.tasks) == 1
 
     def test_bad_key_reported_once(self, server: PhosphoTestServer, creds: dict, diag: List[str]) -> None:
-        """401 is a configuration error: one clear message, tasks counted, key not shown."""
+        """401 is a configuration error: one clear message, tasks kept in the spool, key not shown."""
         creds = dict(creds, api_key="wrong-key-123")
         pipeline = phospho_logging.configure(**creds, max_batch_size=1)
         for i in range(3):
             log.info("t", extra={"input": f"q{i}"})
-        assert pipeline.flush(timeout=10) is False
+        assert pipeline.flush(timeout=10)  # kept durably: nothing lost
         stats = pipeline.stats()
-        assert stats["dropped_by_reason"] == {"http_401": 3}
+        assert stats["spooled"] == 3 and stats["dropped"] == 0 and reconciles(stats)
+        assert stats["spooled_by_reason"]["http_401"] == 1  # then the circuit stays open
+        assert len(server.requests) == 1  # no hammering with a key that was refused
         err = "\n".join(diag)
         assert err.count("phospho rejected the API key") == 1
         assert "wrong-key-123" not in err and "wrong-key-123" not in repr(stats)
         assert "wrong-key-123" not in repr(pipeline.options) and "wrong-key-123" not in repr(pipeline.sender)
 
     def test_unknown_project(self, server: PhosphoTestServer, creds: dict, diag: List[str]) -> None:
-        """404 names the unknown project."""
+        """404 names the unknown project, and the task is kept."""
         pipeline = phospho_logging.configure(**dict(creds, project_id="nope"))
         log.info("t", extra={"input": "q"})
-        assert pipeline.flush(timeout=10) is False
+        assert pipeline.flush(timeout=10)
+        assert pipeline.stats()["spooled"] == 1
         assert any("unknown project" in m for m in diag)
 
     def test_413_splits_the_batch(self, creds: dict) -> None:
