@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import marshal
+import math
 from typing import Any, Dict, List, Optional
 
 from ._extract import detect, input_text, output_text
-from ._serialize import JSON, to_jsonable
+from ._serialize import JSON, dumps, to_jsonable
 from ._snapshot import (
     _IGNORED,
     EVENT_DICT_LOG_KEYS,
@@ -54,8 +55,37 @@ def thaw(pending: Pending) -> tuple[Dict[str, JSON], Optional[str], Optional[str
     raw = _marshal_loads(frozen)
     in_type = _type_name(raw.get("raw_input", raw.get("input")))
     out_type = _type_name(raw.get("raw_output", raw.get("output")))
+    if type(raw) is dict and _plain(raw, 0):
+        return raw, in_type, out_type  # ours alone (just unmarshalled), and already JSON-safe
     fields = to_jsonable(raw, problems=pending.problems)
     return (fields if type(fields) is dict else {}), in_type, out_type  # type: ignore[return-value]
+
+
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
+_isfinite = math.isfinite
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """True when ``value`` is made only of JSON types (str keys, finite floats, no big
+    ints), so ``to_jsonable`` would return an equal copy; checked without copying."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
+        return kind is not int or -(2**63) <= value < 2**63
+    if kind is float:
+        return _isfinite(value)
+    if depth > 16:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or (type(item) is not str and not _plain(item, depth + 1)):
+                return False
+        return True
+    if kind is list:
+        for item in value:
+            if type(item) is not str and not _plain(item, depth + 1):
+                return False
+        return True
+    return False
 
 
 def _take_event_dict_log(fields: Dict[str, JSON], log: LogInfo, problems: List[str]) -> LogInfo:
@@ -82,12 +112,13 @@ def build_event(
     *,
     project_id: Optional[str] = None,
     version_id: Optional[str] = None,
-    max_field_chars: int = 100_000,
+    max_field_chars: Optional[int] = 100_000,
 ) -> Dict[str, JSON]:
     """Turn a snapshot into a protocol event that passes the backend's strict validation.
 
     Problems found on the way (coercions, truncations) are appended to
-    ``pending.problems`` and recorded in the event's metadata. Never raises.
+    ``pending.problems`` and recorded in the event's metadata. ``max_field_chars=None``
+    leaves the size caps to the caller (``encode_event``). Never raises.
     """
     problems = pending.problems
     fields, input_type, output_type = thaw(pending)
@@ -163,12 +194,39 @@ def build_event(
     for key, value in zip(_LOG_KEYS, log):
         if value is not None:
             metadata.setdefault(key, value)
-    _cap(event, metadata, max_field_chars, problems)
-    if problems:
-        tags: List[JSON] = [*sorted(set(problems))]
-        metadata["phospho_logging_problems"] = tags
+    if max_field_chars is not None:
+        _cap(event, metadata, max_field_chars, problems)
+        if problems:
+            metadata["phospho_logging_problems"] = [*sorted(set(problems))]
     event["metadata"] = metadata
     return event
+
+
+def encode_event(
+    pending: Pending,
+    *,
+    project_id: Optional[str] = None,
+    version_id: Optional[str] = None,
+    max_field_chars: int = 100_000,
+) -> tuple[Dict[str, JSON], bytes]:
+    """``build_event`` and its wire encoding. Never raises.
+
+    The size caps need the encoded size of each field; they are skipped when the whole
+    event is smaller than one field may be, which is almost always.
+    """
+    event = build_event(pending, project_id=project_id, version_id=version_id, max_field_chars=None)
+    metadata: Dict[str, JSON] = event["metadata"]  # type: ignore[assignment]
+    problems = pending.problems
+    if problems:
+        metadata["phospho_logging_problems"] = [*sorted(set(problems))]
+    encoded = dumps(event)
+    if len(encoded) > max_field_chars:
+        before = len(problems)
+        _cap(event, metadata, max_field_chars, problems)
+        if len(problems) != before:
+            metadata["phospho_logging_problems"] = [*sorted(set(problems))]
+            encoded = dumps(event)
+    return event, encoded
 
 
 def _raw(value: JSON, output: bool) -> JSON:

@@ -23,10 +23,9 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 from . import _diag
 from ._config import Options
 from ._delivery import Counters, Delivery
-from ._serialize import dumps
 from ._snapshot import Pending
 from ._spool import Spool
-from ._task import build_event
+from ._task import encode_event
 from ._transport import Exporter
 
 #: Identities of the worker threads: a record created on one of them (urllib3's debug
@@ -335,7 +334,7 @@ class Worker:
     def _event(self, pending: Pending) -> Optional[Built]:
         try:
             o = self.options
-            event = build_event(
+            built = encode_event(
                 pending, project_id=o.project_id, version_id=o.version_id, max_field_chars=o.max_field_chars
             )
             problems = self.counters.problems
@@ -349,7 +348,7 @@ class Worker:
                         "metadata['phospho_logging_problems'] and counted in stats()['problems']",
                         tag,
                     )
-            return event, dumps(event)
+            return built
         except Exception as exc:  # noqa: BLE001 - a bug here must not stop the worker
             self.delivery.drop(1, "internal_error", f"could not build a task: {exc!r}")
             return None
