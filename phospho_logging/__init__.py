@@ -10,9 +10,13 @@ from __future__ import annotations
 from ._context import context
 from ._handlers import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener
 from ._pipeline import Pipeline, configure, flush, shutdown, stats
+from ._stream import MutableAsyncGenerator, MutableGenerator, log_stream
 from ._version import __version__
+from .wrap import wrap
 
 __all__ = [
+    "MutableAsyncGenerator",
+    "MutableGenerator",
     "PhosphoHandler",
     "PhosphoQueueHandler",
     "PhosphoQueueListener",
@@ -21,6 +25,8 @@ __all__ = [
     "configure",
     "context",
     "flush",
+    "log_stream",
     "shutdown",
     "stats",
+    "wrap",
 ]

@@ -32,7 +32,7 @@ class Options:
     max_batch_size: int = 100
     max_batch_bytes: int = 1_000_000
     flush_interval: float = 1.0
-    max_queue_size: int = 10_000
+    max_queue_size: int = 100_000
     timeout: float = 10.0
     shutdown_timeout: float = 5.0
     max_attempts: int = 5

@@ -23,7 +23,7 @@ from ._config import Options
 from ._spool import Spool
 from ._transport import Exporter, Outcome
 
-BACKOFF_BASE = 0.5
+BACKOFF_BASE = 0.1
 BACKOFF_CAP = 30.0
 #: Failed batches in a row that open the circuit.
 CIRCUIT_THRESHOLD = 3
@@ -32,6 +32,8 @@ CIRCUIT_COOLDOWN_CAP = 60.0
 #: How long a configuration error (bad key, unknown project) keeps the circuit open.
 CONFIG_ERROR_COOLDOWN = 60.0
 CONFIG_STATUSES = (401, 403, 404)
+#: A longer Retry-After opens the circuit for that long instead of holding the worker.
+MAX_RETRY_AFTER_WAIT = 5.0
 
 
 class Counters:
@@ -148,6 +150,11 @@ class Delivery:
                 return
             if outcome.status in CONFIG_STATUSES:
                 self.circuit.trip(CONFIG_ERROR_COOLDOWN)
+                self._give_up(events, encoded, f"http_{outcome.status}", outcome.error)
+                return
+            if outcome.retry_after is not None and outcome.retry_after > MAX_RETRY_AFTER_WAIT:
+                # The server asked for a long pause: keep the worker free for new tasks.
+                self.circuit.trip(outcome.retry_after)
                 self._give_up(events, encoded, f"http_{outcome.status}", outcome.error)
                 return
             attempt += 1

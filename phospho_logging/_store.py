@@ -7,13 +7,16 @@ by its owner only. Rows hold the event exactly as it would go over the wire, so 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set
 
+from . import _diag
 from ._transport import Exporter, Outcome
 
 _SCHEMA = """
@@ -28,8 +31,72 @@ CREATE TABLE IF NOT EXISTS tasks (
 """
 
 
+#: Every use of SQLite by this package, in any thread, holds this lock: a fork waits for
+#: it, so no connection is in use when ``_before_fork`` closes them all.
+_lock = threading.RLock()
+#: Bumped at each fork: connections of an older generation were closed and must reopen.
+_generation = 0
+_open_connections: Set[sqlite3.Connection] = set()
+_fork_hooks = False
+
+
+def close_connection(conn: sqlite3.Connection) -> None:
+    """Close a connection this process opened."""
+    _open_connections.discard(conn)
+    try:
+        conn.close()
+    except sqlite3.Error:
+        pass
+
+
+def _before_fork() -> None:
+    # SQLite forbids carrying a connection across fork(): its locks and shared-memory
+    # bookkeeping are per process, and even a new connection in the child would share
+    # the parent's. So every connection is closed first; both sides reopen on next use.
+    global _generation
+    _lock.acquire()
+    for conn in list(_open_connections):
+        close_connection(conn)
+    _generation += 1
+
+
+def _after_fork_in_parent() -> None:
+    _lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+
+
+def move_aside(path: Path, exc: Exception) -> None:
+    """Rename a damaged store (and its -wal/-shm files) out of the way, saying so once."""
+    for conn in list(_open_connections):
+        close_connection(conn)  # any connection may be to the damaged file
+    target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    for suffix in ("", "-wal", "-shm"):
+        source = Path(str(path) + suffix)
+        if source.exists():
+            try:
+                os.replace(source, Path(str(target) + suffix))
+            except OSError:
+                pass
+    _diag.warn_once(
+        "store_corrupt",
+        "the local store %s could not be read (%s); it was moved aside to %s and a new one started",
+        path,
+        exc,
+        target,
+    )
+
+
 def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     """Open (and if needed create, owner-only) the store at ``path``."""
+    global _fork_hooks
+    if not _fork_hooks and hasattr(os, "register_at_fork"):
+        _fork_hooks = True
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                            after_in_child=_after_fork_in_child)
     if create:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Create the file ourselves so its mode is 0600 from the first byte; SQLite gives
@@ -38,13 +105,73 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
         os.close(fd)
     elif not path.exists():
         raise FileNotFoundError(str(path))
-    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    if create:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(_SCHEMA)
+    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+    _open_connections.add(conn)
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if create:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(_SCHEMA)
+    except BaseException:
+        close_connection(conn)
+        raise
     return conn
+
+
+class Database:
+    """Connections to one SQLite file: one per thread, opened on first use and again after
+    a fork, every use under the package's SQLite lock."""
+
+    def __init__(self, path: Path, setup: Optional[Callable[[sqlite3.Connection], None]] = None) -> None:
+        self.path = path
+        self._setup = setup
+        self._local = threading.local()
+
+    def _conn(self) -> sqlite3.Connection:
+        slot = getattr(self._local, "slot", None)
+        if slot is None or slot[1] != _generation:
+            try:
+                conn = self._open()
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise  # locked, read-only, disk full...: the caller counts it
+                move_aside(self.path, exc)  # not a database, or damaged: start a new one
+                conn = self._open()
+            slot = self._local.slot = (conn, _generation)
+        return slot[0]  # type: ignore[no-any-return]
+
+    def _open(self) -> sqlite3.Connection:
+        conn = connect(self.path)
+        try:
+            if self._setup is not None:
+                self._setup(conn)
+        except BaseException:
+            close_connection(conn)
+            raise
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE), committed on success."""
+        with _lock:
+            conn = self._conn()
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> List[Any]:
+        with _lock:
+            return self._conn().execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        with _lock:
+            slot = getattr(self._local, "slot", None)
+            if slot is not None:
+                if slot[1] == _generation:
+                    close_connection(slot[0])
+                self._local.slot = None
 
 
 class LocalStoreExporter(Exporter):
@@ -53,7 +180,7 @@ class LocalStoreExporter(Exporter):
     def __init__(self, path: Path) -> None:
         self.path = path
         self.destination = f"local store {path}"
-        self._conn: Optional[sqlite3.Connection] = None
+        self._db = Database(path)
 
     def __repr__(self) -> str:
         return f"LocalStoreExporter({str(self.path)!r})"
@@ -67,11 +194,8 @@ class LocalStoreExporter(Exporter):
             for e, b in zip(events, encoded)
         ]
         try:
-            if self._conn is None:
-                self._conn = connect(self.path)
-            with self._conn:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(
+            with self._db.transaction() as conn:
+                conn.executemany(
                     "INSERT OR IGNORE INTO tasks (task_id, session_id, created_at, stored_at, event) "
                     "VALUES (?, ?, ?, ?, ?)",
                     rows,
@@ -81,16 +205,8 @@ class LocalStoreExporter(Exporter):
             return Outcome(False, retry=True, error=f"cannot write the local store {self.path}: {exc}")
         return Outcome(True)
 
-    def reset_after_fork(self) -> None:
-        self._conn = None  # SQLite connections must not cross a fork
-
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
-            self._conn = None
+        self._db.close()
 
 
 def latest(path: Path, limit: int = 10, session_id: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -106,5 +222,5 @@ def latest(path: Path, limit: int = 10, session_id: Optional[str] = None) -> Lis
         params.append(limit)
         rows = conn.execute(query, params).fetchall()
     finally:
-        conn.close()
+        close_connection(conn)
     return [json.loads(row[0]) for row in reversed(rows)]

@@ -15,6 +15,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ._version import __version__
 
+#: Sessions a forked child inherited: kept referenced so they are never closed there.
+_inherited: List[Any] = []
+
 USER_AGENT = f"phospho-logging/{__version__} python/{platform.python_version()}"
 
 #: Statuses worth retrying: the request may succeed later, unchanged.
@@ -149,6 +152,8 @@ class HTTPExporter(Exporter):
             self._session = None
 
     def reset_after_fork(self) -> None:
+        if self._session is not None:
+            _inherited.append(self._session)  # never closed here: the sockets are the parent's
         self._session = None
 
 

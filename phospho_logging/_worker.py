@@ -106,7 +106,8 @@ def make_spool(options: Options) -> Optional[Spool]:
     """The spool for an online pipeline (the local store needs none)."""
     if not options.online:
         return None
-    return Spool(options.store_path(), options.endpoint, options.max_spool_tasks)
+    assert options.project_id is not None
+    return Spool(options.store_path(), options.project_id, options.max_spool_tasks)
 
 
 class Worker:
@@ -136,9 +137,11 @@ class Worker:
         self.spool = make_spool(options)
         self.delivery = Delivery(exporter, options, self.counters, self.spool, self._stopping, lambda: self._deadline)
         self._in_flight: List[Built] = []
+        self._holding: List[Built] = []
         self._in_worker = 0
         self._losses_at_barrier = 0
         self._replay_pending = self.spool is not None
+        self._reclaimed = False
 
     # -- control, from any thread -------------------------------------------------------
 
@@ -258,7 +261,7 @@ class Worker:
                 pass
 
     def _loop(self) -> None:
-        batch: List[Built] = []
+        batch: List[Built] = self._hold([])
         size = 0
         due = 0.0
         get = self.queue.get
@@ -270,7 +273,7 @@ class Worker:
                 wait = due - time.monotonic()
                 if wait <= 0:
                     self._send(batch)
-                    batch, size = [], 0
+                    batch, size = self._hold([]), 0
                     continue
             elif self._replay_pending and not self.delivery.circuit.is_open():
                 wait = 0.0
@@ -286,7 +289,7 @@ class Worker:
                 if isinstance(item, _Marker):
                     if batch:
                         self._send(batch)
-                        batch, size = [], 0
+                        batch, size = self._hold([]), 0
                     if isinstance(item, _Stop):
                         self._finish(item)
                         return
@@ -298,14 +301,14 @@ class Worker:
                             due = time.monotonic() + self.options.flush_interval
                         elif size + len(built[1]) > max_bytes:
                             self._send(batch)
-                            batch, size = [], 0
+                            batch, size = self._hold([]), 0
                             due = time.monotonic() + self.options.flush_interval
                         batch.append(built)
                         size += len(built[1]) + 1
                         self._in_worker = len(batch)
                         if len(batch) >= max_count:
                             self._send(batch)
-                            batch, size = [], 0
+                            batch, size = self._hold([]), 0
                 if len(batch) >= max_count:
                     break
                 try:
@@ -313,7 +316,18 @@ class Worker:
                 except queue_module.Empty:
                     break
 
+    def _hold(self, batch: List[Built]) -> List[Built]:
+        """Make ``batch`` (the one being filled) visible to ``_rescue``."""
+        self._holding = batch
+        return batch
+
     def _replay(self) -> None:
+        if not self._reclaimed and self.spool is not None:
+            self._reclaimed = True
+            try:
+                self.spool.reclaim_dead()
+            except Exception as exc:  # noqa: BLE001
+                _diag.warn_once("spool_error", "cannot read the spool %s: %s", self.spool.path, exc)
         more = self.delivery.replay(self.options.max_batch_size)
         if more is False:
             self._replay_pending = False
@@ -369,7 +383,7 @@ class Worker:
         second ``dictConfig``, say), so the queue is watched for ``STOP_GRACE`` seconds of
         quiet before the worker ends; past the deadline, tasks are spooled.
         """
-        batch: List[Built] = []
+        batch: List[Built] = self._hold([])
         while True:
             left = stop.deadline - time.monotonic()
             try:
@@ -379,7 +393,7 @@ class Worker:
             if isinstance(item, _Marker):
                 if batch:
                     self._send(batch)
-                    batch = []
+                    batch = self._hold([])
                 self._barrier(item)
                 continue
             built = self._build(item)
@@ -388,7 +402,7 @@ class Worker:
                 self._in_worker = len(batch)
                 if len(batch) >= self.options.max_batch_size:
                     self._send(batch)
-                    batch = []
+                    batch = self._hold([])
         if batch:
             self._send(batch)
         self._in_worker = 0
@@ -412,7 +426,8 @@ class Worker:
         a batch the worker is still sending may be spooled twice, which is harmless: the
         server skips task ids it knows.
         """
-        built: List[Built] = list(self._in_flight)
+        held = {b[0]["task_id"]: b for b in list(self._in_flight) + list(self._holding)}
+        built: List[Built] = list(held.values())
         while True:
             try:
                 item = self.queue.get_nowait()
@@ -463,6 +478,7 @@ class Worker:
         self._stopped = False
         self.counters = Counters()
         self._in_flight = []
+        self._holding = []
         self._in_worker = 0
         self._losses_at_barrier = 0
         self.exporter.reset_after_fork()
@@ -503,6 +519,7 @@ def _register_process_hooks() -> None:
         atexit.register(stop_all)
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=_after_fork_in_child)
+            _register_multiprocessing_exit()
         _hooks_registered = True
 
 
@@ -541,17 +558,23 @@ def _after_fork_in_child() -> None:
             callback()
         except Exception:  # noqa: BLE001
             pass
-    _register_multiprocessing_exit()
+
+
+class _MultiprocessingHook:
+    """multiprocessing's children end with os._exit(), which skips atexit. Its own exit
+    hook runs its finalizers, but it clears them when a child starts, so ours is added
+    from its after-fork registry, which runs after that."""
+
+    def __call__(self, _: object) -> None:
+        import multiprocessing.util as util
+
+        util.Finalize(None, stop_all, exitpriority=100)
+
+
+_multiprocessing_hook = _MultiprocessingHook()
 
 
 def _register_multiprocessing_exit() -> None:
-    """multiprocessing's children end with os._exit(), skipping atexit; its own exit
-    hook runs its finalizers, so drain there too."""
-    import sys
+    import multiprocessing.util as util
 
-    util = sys.modules.get("multiprocessing.util")
-    if util is not None:
-        try:
-            util.Finalize(None, stop_all, exitpriority=100)
-        except Exception:  # noqa: BLE001
-            pass
+    util.register_after_fork(_multiprocessing_hook, _multiprocessing_hook)
