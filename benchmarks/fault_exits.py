@@ -39,7 +39,7 @@ def run(name: str, script: Optional[Callable[[PhosphoTestServer], Any]], n: int 
     kept = set(spooled(local_dir))
     lost = n - len(delivered | kept)
     drops = child.report["stats"]["dropped"]
-    print(f"| {name} | {child.exit_seconds:.2f} s | {len(delivered)} | {len(kept)} | {lost} (reported drops: {drops}) |")
+    print(f"| {name} | {child.exit_seconds:.2f} s | {len(delivered)} | {len(kept)} | {lost} (drops: {drops}) |")
 
 
 def main() -> None:

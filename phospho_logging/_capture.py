@@ -18,7 +18,7 @@ from ._task import build_event
 active = False
 _sinks: List[List[Dict[str, Any]]] = []
 _seen: weakref.WeakSet[Any] = weakref.WeakSet()
-_lock = threading.Lock()
+_lock = threading.RLock()  # a stream finished by GC may deliver while we hold it
 
 
 def push(sink: List[Dict[str, Any]]) -> None:

@@ -186,6 +186,10 @@ def detect(raw_input: JSON, raw_output: JSON) -> dict[str, JSON]:
         omitted. Never raises.
     """
     found: dict[str, JSON] = {}
+    if type(raw_output) is list:
+        # A stream's chunks: the last dict chunk holds the model and, with openai's
+        # include_usage, the token counts.
+        raw_output = next((c for c in reversed(raw_output) if type(c) is dict), None)
     try:
         _detect_model(raw_input, raw_output, found)
     except Exception:  # noqa: BLE001, S110 - detection is best effort, per item

@@ -38,6 +38,7 @@ from ._recorder import (
     snapshot_input,
     split_fields,
 )
+from ._worker import before_exit
 
 __all__ = ["LoggedAsyncStream", "LoggedStream", "MutableAsyncGenerator", "MutableGenerator", "log_stream"]
 
@@ -53,8 +54,9 @@ _exit_hook: List[bool] = []
 def _track(stream: Any) -> None:
     if not _exit_hook:
         _exit_hook.append(True)
-        # Registered at the first stream, so usually after configure(): atexit runs hooks
-        # last-first, so these tasks are logged before the pipeline drains and stops.
+        # At exit, open streams log their tasks before the pipelines drain: from our own
+        # exit hook, and from atexit too in case no pipeline was ever started.
+        before_exit(finish_live_streams)
         atexit.register(finish_live_streams)
     _live.add(stream)
 

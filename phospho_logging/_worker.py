@@ -523,12 +523,27 @@ def _register_process_hooks() -> None:
         _hooks_registered = True
 
 
+_before_exit: List[Callable[[], None]] = []
+
+
+def before_exit(callback: Callable[[], None]) -> None:
+    """Run ``callback`` at exit before the workers drain (streams log their last tasks)."""
+    if callback not in _before_exit:
+        _before_exit.append(callback)
+
+
 def stop_all(timeout: Optional[float] = None) -> None:
     """Stop every live worker at once, each within its own ``shutdown_timeout``.
 
-    Stdlib listeners we started go first: stopping one drains its queue into the
-    ``PhosphoHandler`` behind it, whose worker is then stopped with the others.
+    ``before_exit`` callbacks run first, then stdlib listeners we started: stopping one
+    drains its queue into the ``PhosphoHandler`` behind it, whose worker is then stopped
+    with the others.
     """
+    for callback in list(_before_exit):
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - exit must go on
+            pass
     for listener in list(_foreign_listeners):
         if getattr(listener, "_thread", None) is not None:
             try:
