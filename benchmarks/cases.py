@@ -35,6 +35,15 @@ is an artefact of the set-up, not a cost an application pays).
                         ``--max-queue-size`` overrides that one option. Also reports the
                         peak RSS of the process (``peak_rss_mb``).
 * ``end_to_end_local``  the same into the SQLite local store (no credentials).
+* ``wrap_plain``        baseline: calling an unwrapped trivial function (``model=``,
+                        ``messages=``) that returns a ChatCompletion-like dict, per call.
+* ``wrap_call``         the same function through ``phospho_logging.wrap``, logging on a
+                        ``PhosphoQueueHandler`` whose listener never starts: the caller's
+                        cost of binding and copying the arguments, timing, and logging a task.
+* ``stream_plain``      baseline: iterating a generator over 100 OpenAI-style chunk dicts
+                        (a list), in ns per chunk.
+* ``stream_wrapped``    the same generator through ``phospho_logging.log_stream`` on that
+                        handler: per chunk, the one task per 100 chunks included.
 """
 
 from __future__ import annotations
@@ -335,11 +344,103 @@ def end_to_end_local(n: int) -> Dict[str, Any]:
     return result
 
 
+# -- wrap and streams ------------------------------------------------------------------------
+
+CHAT_MESSAGES: Any = MESSAGES_EXTRA["input"]["messages"]
+STREAM_CHUNKS = [
+    {"id": "chatcmpl-9xYzAbCdEfGhIjKlMnOpQrStUv", "object": "chat.completion.chunk", "created": 1717171717,
+     "model": "gpt-4o-mini-2024-07-18",
+     "choices": [{"index": 0, "delta": {"content": f"word{i} "}, "logprobs": None,
+                  "finish_reason": "stop" if i == 99 else None}]}
+    for i in range(100)
+]
+
+
+def _chat(model: str, messages: Any) -> Dict[str, Any]:
+    return MESSAGES_EXTRA["output"]  # type: ignore[no-any-return]
+
+
+def _expected_calls(n: int) -> int:
+    """How many calls ``_per_call(call, n)`` makes: the warm-up and the timed loops."""
+    return min(n, 2000) + REPEATS * max(1, n // CHUNK) * CHUNK
+
+
+def _with_queue_logger(name: str, body: Callable[[logging.Logger, Callable[[], None]], Dict[str, Any]],
+                       expected: int) -> Dict[str, Any]:
+    """Run ``body(logger, drain)`` with a phospho queue handler whose listener never starts."""
+    with tempfile.TemporaryDirectory(prefix="phospho-bench-") as tmp:
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        sender = PhosphoHandler(local_dir=tmp, max_queue_size=10**8)
+        listener = PhosphoQueueListener(q, sender)
+        handler = PhosphoQueueHandler(q)
+        handler.listener = listener
+        log = _logger(name, handler)
+        try:
+            result = body(log, lambda: _drain(q))
+            enqueued = handler.stats().get("enqueued")
+        finally:
+            log.removeHandler(handler)
+            sender.close()
+    if enqueued != expected:
+        result["error"] = f"expected {expected} tasks enqueued, stats()['enqueued'] = {enqueued}"
+    return result
+
+
+def wrap_plain(n: int) -> Dict[str, Any]:
+    create, messages = _chat, CHAT_MESSAGES
+    return _per_call(lambda: create(model="gpt-4o-mini", messages=messages), n)
+
+
+def wrap_call(n: int) -> Dict[str, Any]:
+    messages = CHAT_MESSAGES
+
+    def body(log: logging.Logger, drain: Callable[[], None]) -> Dict[str, Any]:
+        create = phospho_logging.wrap(_chat, logger=log)
+        return _per_call(lambda: create(model="gpt-4o-mini", messages=messages), n, between=drain)
+
+    return _with_queue_logger("wrap_call", body, _expected_calls(n))
+
+
+def _per_chunk(result: Dict[str, Any]) -> Dict[str, Any]:
+    size = len(STREAM_CHUNKS)
+    result["value"] /= size
+    result["runs"] = [r / size for r in result["runs"]]
+    result["unit"] = "ns/chunk"
+    return result
+
+
+def stream_plain(n: int) -> Dict[str, Any]:
+    chunks = STREAM_CHUNKS
+
+    def consume() -> None:
+        for _ in (c for c in chunks):
+            pass
+
+    return _per_chunk(_per_call(consume, max(1, n // len(chunks))))
+
+
+def stream_wrapped(n: int) -> Dict[str, Any]:
+    chunks = STREAM_CHUNKS
+    streams = max(1, n // len(chunks))
+
+    def body(log: logging.Logger, drain: Callable[[], None]) -> Dict[str, Any]:
+        log_stream = phospho_logging.log_stream
+
+        def consume() -> None:
+            for _ in log_stream((c for c in chunks), input=MESSAGES_EXTRA["input"], logger=log):
+                pass
+
+        return _per_chunk(_per_call(consume, streams, between=drain))
+
+    return _with_queue_logger("stream_wrapped", body, _expected_calls(streams))
+
+
 CASES: Dict[str, Callable[[int], Dict[str, Any]]] = {
     f.__name__: f
     for f in (
         null_extra, stdlib_queue, hot_path, null_messages, hot_path_messages,
         null_plain, non_task, structlog_enqueue, structlog_processor, end_to_end, end_to_end_local,
+        wrap_plain, wrap_call, stream_plain, stream_wrapped,
     )
 }
 

@@ -13,7 +13,8 @@ and max over rounds and, for the cases that have one, the ratio of the median to
 median of its baseline measured in the same run:
 
     stdlib_queue / null_extra, hot_path / null_extra,
-    hot_path_messages / null_messages, non_task / null_plain
+    hot_path_messages / null_messages, non_task / null_plain,
+    wrap_call / wrap_plain (per call), stream_wrapped / stream_plain (per chunk)
 
 See ``cases.py`` for what each case measures. ``PHOSPHO_*`` variables are not passed on.
 Works from a source checkout without installing, and with the package installed.
@@ -37,6 +38,7 @@ CASES_FILE = Path(__file__).resolve().parent / "cases.py"
 ORDER = [
     "null_extra", "stdlib_queue", "hot_path", "null_messages", "hot_path_messages",
     "null_plain", "non_task", "structlog_enqueue", "structlog_processor", "end_to_end", "end_to_end_local",
+    "wrap_plain", "wrap_call", "stream_plain", "stream_wrapped",
 ]
 END_TO_END = {"end_to_end", "end_to_end_local"}
 BASELINE = {
@@ -45,6 +47,8 @@ BASELINE = {
     "hot_path_messages": "null_messages",
     "non_task": "null_plain",
     "structlog_processor": "structlog_enqueue",
+    "wrap_call": "wrap_plain",
+    "stream_wrapped": "stream_plain",
 }
 # case -> (text printed beside the ratio, limit checked or None)
 TARGETS = {
