@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional
 from . import _capture, _diag
 from ._config import Options, resolve
 from ._context import _current
-from ._snapshot import carries_task, snapshot_record
+from ._snapshot import carries_task, snapshot_plain, snapshot_record
 from ._store import LocalStoreExporter
 from ._transport import Exporter, HTTPExporter
 from ._worker import (
@@ -262,6 +262,7 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         self._listener_idle = False
         self._start_lock = threading.Lock()
         self._direct = False
+        self._plain = False
         self.counters = ProducerCounters()
         self._offered = self.counters.offered
         _track(self)
@@ -291,6 +292,7 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         if isinstance(listener, PhosphoQueueListener):
             listener.rebuild_worker(self.counters)
         self._listener_idle = True
+        self._update_plain()
 
     @property
     def listener(self) -> Optional[logging.handlers.QueueListener]:
@@ -302,6 +304,7 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         self._listener = listener
         self._listener_idle = listener is not None
         self._direct = isinstance(listener, PhosphoQueueListener) and listener.direct
+        self._update_plain()
         if isinstance(listener, PhosphoQueueListener):
             listener.worker.producer = self.counters
             sender = listener.sender.options
@@ -315,10 +318,29 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         return maxsize if maxsize > 0 else (self._explicit_max or default)
 
     def handle(self, record: logging.LogRecord) -> bool:
-        # The hot path: no handler lock (the queue is thread-safe) and the cheapest
-        # possible test for records that are not tasks.
-        if "input" not in record.__dict__ and not (type(record.msg) is dict and "input" in record.msg):
+        # The hot path: no handler lock (the queue is thread-safe), the cheapest possible
+        # test for records that are not tasks, and for the commonest task a short path.
+        if "input" not in record.__dict__:
+            if type(record.msg) is dict and "input" in record.msg:
+                return self._handle_slow(record)
             return False
+        if self._plain and not _capture.active and _current_context() is None:
+            pending = snapshot_plain(record)
+            if pending is not None and record.thread not in WORKER_THREADS:
+                try:
+                    next(self._offered)
+                    q: Any = self.queue
+                    if q.qsize() >= self._max_queue_size:
+                        raise queue_module.Full
+                    q.put_nowait(pending)
+                except queue_module.Full:
+                    count_queue_full(self.counters, self._max_queue_size)
+                except Exception as exc:  # noqa: BLE001 - never raise into the application
+                    _report_emit_error(exc)
+                return True
+        return self._handle_slow(record)
+
+    def _handle_slow(self, record: logging.LogRecord) -> bool:
         if self.filters:
             rv = self.filter(record)
             if not rv:
@@ -354,6 +376,25 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         except Exception as exc:  # noqa: BLE001 - never raise into the application
             _report_emit_error(exc)
 
+    def _update_plain(self) -> None:
+        # The short path needs: bare snapshots on the queue, a running listener, no
+        # filter and no text function to run on the caller's thread.
+        self._plain = (
+            self._direct
+            and not self._listener_idle
+            and not self.filters
+            and self._input_to_str is None
+            and self._output_to_str is None
+        )
+
+    def addFilter(self, filter: Any) -> None:  # noqa: A002 - the stdlib's name
+        super().addFilter(filter)
+        self._update_plain()
+
+    def removeFilter(self, filter: Any) -> None:  # noqa: A002
+        super().removeFilter(filter)
+        self._update_plain()
+
     def _start_listener(self) -> None:
         """Start a listener nobody started (dictConfig never does: CPython gh-117827)."""
         with self._start_lock:
@@ -364,6 +405,7 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
                     if not isinstance(listener, PhosphoQueueListener):
                         stop_at_exit(listener)
                 self._listener_idle = False
+                self._update_plain()
 
     def prepare(self, record: logging.LogRecord) -> Any:
         """Snapshot the record into a task, on the caller's thread.

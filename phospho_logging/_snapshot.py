@@ -225,6 +225,38 @@ def snapshot_record(
     )
 
 
+def snapshot_plain(record: logging.LogRecord) -> Optional[Pending]:
+    """``snapshot_record`` for the commonest record, or None if it needs the full path.
+
+    The commonest record: a ``str`` message without %-arguments or traceback, plain
+    extras (no per-record text function), builtin types only; and no text function or
+    bound context on the caller's side, which the caller checks. This is the hot path of
+    ``PhosphoQueueHandler``, kept short on purpose.
+    """
+    fields: Dict[str, Any] = {}
+    for key, value in reversed(record.__dict__.items()):
+        if key in _IGNORED:
+            if key in _INIT_ATTRS:
+                break
+            if key == "input_to_str" or key == "output_to_str":
+                return None
+            continue
+        if key[0] != "_":
+            fields[key] = value
+    msg = record.msg
+    if "input" not in fields or record.args or record.exc_info or type(msg) is not str:
+        return None
+    try:
+        frozen = _marshal_dumps(fields)
+    except Exception:  # noqa: BLE001 - foreign types: the full path makes them JSON-safe
+        return None
+    return _tuple_new(  # type: ignore[no-any-return]
+        Pending,
+        (frozen, None, None, None, None, [], record.created, record.name, record.levelname, msg,
+         record.pathname, record.lineno, record.funcName, None, False, None),
+    )
+
+
 def _message(record: logging.LogRecord, problems: List[str]) -> JSON:
     """``record.getMessage()``, but a bad %-format does not lose the task."""
     msg = record.msg
