@@ -444,11 +444,102 @@ def stream_wrapped(n: int) -> Dict[str, Any]:
     return _with_queue_logger("stream_wrapped", body, _expected_calls(streams))
 
 
+def _latencies(pipeline: Any, n: int) -> Dict[str, Any]:
+    """Per-call latency of ``n`` task logs (p50, p99, max) and the RSS growth meanwhile."""
+    info = pipeline.logger.info
+    extra = EXTRA
+    clock = time.perf_counter_ns
+    samples = []
+    before = _rss_now_mb()
+    for _ in repeat(None, n):
+        start = clock()
+        info("answered", extra=extra)
+        samples.append(clock() - start)
+    growth = _rss_now_mb() - before
+    samples.sort()
+    return {
+        "value": samples[int(len(samples) * 0.99)],
+        "unit": "ns p99",
+        "p50_ns": samples[len(samples) // 2],
+        "max_ns": samples[-1],
+        "rss_growth_mb": growth,
+        "stats": {k: v for k, v in pipeline.stats().items() if k in ("enqueued", "sent", "spooled", "dropped")},
+    }
+
+
+def _rss_now_mb() -> float:
+    """Current resident memory (Linux /proc), in MB; peak RSS elsewhere."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return float(_peak_rss_mb() or 0.0)
+
+
+def latency_up(n: int) -> Dict[str, Any]:
+    """Per-call p99 with a healthy backend (the worker sending meanwhile)."""
+    srv = PhosphoTestServer().start()
+    with tempfile.TemporaryDirectory(prefix="phospho-bench-") as tmp:
+        pipeline = phospho_logging.configure(api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url,
+                                             local_dir=tmp)
+        try:
+            pipeline.logger.propagate = False
+            return _latencies(pipeline, n)
+        finally:
+            pipeline.shutdown(timeout=10)
+            srv.stop()
+
+
+def latency_down(n: int) -> Dict[str, Any]:
+    """Per-call p99 and memory growth with the backend refusing connections."""
+    srv = PhosphoTestServer().start()
+    url = srv.url
+    srv.stop()
+    with tempfile.TemporaryDirectory(prefix="phospho-bench-") as tmp:
+        pipeline = phospho_logging.configure(api_key="k", project_id="p", base_url=url, local_dir=tmp)
+        try:
+            pipeline.logger.propagate = False
+            return _latencies(pipeline, n)
+        finally:
+            pipeline.shutdown(timeout=10)
+
+
+def exit_hung(n: int) -> Dict[str, Any]:
+    """Seconds for a process to exit after logging ``n`` tasks, the backend never answering."""
+    import subprocess
+
+    srv = PhosphoTestServer().start()
+    srv.hang_next(10**6)
+    code = (
+        "import logging, sys, phospho_logging\n"
+        "phospho_logging.configure(flush_interval=0.01)\n"
+        f"for i in range({n}): logging.getLogger('phospho').info('t', extra={{'input': str(i)}})\n"
+        "print('logged', flush=True); sys.stdin.readline()\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="phospho-bench-") as tmp:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PHOSPHO_")}
+        env.update(PHOSPHO_API_KEY=srv.api_key, PHOSPHO_PROJECT_ID=srv.project_id, PHOSPHO_BASE_URL=srv.url,
+                   PHOSPHO_LOCAL_DIR=tmp, PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "logged"
+            srv.wait_for_requests(1, timeout=30)
+            start = time.perf_counter()
+            proc.communicate("\n", timeout=60)
+            seconds = time.perf_counter() - start
+        finally:
+            proc.kill()
+            srv.stop()
+    return {"value": seconds, "unit": "s (shutdown_timeout=5)"}
+
+
 CASES: Dict[str, Callable[[int], Dict[str, Any]]] = {
     f.__name__: f
     for f in (
         null_extra, stdlib_queue, hot_path, null_messages, hot_path_messages,
         null_plain, non_task, structlog_enqueue, structlog_processor, end_to_end, end_to_end_local,
+        latency_up, latency_down, exit_hung,
         wrap_plain, wrap_call, stream_plain, stream_wrapped,
     )
 }

@@ -43,6 +43,9 @@ LEASE = 60.0
 
 def _setup(conn: sqlite3.Connection) -> None:
     conn.execute(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}
+    if "owner" not in columns:  # a spool written by an earlier version
+        conn.execute("ALTER TABLE outbox ADD COLUMN owner INTEGER NOT NULL DEFAULT 0")
     conn.execute("CREATE INDEX IF NOT EXISTS outbox_order ON outbox (destination, id)")
 
 

@@ -51,6 +51,8 @@ class RecordedRequest:
 def _is_str(v: object) -> bool:
     if not isinstance(v, str):
         return False
+    if v.isascii():  # O(1) in CPython, and the usual case: no surrogate possible
+        return True
     try:
         v.encode("utf-8")  # pydantic-core refuses lone surrogates: not UTF-8
     except UnicodeEncodeError:
