@@ -31,6 +31,7 @@ from ._worker import (
     ProducerCounters,
     Worker,
     count_queue_full,
+    count_value,
     offer,
     on_fork,
     stop_at_exit,
@@ -49,6 +50,7 @@ def make_exporter(options: Options) -> Exporter:
 
 
 _instances: weakref.WeakSet[Any] = weakref.WeakSet()
+_revive_lock = threading.Lock()
 
 
 def _track(handler: Any) -> None:
@@ -106,6 +108,18 @@ class PhosphoHandler(logging.Handler):
         self.exporter.reset_after_fork()
         self._fresh_queue()
 
+    def _revive(self) -> Worker:
+        """Records still reaching a closed handler (a second dictConfig while other threads
+        log, say) are delivered by a short-lived worker instead of being stranded."""
+        with _revive_lock:
+            worker = self.worker
+            if worker.stopped and not worker.alive:
+                worker = Worker(self._queue, self.exporter, self.options, self.counters)
+                worker.start()
+                worker.stop(wait=False)
+                self.worker = worker
+        return worker
+
     def __repr__(self) -> str:
         return f"<PhosphoHandler {self.exporter.destination} ({logging.getLevelName(self.level)})>"
 
@@ -132,7 +146,10 @@ class PhosphoHandler(logging.Handler):
             if _capture.active:
                 _capture.deliver_record(record, lambda: pending, self.options)
                 return
-            self.worker.start()
+            worker = self.worker
+            if worker.stopped and not worker.alive:
+                worker = self._revive()
+            worker.start()
             offer(self._queue, pending, self.counters, self.options.max_queue_size)
         except Exception as exc:  # noqa: BLE001 - never raise into the application
             _report_emit_error(exc)
@@ -181,6 +198,16 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
             forward=self._forward if self.others else None,
             name="phospho-logging-listener",
         )
+
+    def revive(self, counters: ProducerCounters) -> None:
+        """Drain records that still arrive after stop() in a short-lived worker."""
+        with _revive_lock:
+            if self.worker.stopped and not self.worker.alive:
+                on_stop = self.worker.on_stop
+                self.rebuild_worker(counters)
+                self.worker.on_stop.extend(on_stop)
+                self.worker.start()
+                self.worker.stop(wait=False)
 
     def rebuild_worker(self, counters: ProducerCounters) -> None:
         """A new worker on ``self.queue`` (after a fork)."""
@@ -291,6 +318,7 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         listener._thread = None  # type: ignore[attr-defined]
         if isinstance(listener, PhosphoQueueListener):
             listener.rebuild_worker(self.counters)
+            listener.worker.on_stop.append(self._leave_short_path)
         self._listener_idle = True
         self._update_plain()
 
@@ -307,10 +335,16 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         self._update_plain()
         if isinstance(listener, PhosphoQueueListener):
             listener.worker.producer = self.counters
+            listener.worker.on_stop.append(self._leave_short_path)
             sender = listener.sender.options
             self._input_to_str = self._own_options.input_to_str or sender.input_to_str
             self._output_to_str = self._own_options.output_to_str or sender.output_to_str
             self._max_queue_size = self._queue_bound(sender.max_queue_size)
+        else:
+            for handler in getattr(listener, "handlers", ()):
+                if isinstance(handler, PhosphoHandler):
+                    self._max_queue_size = self._queue_bound(handler.options.max_queue_size)
+                    break
 
     def _queue_bound(self, default: int) -> int:
         # A queue with a maxsize of its own enforces it; ours are bounded by the option.
@@ -359,6 +393,9 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         try:
             if record.thread in WORKER_THREADS:
                 return
+            listener = self._listener
+            if isinstance(listener, PhosphoQueueListener) and listener.worker.stopped and not listener.worker.alive:
+                listener.revive(self.counters)
             item = self.prepare(record)
             if _capture.active:
                 pending = getattr(item, PENDING_ATTR, item)
@@ -375,6 +412,9 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
             count_queue_full(self.counters, self._max_queue_size)
         except Exception as exc:  # noqa: BLE001 - never raise into the application
             _report_emit_error(exc)
+
+    def _leave_short_path(self) -> None:
+        self._plain = False  # the listener is stopping: the slow path revives it if needed
 
     def _update_plain(self) -> None:
         # The short path needs: bare snapshots on the queue, a running listener, no
@@ -404,6 +444,11 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
                     listener.start()
                     if not isinstance(listener, PhosphoQueueListener):
                         stop_at_exit(listener)
+                        # Their workers start now, on this thread: started later from the
+                        # listener at exit, 3.12 would refuse the new thread.
+                        for handler in getattr(listener, "handlers", ()):
+                            if isinstance(handler, PhosphoHandler):
+                                handler.worker.start()
                 self._listener_idle = False
                 self._update_plain()
 
@@ -441,5 +486,31 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
             return self._listener.stats()
         for handler in getattr(self._listener, "handlers", ()):
             if isinstance(handler, PhosphoHandler):
-                return handler.stats()
+                # Behind a stdlib listener: our queue's drops are ours to add.
+                stats = handler.stats()
+                full = count_value(self.counters.queue_full)
+                if full:
+                    stats["dropped_by_reason"]["queue_full"] = stats["dropped_by_reason"].get("queue_full", 0) + full
+                    stats["dropped"] += full
+                    stats["enqueued"] += full
+                return stats
         return {}
+
+    def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
+        """Wait until the tasks this handler enqueued are delivered (via its listener)."""
+        listener = self._listener
+        if timeout is None and holds_logging_lock():
+            timeout = 0.0
+        if isinstance(listener, PhosphoQueueListener):
+            return listener.flush(timeout)
+        for handler in getattr(listener, "handlers", ()):
+            if isinstance(handler, PhosphoHandler):
+                return handler.flush(timeout)
+        return True
+
+    def close(self) -> None:
+        """Let the listener this handler started finish in the background; never blocks."""
+        listener = self._listener
+        if isinstance(listener, PhosphoQueueListener):
+            listener.worker.stop(wait=False)
+        super().close()

@@ -32,7 +32,9 @@ JSON = Union[None, bool, int, float, str, list["JSON"], dict[str, "JSON"]]
 
 _orjson_dumps: Callable[[Any], bytes] | None
 try:
-    from orjson import dumps as _orjson_dumps
+    import orjson as _orjson  # type: ignore[import-not-found, unused-ignore]
+
+    _orjson_dumps = _orjson.dumps
 except ImportError:  # orjson is an optional extra
     _orjson_dumps = None
 

@@ -90,6 +90,9 @@ class HTTPExporter(Exporter):
     """POSTs batches to ``{base_url}/v2/log/{project_id}`` over one keep-alive session."""
 
     def __init__(self, endpoint: str, api_key: str) -> None:
+        # Imported here, on the configuring thread: a first import on two worker threads at
+        # once (an old and a new pipeline) can deadlock on the import lock.
+        import requests  # noqa: F401
         self.destination = endpoint
         self._endpoint = endpoint
         self._headers = {

@@ -142,22 +142,48 @@ class Worker:
         self._losses_at_barrier = 0
         self._replay_pending = self.spool is not None
         self._reclaimed = False
+        #: Called when stop() begins (the producer leaves its short path).
+        self.on_stop: List[Callable[[], None]] = []
+        _all_workers.add(self)
 
     # -- control, from any thread -------------------------------------------------------
+
+    @property
+    def stopped(self) -> bool:
+        """True once stop() was called."""
+        return self._stopped
 
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        """Start the thread once; later calls do nothing."""
+        """Start the thread once; later calls do nothing.
+
+        At interpreter shutdown Python refuses new threads (3.12+): the worker then stays
+        unstarted and ``stop_all`` drains its queue on the exiting thread instead.
+        """
         with self._start_lock:
             if self._thread is not None or self._stopped:
                 return
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
-            _live_workers.add(self)
+            thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             _register_process_hooks()
+            try:
+                thread.start()
+            except RuntimeError:
+                return
+            self._thread = thread
+            _live_workers.add(self)
+
+    def drain_here(self, timeout: Optional[float] = None) -> None:
+        """Deliver (or spool) what is queued on the calling thread, within ``timeout``:
+        for a worker that never got its thread (exit began first)."""
+        limit = self.options.shutdown_timeout if timeout is None else timeout
+        with self._start_lock:
+            self._stopped = True
+        self._deadline = time.monotonic() + limit
+        self._stopping.set()
+        self._finish(_Stop(self._deadline))
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until everything queued before this call is delivered or spooled.
@@ -166,8 +192,15 @@ class Worker:
         flush; False on timeout or loss (``stats()`` says which). ``None`` waits for the
         whole retry budget.
         """
-        if not self.alive:
-            return self._stopped and self.queued() == 0 and self._losses() == self._losses_at_barrier
+        if self._stopped:
+            # Stopping: wait for the worker to end, but never past stop()'s deadline.
+            thread, deadline = self._thread, self._deadline
+            if thread is not None and deadline is not None:
+                left = deadline - time.monotonic()
+                thread.join(max(0.0, left if timeout is None else min(timeout, left)))
+            return self.queued() == 0 and self._losses() == self._losses_at_barrier
+        if not self.alive:  # never started: nothing was offered, or exit began first
+            return self.queued() == 0 and self._losses() == self._losses_at_barrier
         marker = _Flush()
         self.queue.put(marker)  # markers bypass the bound: a flush is never refused
         limit = self.retry_budget() if timeout is None else max(0.0, timeout)
@@ -181,8 +214,11 @@ class Worker:
             already = self._stopped
             self._stopped = True
             thread = self._thread
+        for callback in self.on_stop:
+            callback()
         if thread is None:
-            self._rescue()  # never started: whatever was queued goes to the spool
+            if self.queued():
+                self.drain_here(limit)  # never started (closed first, or exit began first)
             return True
         if not already:
             self._deadline = time.monotonic() + limit
@@ -490,6 +526,7 @@ class Worker:
 
 
 _live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
+_all_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
 _hooks_registered = False
 _hooks_lock = threading.Lock()
 _foreign_listeners: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -555,13 +592,20 @@ def stop_all(timeout: Optional[float] = None) -> None:
         worker.stop(timeout, wait=False)
     for worker in workers:
         worker.join()
+    for worker in list(_all_workers):
+        # Never got a thread (tasks arrived as exit began): drain on this thread.
+        if worker._thread is None and worker.queued():
+            worker.drain_here(timeout)
 
 
 def _after_fork_in_child() -> None:
     """A forked child gets its own queues, locks, connections and (lazily) threads; the
     parent's queued tasks stay the parent's to send."""
-    global _hooks_lock, _live_workers
+    global _hooks_lock, _live_workers, _all_workers
     WORKER_THREADS.clear()
+    # The parent's workers (and what their queues hold) stay the parent's: handlers give
+    # the child new ones (fork callbacks below), which register themselves again.
+    _all_workers = weakref.WeakSet()
     _hooks_lock = threading.Lock()
     _diag.reinit_after_fork()
     workers = list(_live_workers)
