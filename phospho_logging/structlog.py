@@ -18,6 +18,8 @@ added, so the console line can be matched with the task in phospho.
 
 from __future__ import annotations
 
+import marshal
+import time
 from typing import Any, Callable, MutableMapping, Optional
 
 try:
@@ -30,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from . import _capture, _diag, _pipeline
 from ._config import Options, resolve
 from ._context import _current
-from ._snapshot import new_task_id, snapshot_event_dict
+from ._snapshot import Pending, new_task_id, snapshot_event_dict
 
 __all__ = ["PhosphoProcessor", "ShippedEvent"]
 
@@ -63,6 +65,7 @@ class PhosphoProcessor:
         own = resolve({"input_to_str": input_to_str, "output_to_str": output_to_str}, environ={})
         self._input_to_str = own.input_to_str
         self._output_to_str = own.output_to_str
+        self._plain = self._input_to_str is None and self._output_to_str is None
 
     def __repr__(self) -> str:
         return f"PhosphoProcessor(pipeline={self._pipeline!r})"
@@ -75,6 +78,29 @@ class PhosphoProcessor:
             if type(task_id) is not str or not task_id:
                 task_id = new_task_id()
             pipeline = self._pipeline or _pipeline._current
+            if (
+                pipeline is not None
+                and pipeline.plain
+                and self._plain
+                and not _capture.active
+                and _context_get() is None
+                and "exc_info" not in event_dict
+                and "input_to_str" not in event_dict
+                and "output_to_str" not in event_dict
+            ):
+                # The commonest event, on the shortest path: one marshal copy, enqueued.
+                try:
+                    frozen = _marshal_dumps(event_dict)  # type: ignore[arg-type]
+                except Exception:  # noqa: BLE001 - foreign types: the general path below
+                    frozen = None
+                if frozen is not None:
+                    pipeline.put(
+                        _tuple_new(Pending, (frozen, None, None, None, None, [], _time(), None, method_name,
+                                             None, None, None, None, None, True, task_id))
+                    )
+                    shipped = ShippedEvent(event_dict)
+                    shipped["task_id"] = task_id
+                    return shipped
             options = _DEFAULTS if pipeline is None else pipeline.options
             pending = snapshot_event_dict(
                 event_dict,
@@ -117,4 +143,7 @@ class ShippedEvent(dict):  # type: ignore[type-arg]
 
 
 _DEFAULTS = Options()
+_marshal_dumps = marshal.dumps
+_tuple_new = tuple.__new__
+_time = time.time
 _context_get = _current.get
