@@ -361,18 +361,22 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         if self._plain and not _capture.active and _current_context() is None:
             pending = snapshot_plain(record)
             if pending is not None and record.thread not in WORKER_THREADS:
-                try:
-                    next(self._offered)
-                    q: Any = self.queue
-                    if q.qsize() >= self._max_queue_size:
-                        raise queue_module.Full
-                    q.put_nowait(pending)
-                except queue_module.Full:
-                    count_queue_full(self.counters, self._max_queue_size)
-                except Exception as exc:  # noqa: BLE001 - never raise into the application
-                    _report_emit_error(exc)
+                self._put(pending)
                 return True
         return self._handle_slow(record)
+
+    def _put(self, item: Any) -> None:
+        """Enqueue without blocking; a full queue drops the task and counts it."""
+        try:
+            next(self._offered)
+            q: Any = self.queue
+            if q.qsize() >= self._max_queue_size:
+                raise queue_module.Full
+            q.put_nowait(item)
+        except queue_module.Full:
+            count_queue_full(self.counters, self._max_queue_size)
+        except Exception as exc:  # noqa: BLE001 - never raise into the application
+            _report_emit_error(exc)
 
     def _handle_slow(self, record: logging.LogRecord) -> bool:
         if self.filters:
@@ -403,13 +407,7 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
                 return
             if self._listener_idle:
                 self._start_listener()
-            next(self._offered)
-            q: Any = self.queue
-            if q.qsize() >= self._max_queue_size:
-                raise queue_module.Full
-            q.put_nowait(item)
-        except queue_module.Full:
-            count_queue_full(self.counters, self._max_queue_size)
+            self._put(item)
         except Exception as exc:  # noqa: BLE001 - never raise into the application
             _report_emit_error(exc)
 

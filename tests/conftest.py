@@ -10,6 +10,7 @@ import pytest
 import phospho_logging
 from phospho_logging import _diag
 from phospho_logging.testing import PhosphoTestServer
+from tests.fake_openai import FakeOpenAI
 
 _ENV = [
     "PHOSPHO_API_KEY",
@@ -80,3 +81,16 @@ def server() -> Iterator[PhosphoTestServer]:
 def creds(server: PhosphoTestServer) -> dict:
     """configure() keyword arguments pointing at the loopback server."""
     return {"api_key": server.api_key, "project_id": server.project_id, "base_url": server.url}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    """A running loopback fake of the OpenAI API, stopped after the test."""
+    from tests.fake_openai import FakeOpenAI
+
+    server = FakeOpenAI()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

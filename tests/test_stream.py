@@ -54,16 +54,6 @@ def only(tasks: List[Dict[str, Any]]) -> Dict[str, Any]:
     return tasks[0]
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    """A running fake OpenAI server, stopped after the test."""
-    server = FakeOpenAI()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 def client(fake: FakeOpenAI) -> openai.OpenAI:
     c = openai.OpenAI(base_url=fake.url + "/v1", api_key="test", max_retries=0)

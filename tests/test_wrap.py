@@ -23,16 +23,6 @@ from tests.strict import wire_errors
 USER = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hello there"}]
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    """A running fake OpenAI server, stopped after the test."""
-    server = FakeOpenAI()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
 
 @pytest.fixture
 def records() -> Iterator[List[logging.LogRecord]]:
