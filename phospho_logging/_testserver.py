@@ -304,17 +304,19 @@ class PhosphoTestServer:
     """
 
     def __init__(self, api_key: str = "test-key", project_id: str = "test-project", *,
-                 max_body_bytes: int | None = None) -> None:
+                 max_body_bytes: int | None = None, port: int = 0) -> None:
         """Create a server; nothing listens until ``start()``.
 
         Args:
             api_key: The only Bearer token accepted.
             project_id: The only project id accepted.
             max_body_bytes: Bodies larger than this get 413; None for no limit.
+            port: The port on 127.0.0.1; 0 (the default) picks a free one.
         """
         self.api_key = api_key
         self.project_id = project_id
         self.max_body_bytes = max_body_bytes
+        self.port = port
         self.delay: float = 0.0  # seconds before every reply; cut short by stop()
         self._cond = threading.Condition(threading.Lock())
         self._lifecycle = threading.Lock()
@@ -350,7 +352,7 @@ class PhosphoTestServer:
             if self._stopping.is_set():
                 raise RuntimeError("a stopped PhosphoTestServer cannot be restarted")
             if self._server is None:
-                self._server = server = _Server(("127.0.0.1", 0), _Handler)
+                self._server = server = _Server(("127.0.0.1", self.port), _Handler)
                 server.owner = self
                 self._thread = threading.Thread(
                     target=server.serve_forever, kwargs={"poll_interval": _POLL_SECONDS},

@@ -4,6 +4,9 @@
   would be sent, with no network and no threads involved.
 * ``PhosphoTestServer`` is a real HTTP server on 127.0.0.1 that speaks the phospho
   ingestion API with the backend's validation rules, and can be told to misbehave.
+
+``python -m phospho_logging.testing [--port N]`` runs that server in the foreground, to try
+``phospho-logging check`` and ``push`` (or an app) without a phospho account.
 """
 
 from __future__ import annotations
@@ -71,3 +74,41 @@ def capture_tasks(logger: Union[str, logging.Logger] = "phospho", **options: Any
         target.removeHandler(handler)
         if old_level is not None:
             target.setLevel(old_level)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Serve a ``PhosphoTestServer`` until Ctrl-C, reporting what it receives."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m phospho_logging.testing",
+        description="A local phospho ingestion server, for trying phospho-logging without an account.",
+    )
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("--api-key", default="test-key")
+    parser.add_argument("--project-id", default="test-project")
+    args = parser.parse_args(argv)
+    server = PhosphoTestServer(args.api_key, args.project_id, port=args.port).start()
+    print(f"phospho test server listening on {server.url} (Ctrl-C to stop). In another shell:")
+    print(f"  export PHOSPHO_BASE_URL={server.url} PHOSPHO_API_KEY={args.api_key} "
+          f"PHOSPHO_PROJECT_ID={args.project_id}", flush=True)
+    seen = 0
+    try:
+        while True:
+            if server.wait_for_requests(seen + 1, timeout=1.0):
+                requests_ = server.requests
+                for request in requests_[seen:]:
+                    print(f"{request.method} {request.path} -> {request.status}: {request.n_events} task(s); "
+                          f"{len(server.tasks)} stored in all", flush=True)
+                seen = len(requests_)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    sys.stdout.write(f"stopped; {len(server.tasks)} task(s) received\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised in a subprocess test
+    raise SystemExit(main())
