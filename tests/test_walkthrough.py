@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.test_exit import child_env
 
 
-def run(args: list, env: dict, timeout: float = 60) -> "subprocess.CompletedProcess[str]":
+def run(args: list, env: dict, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], env=child_env(env), capture_output=True, text=True,
                           timeout=timeout)
 
