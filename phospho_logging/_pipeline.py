@@ -35,6 +35,7 @@ class Pipeline:
         return f"<phospho_logging pipeline on {self.logger.name!r} -> {self.sender.exporter.destination}>"
 
     def start(self) -> None:
+        """Start the listener thread and attach the queue handler to the logger."""
         self.listener.start()
         self.logger.addHandler(self.handler)
 

@@ -69,3 +69,27 @@ class TestCaptureTasks:
             logging.getLogger("phospho").info("t", extra={"input": "q", "metadata": {"k": 1}})
         assert tasks[0]["session_id"] == "s-9"
         assert tasks[0]["metadata"]["tenant"] == "acme" and tasks[0]["metadata"]["k"] == 1
+
+
+class TestDocstrings:
+    def test_every_public_object_is_documented(self) -> None:
+        """Every public name, and every public method of a public class, has a docstring."""
+        import inspect
+
+        import phospho_logging.json
+        import phospho_logging.structlog
+        import phospho_logging.testing
+
+        missing = []
+        for module in (phospho_logging, phospho_logging.testing, phospho_logging.structlog, phospho_logging.json):
+            for name in module.__all__:
+                if name.startswith("__"):
+                    continue
+                obj = getattr(module, name)
+                if not (inspect.getdoc(obj) or "").strip():
+                    missing.append(f"{module.__name__}.{name}")
+                if inspect.isclass(obj):
+                    for attr, value in vars(obj).items():
+                        if not attr.startswith("_") and callable(value) and not (inspect.getdoc(value) or "").strip():
+                            missing.append(f"{module.__name__}.{name}.{attr}")
+        assert missing == []
