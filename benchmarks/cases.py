@@ -534,12 +534,62 @@ def exit_hung(n: int) -> Dict[str, Any]:
     return {"value": seconds, "unit": "s (shutdown_timeout=5)"}
 
 
+def _sdk() -> Any:
+    """The official phospho SDK, if installed (``pip install phospho``), else None."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # it warns that it is deprecated
+            import phospho  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return None
+    return phospho
+
+
+def sdk_log(n: int) -> Dict[str, Any]:
+    """``phospho.log(...)`` per call, the SDK's sender shipping to a loopback server."""
+    phospho = _sdk()
+    if phospho is None:
+        return {"skipped": "the phospho package is not installed"}
+    srv = PhosphoTestServer().start()
+    try:
+        phospho.init(api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url)
+        fields = dict(EXTRA)
+        return _per_call(lambda: phospho.log(**fields), n)
+    finally:
+        srv.stop()
+
+
+def sdk_end_to_end(n: int) -> Dict[str, Any]:
+    """Tasks/s the SDK delivers to a loopback server (same load as ``end_to_end``)."""
+    phospho = _sdk()
+    if phospho is None:
+        return {"skipped": "the phospho package is not installed"}
+    srv = PhosphoTestServer().start()
+    try:
+        phospho.init(api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url)
+        fields = dict(EXTRA)
+        start = time.perf_counter()
+        for _ in repeat(None, n):
+            phospho.log(**fields)
+        srv.wait_for_tasks(n, timeout=120)
+        elapsed = time.perf_counter() - start
+        delivered = len(srv.tasks)
+    finally:
+        srv.stop()
+    result: Dict[str, Any] = {"value": delivered / elapsed, "unit": "tasks/s", "delivered": delivered}
+    if delivered != n:
+        result["error"] = f"{delivered} of {n} tasks delivered within 120 s"
+    return result
+
+
 CASES: Dict[str, Callable[[int], Dict[str, Any]]] = {
     f.__name__: f
     for f in (
         null_extra, stdlib_queue, hot_path, null_messages, hot_path_messages,
         null_plain, non_task, structlog_enqueue, structlog_processor, end_to_end, end_to_end_local,
-        latency_up, latency_down, exit_hung,
+        latency_up, latency_down, exit_hung, sdk_log, sdk_end_to_end,
         wrap_plain, wrap_call, stream_plain, stream_wrapped,
     )
 }

@@ -39,9 +39,9 @@ ORDER = [
     "null_extra", "stdlib_queue", "hot_path", "null_messages", "hot_path_messages",
     "null_plain", "non_task", "structlog_enqueue", "structlog_processor", "end_to_end", "end_to_end_local",
     "wrap_plain", "wrap_call", "stream_plain", "stream_wrapped",
-    "latency_up", "latency_down", "exit_hung",
+    "latency_up", "latency_down", "exit_hung", "sdk_log", "sdk_end_to_end",
 ]
-END_TO_END = {"end_to_end", "end_to_end_local", "latency_up", "latency_down"}
+END_TO_END = {"end_to_end", "end_to_end_local", "latency_up", "latency_down", "sdk_end_to_end"}
 BASELINE = {
     "stdlib_queue": "null_extra",
     "hot_path": "null_extra",
@@ -51,6 +51,7 @@ BASELINE = {
     "wrap_call": "wrap_plain",
     "stream_wrapped": "stream_plain",
     "latency_down": "latency_up",
+    "sdk_log": "null_extra",
 }
 # case -> (text printed beside the ratio, limit checked or None)
 TARGETS = {
