@@ -22,20 +22,12 @@ from typing import Any, Dict, Optional
 from . import _capture, _diag
 from ._config import Options, resolve
 from ._context import _current
+from ._lifecycle import WORKER_THREADS, on_fork, stop_at_exit
+from ._producer import ProducerCounters, count_queue_full, count_value, offer
 from ._snapshot import carries_task, snapshot_plain, snapshot_record
 from ._store import LocalStoreExporter
 from ._transport import Exporter, HTTPExporter
-from ._worker import (
-    PENDING_ATTR,
-    WORKER_THREADS,
-    ProducerCounters,
-    Worker,
-    count_queue_full,
-    count_value,
-    offer,
-    on_fork,
-    stop_at_exit,
-)
+from ._worker import PENDING_ATTR, Worker
 
 _new_record = logging.LogRecord.__new__
 _current_context = _current.get

@@ -10,8 +10,8 @@ from typing import Any, Dict, Optional, Set, Union
 
 from . import _capture
 from ._handlers import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener
+from ._producer import offer
 from ._snapshot import Pending
-from ._worker import offer
 
 _lock = threading.Lock()
 _current: Optional[Pipeline] = None

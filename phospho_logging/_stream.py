@@ -28,6 +28,7 @@ from typing import (
     overload,
 )
 
+from ._lifecycle import before_exit
 from ._recorder import (
     Recorder,
     StopFunction,
@@ -38,7 +39,6 @@ from ._recorder import (
     snapshot_input,
     split_fields,
 )
-from ._worker import before_exit
 
 __all__ = ["LoggedAsyncStream", "LoggedStream", "MutableAsyncGenerator", "MutableGenerator", "log_stream"]
 

@@ -10,76 +10,27 @@ by then is spooled, by the worker or, if it is stuck in a request, by the stoppi
 
 from __future__ import annotations
 
-import atexit
-import itertools
 import logging
-import os
 import queue as queue_module
 import threading
 import time
-import weakref
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import _diag
 from ._config import Options
 from ._delivery import Counters, Delivery
+from ._lifecycle import WORKER_THREADS, _all_workers, _live_workers, register_process_hooks
+from ._producer import ProducerCounters, count_value
 from ._snapshot import Pending
 from ._spool import Spool
 from ._task import encode_event
 from ._transport import Exporter
-
-#: Identities of the worker threads: a record created on one of them (urllib3's debug
-#: lines about our own requests, say) is never turned into a task.
-WORKER_THREADS: Set[int] = set()
 
 IDLE_WAIT = 1.0
 STOP_GRACE = 0.05
 PENDING_ATTR = "_phospho_pending"
 
 Built = Tuple[Dict[str, Any], bytes]
-
-
-def count_value(counter: itertools.count[int]) -> int:
-    """The next value of an ``itertools.count`` without advancing it.
-
-    ``next()`` on a count is atomic under the GIL, which makes it the cheapest
-    thread-safe counter for the callers' side; its repr is the only way to read it.
-    """
-    return int(repr(counter)[6:-1])
-
-
-class ProducerCounters:
-    """What the producer side counts: tasks offered and tasks refused by a full queue."""
-
-    __slots__ = ("offered", "queue_full")
-
-    def __init__(self) -> None:
-        self.offered = itertools.count()
-        self.queue_full = itertools.count()
-
-
-def offer(q: Any, item: Any, counters: ProducerCounters, max_queue_size: int) -> bool:
-    """Put ``item`` on ``q`` without blocking; count it, and count it dropped if full."""
-    next(counters.offered)
-    try:
-        if q.qsize() >= max_queue_size:
-            raise queue_module.Full
-        q.put_nowait(item)
-        return True
-    except queue_module.Full:
-        count_queue_full(counters, max_queue_size)
-        return False
-
-
-def count_queue_full(counters: ProducerCounters, max_queue_size: int) -> None:
-    """Count a task refused by a full queue, and say so (rate-limited)."""
-    next(counters.queue_full)
-    _diag.warn_once(
-        "queue_full",
-        "the task queue is full (max_queue_size=%d); tasks are being dropped and counted "
-        "in stats()['dropped_by_reason']['queue_full']",
-        max_queue_size,
-    )
 
 
 class _Marker:
@@ -167,7 +118,7 @@ class Worker:
             if self._thread is not None or self._stopped:
                 return
             thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            _register_process_hooks()
+            register_process_hooks()
             try:
                 thread.start()
             except RuntimeError:
@@ -525,115 +476,3 @@ class Worker:
         self._replay_pending = False  # the parent replays its spool; the child only adds
 
 
-_live_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
-_all_workers: weakref.WeakSet[Worker] = weakref.WeakSet()
-_hooks_registered = False
-_hooks_lock = threading.Lock()
-_foreign_listeners: weakref.WeakSet[Any] = weakref.WeakSet()
-_fork_callbacks: List[Callable[[], None]] = []
-
-
-def stop_at_exit(listener: Any) -> None:
-    """Have a stdlib ``QueueListener`` we started stopped (so drained) at exit."""
-    _foreign_listeners.add(listener)
-    _register_process_hooks()
-
-
-def on_fork(callback: Callable[[], None]) -> None:
-    """Run ``callback`` in a forked child, after the workers are reset (once per callback)."""
-    if callback not in _fork_callbacks:
-        _fork_callbacks.append(callback)
-    _register_process_hooks()
-
-
-def _register_process_hooks() -> None:
-    global _hooks_registered
-    with _hooks_lock:
-        if _hooks_registered:
-            return
-        # Registered after logging's own hook, so it runs first: the queues drain before
-        # logging.shutdown() flushes and closes the handlers.
-        atexit.register(stop_all)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork_in_child)
-            _register_multiprocessing_exit()
-        _hooks_registered = True
-
-
-_before_exit: List[Callable[[], None]] = []
-
-
-def before_exit(callback: Callable[[], None]) -> None:
-    """Run ``callback`` at exit before the workers drain (streams log their last tasks)."""
-    if callback not in _before_exit:
-        _before_exit.append(callback)
-
-
-def stop_all(timeout: Optional[float] = None) -> None:
-    """Stop every live worker at once, each within its own ``shutdown_timeout``.
-
-    ``before_exit`` callbacks run first, then stdlib listeners we started: stopping one
-    drains its queue into the ``PhosphoHandler`` behind it, whose worker is then stopped
-    with the others.
-    """
-    for callback in list(_before_exit):
-        try:
-            callback()
-        except Exception:  # noqa: BLE001 - exit must go on
-            pass
-    for listener in list(_foreign_listeners):
-        if getattr(listener, "_thread", None) is not None:
-            try:
-                listener.stop()
-            except Exception:  # noqa: BLE001 - exit must go on
-                pass
-    workers = [w for w in list(_live_workers) if w.alive]
-    for worker in workers:
-        worker.stop(timeout, wait=False)
-    for worker in workers:
-        worker.join()
-    for worker in list(_all_workers):
-        # Never got a thread (tasks arrived as exit began): drain on this thread.
-        if worker._thread is None and worker.queued():
-            worker.drain_here(timeout)
-
-
-def _after_fork_in_child() -> None:
-    """A forked child gets its own queues, locks, connections and (lazily) threads; the
-    parent's queued tasks stay the parent's to send."""
-    global _hooks_lock, _live_workers, _all_workers
-    WORKER_THREADS.clear()
-    # The parent's workers (and what their queues hold) stay the parent's: handlers give
-    # the child new ones (fork callbacks below), which register themselves again.
-    _all_workers = weakref.WeakSet()
-    _hooks_lock = threading.Lock()
-    _diag.reinit_after_fork()
-    workers = list(_live_workers)
-    _live_workers = weakref.WeakSet()
-    for worker in workers:
-        worker.reinit_after_fork()
-    for callback in _fork_callbacks:
-        try:
-            callback()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-class _MultiprocessingHook:
-    """multiprocessing's children end with os._exit(), which skips atexit. Its own exit
-    hook runs its finalizers, but it clears them when a child starts, so ours is added
-    from its after-fork registry, which runs after that."""
-
-    def __call__(self, _: object) -> None:
-        import multiprocessing.util as util
-
-        util.Finalize(None, stop_all, exitpriority=100)
-
-
-_multiprocessing_hook = _MultiprocessingHook()
-
-
-def _register_multiprocessing_exit() -> None:
-    import multiprocessing.util as util
-
-    util.register_after_fork(_multiprocessing_hook, _multiprocessing_hook)

@@ -17,9 +17,9 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 
 from . import _capture, _context
 from ._config import Options
+from ._lifecycle import WORKER_THREADS
 from ._snapshot import carries_task, snapshot_record
 from ._testserver import PhosphoTestServer, RecordedRequest
-from ._worker import WORKER_THREADS
 
 __all__ = ["PhosphoTestServer", "RecordedRequest", "capture_tasks"]
 
