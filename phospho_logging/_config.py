@@ -7,6 +7,7 @@ seconds; limits start with ``max_``.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import ipaddress
 import os
@@ -94,8 +95,12 @@ def resolve(explicit: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     env = os.environ if environ is None else environ
     unknown = set(explicit) - OPTION_NAMES
     if unknown:
+        hints = []
+        for name in sorted(unknown):
+            close = difflib.get_close_matches(name, sorted(OPTION_NAMES), n=1)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
         raise TypeError(
-            f"unknown phospho_logging option(s): {', '.join(sorted(unknown))}; "
+            f"unknown phospho_logging option(s): {', '.join(hints)}; "
             f"known options: {', '.join(sorted(OPTION_NAMES))}"
         )
     values: dict[str, Any] = {}

@@ -32,6 +32,7 @@ CIRCUIT_COOLDOWN_CAP = 60.0
 #: How long a configuration error (bad key, unknown project) keeps the circuit open.
 CONFIG_ERROR_COOLDOWN = 60.0
 CONFIG_STATUSES = (401, 403, 404)
+_CONFIG_REASONS = frozenset(f"http_{status}" for status in CONFIG_STATUSES)
 #: A longer Retry-After opens the circuit for that long instead of holding the worker.
 MAX_RETRY_AFTER_WAIT = 5.0
 
@@ -80,13 +81,14 @@ class Circuit:
             self.trip(self.cooldown)
             self.cooldown = min(self.cooldown * 2, CIRCUIT_COOLDOWN_CAP)
 
-    def trip(self, seconds: float) -> None:
+    def trip(self, seconds: float, quiet: bool = False) -> None:
         self.open_until = time.monotonic() + seconds
-        _diag.warn_once(
-            "circuit_open",
-            "the endpoint keeps failing: tasks go to the spool for %.0f s before it is tried again",
-            seconds,
-        )
+        if not quiet:
+            _diag.warn_once(
+                "circuit_open",
+                "the endpoint keeps failing: tasks go to the spool for %.0f s before it is tried again",
+                seconds,
+            )
 
 
 class Delivery:
@@ -149,7 +151,13 @@ class Delivery:
                 self._reject(events, outcome.error)
                 return
             if outcome.status in CONFIG_STATUSES:
-                self.circuit.trip(CONFIG_ERROR_COOLDOWN)
+                _diag.warn_once(
+                    f"config:{outcome.status}",
+                    "%s. Check PHOSPHO_API_KEY and PHOSPHO_PROJECT_ID (`phospho-logging check` tests "
+                    "them); tasks are kept in the spool meanwhile and sent once the key works",
+                    outcome.error,
+                )
+                self.circuit.trip(CONFIG_ERROR_COOLDOWN, quiet=True)
                 self._give_up(events, encoded, f"http_{outcome.status}", outcome.error)
                 return
             if outcome.retry_after is not None and outcome.retry_after > MAX_RETRY_AFTER_WAIT:
@@ -240,6 +248,8 @@ class Delivery:
             c = self.counters
             c.spooled += len(events)
             c.spooled_by_reason[reason] = c.spooled_by_reason.get(reason, 0) + len(events)
+            if reason in _CONFIG_REASONS:
+                return  # the configuration message already said the tasks are kept
             _diag.warn_once(
                 "spooled:" + reason,
                 "%d task(s) kept in the spool %s for a later try: %s",
@@ -304,7 +314,7 @@ class Delivery:
         if outcome.too_large and limit > 1:
             return self.replay(max(1, limit // 2))
         if outcome.status in CONFIG_STATUSES:
-            self.circuit.trip(CONFIG_ERROR_COOLDOWN)
+            self.circuit.trip(CONFIG_ERROR_COOLDOWN, quiet=True)
             _diag.warn_once("replay:" + str(outcome.status), "cannot replay the spool: %s", outcome.error)
         else:
             self.circuit.failure()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import queue as queue_module
+import sys
 import threading
 import weakref
 from typing import Any, Dict, Optional
@@ -60,6 +61,31 @@ def _reinit_all_after_fork() -> None:
             _diag.warn_once("fork", "could not reset %r after fork: %r", handler, exc)
 
 
+_noticed: set[str] = set()
+
+
+def notice_offline(destination: str) -> None:
+    """Say once per store, on stderr, that tasks are kept locally and how to see them."""
+    if destination in _noticed:
+        return
+    _noticed.add(destination)
+    try:
+        sys.stderr.write(
+            f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks are kept in the "
+            f"{destination}.\nphospho-logging: see them with `phospho-logging tail`; "
+            "set both variables to send them to phospho.\n"
+        )
+    except Exception:  # noqa: BLE001 - a closed stderr must not break the app
+        pass
+
+
+def configured_handlers() -> list[Any]:
+    """Our handlers that ``logging.config`` made and has not closed (it names them), for
+    the module-level ``flush()`` and ``stats()`` of dictConfig users."""
+    named = getattr(logging, "_handlers", {})
+    return [h for h in list(named.values()) if isinstance(h, (PhosphoHandler, PhosphoQueueHandler))]
+
+
 def holds_logging_lock() -> bool:
     """True when this thread holds ``logging``'s module lock (inside dictConfig, say)."""
     lock = getattr(logging, "_lock", None)
@@ -85,11 +111,16 @@ class PhosphoHandler(logging.Handler):
     """
 
     def __init__(self, level: int = logging.NOTSET, **options: Any) -> None:
+        # Options first: a bad one must fail before logging.Handler registers this handler
+        # (logging would flush and close a half-built handler at exit).
+        resolved = resolve(options)
         super().__init__(level)
-        self.options: Options = resolve(options)
+        self.options: Options = resolved
         self.exporter: Exporter = make_exporter(self.options)
         self._fresh_queue()
         _track(self)
+        if not resolved.online:
+            notice_offline(self.exporter.destination)
 
     def _fresh_queue(self) -> None:
         self.counters = ProducerCounters()
@@ -268,11 +299,12 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         input_to_str: Any = None,
         output_to_str: Any = None,
     ) -> None:
-        super().__init__(queue if queue is not None else queue_module.SimpleQueue())
-        self._own_options = resolve(
+        own_options = resolve(
             {"max_queue_size": max_queue_size, "input_to_str": input_to_str, "output_to_str": output_to_str},
             environ={},
         )
+        super().__init__(queue if queue is not None else queue_module.SimpleQueue())
+        self._own_options = own_options
         self._input_to_str = self._own_options.input_to_str
         self._output_to_str = self._own_options.output_to_str
         self._explicit_max = max_queue_size

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import logging
 import queue as queue_module
-import sys
 import threading
-from typing import Any, Dict, Optional, Set, Union
+from typing import Any, Dict, Optional, Union
 
-from . import _capture
-from ._handlers import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener
+from . import _capture, _diag
+from ._handlers import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener, configured_handlers
 from ._producer import offer
 from ._snapshot import Pending
 
 _lock = threading.Lock()
 _current: Optional[Pipeline] = None
-_noticed: Set[str] = set()
 
 
 class Pipeline:
@@ -117,24 +115,22 @@ def configure(
     if target.level == logging.NOTSET and target is not logging.getLogger():
         # A named logger inherits the root's WARNING by default, which would drop info().
         target.setLevel(logging.INFO)
+    _warn_if_level_hides_info(target)
     pipeline.start()
-    _notice(pipeline)
     return pipeline
 
 
-def _notice(pipeline: Pipeline) -> None:
-    destination = pipeline.sender.exporter.destination
-    if pipeline.options.online or destination in _noticed:
-        return
-    _noticed.add(destination)
-    try:
-        sys.stderr.write(
-            f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks are kept in the "
-            f"{destination}.\nphospho-logging: see them with `phospho-logging tail`; "
-            "set both variables to send them to phospho.\n"
+def _warn_if_level_hides_info(target: logging.Logger) -> None:
+    if not target.isEnabledFor(logging.INFO):
+        name = target.name if target is not logging.getLogger() else "root"
+        _diag.warn_once(
+            "level_hides_info:" + name,
+            "the %s logger's level is %s, so info() tasks on it are ignored; set it to INFO "
+            "(logging.getLogger(%r).setLevel(logging.INFO)) to ship them",
+            name,
+            logging.getLevelName(target.getEffectiveLevel()),
+            "" if name == "root" else name,
         )
-    except Exception:  # noqa: BLE001 - a closed stderr must not break configure()
-        pass
 
 
 def current() -> Optional[Pipeline]:
@@ -143,9 +139,17 @@ def current() -> Optional[Pipeline]:
 
 
 def flush(timeout: Optional[float] = None) -> bool:
-    """Flush the configured pipeline (True if nothing is configured)."""
+    """Flush the configured pipeline, and the phospho_logging handlers that dictConfig
+    made; True when all of them delivered everything."""
     pipeline = _current
-    return True if pipeline is None else pipeline.flush(timeout)
+    ok = True if pipeline is None else pipeline.flush(timeout)
+    for handler in configured_handlers():
+        if pipeline is not None and handler in (pipeline.handler, pipeline.sender):
+            continue
+        if isinstance(handler, PhosphoHandler) and not handler.worker.alive and not handler.worker.queued():
+            continue  # behind a listener, or never used: nothing of its own to flush
+        ok = handler.flush(timeout) and ok
+    return ok
 
 
 def shutdown(timeout: Optional[float] = None) -> None:
@@ -158,6 +162,39 @@ def shutdown(timeout: Optional[float] = None) -> None:
 
 
 def stats() -> Dict[str, Any]:
-    """Counters of the configured pipeline (empty if nothing is configured)."""
+    """Counters of the configured pipeline; without ``configure()``, those of the
+    phospho_logging handlers that dictConfig made, added up. Empty if there are none."""
     pipeline = _current
-    return {} if pipeline is None else pipeline.stats()
+    if pipeline is not None:
+        return pipeline.stats()
+    handlers = configured_handlers()
+    parts = [h.stats() for h in handlers if isinstance(h, PhosphoQueueHandler)]
+    # A PhosphoHandler behind a queue handler is counted through it; alone, by itself.
+    behind = {id(x) for h in handlers if isinstance(h, PhosphoQueueHandler) for x in _senders(h)}
+    parts += [h.stats() for h in handlers if isinstance(h, PhosphoHandler) and id(h) not in behind]
+    parts = [p for p in parts if p]
+    if len(parts) <= 1:
+        return parts[0] if parts else {}
+    return _add_up(parts)
+
+
+def _senders(handler: PhosphoQueueHandler) -> list[Any]:
+    listener = handler.listener
+    if isinstance(listener, PhosphoQueueListener):
+        return [listener.sender]
+    return [h for h in getattr(listener, "handlers", ()) if isinstance(h, PhosphoHandler)]
+
+
+def _add_up(parts: list[Dict[str, Any]]) -> Dict[str, Any]:
+    total: Dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, bool) or not isinstance(value, (int, dict)):
+                total.setdefault(key, value)
+            elif isinstance(value, dict):
+                into = total.setdefault(key, {})
+                for k, v in value.items():
+                    into[k] = into.get(k, 0) + v
+            else:
+                total[key] = total.get(key, 0) + value
+    return total

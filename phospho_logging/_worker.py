@@ -191,7 +191,19 @@ class Worker:
         if thread.is_alive():
             self._rescue()
             thread.join(max(0.0, self._deadline - time.monotonic()))
+        self._report_spooled()
         return not thread.is_alive()
+
+    def _report_spooled(self) -> None:
+        spooled = self.counters.spooled
+        if spooled and self.spool is not None:
+            _diag.warn_once(
+                "spooled_at_exit:" + str(id(self)),
+                "%d task(s) of this run are in the spool %s: they are sent on the next start with "
+                "a working backend, or now with `phospho-logging push`",
+                spooled,
+                self.spool.path,
+            )
 
     def retry_budget(self) -> float:
         """The longest a batch can take to be delivered or spooled."""

@@ -1,0 +1,95 @@
+"""What a newcomer reads: clear errors, one message per cause, nothing confusing at exit."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import subprocess
+import sys
+import textwrap
+from typing import List
+
+import pytest
+
+import phospho_logging
+from phospho_logging.testing import PhosphoTestServer
+from tests.test_exit import child_env
+
+
+def run(code: str, env: dict) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=child_env(env), capture_output=True,
+                          text=True, timeout=60)
+
+
+class TestMessages:
+    @pytest.mark.parametrize("call", ["phospho_logging.configure(max_batch_sise=10)",
+                                      "phospho_logging.PhosphoHandler(flush_intervall=2)",
+                                      "phospho_logging.configure(max_batch_size='ten')"])
+    def test_bad_option_is_one_clear_error(self, call: str, tmp_path) -> None:
+        """A typo or a bad value: one clear exception (with a suggestion), nothing more at exit."""
+        result = run(f"""
+            import phospho_logging
+            try:
+                {call}
+            except (TypeError, ValueError) as exc:
+                print("error:", exc)
+        """, {"PHOSPHO_LOCAL_DIR": str(tmp_path)})
+        assert result.returncode == 0
+        assert result.stdout.startswith("error: ")
+        if "sise" in call:
+            assert "did you mean max_batch_size?" in result.stdout
+        if "intervall" in call:
+            assert "did you mean flush_interval?" in result.stdout
+        assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+    def test_root_at_warning_is_said(self, tmp_path, diag: List[str]) -> None:
+        """configure(logger="") with the root logger at WARNING says info() tasks are ignored."""
+        logging.getLogger().setLevel(logging.WARNING)
+        phospho_logging.configure(logger="", local_dir=str(tmp_path))
+        assert any("root logger's level is WARNING" in m for m in diag)
+
+    def test_bad_key_message_first_with_a_hint(self, server: PhosphoTestServer, creds: dict, diag: List[str]) -> None:
+        """A 401 says what is wrong and how to check it, not that the endpoint keeps failing."""
+        pipeline = phospho_logging.configure(**dict(creds, api_key="nope"))
+        logging.getLogger("phospho").info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=10)
+        assert "phospho rejected the API key" in diag[0] and "phospho-logging check" in diag[0]
+        assert not any("keeps failing" in m for m in diag)
+
+    def test_spool_total_said_at_exit(self, tmp_path) -> None:
+        """With the backend down, exit says how many tasks wait in the spool and how to send them."""
+        with PhosphoTestServer() as gone:
+            url = gone.url
+        result = run("""
+            import logging, phospho_logging
+            phospho_logging.configure()
+            for i in range(250):
+                logging.getLogger("phospho").info("t", extra={"input": str(i)})
+        """, {"PHOSPHO_API_KEY": "k", "PHOSPHO_PROJECT_ID": "p", "PHOSPHO_BASE_URL": url,
+              "PHOSPHO_LOCAL_DIR": str(tmp_path), "PHOSPHO_SHUTDOWN_TIMEOUT": "2"})
+        assert result.returncode == 0, result.stderr
+        assert "250 task(s) of this run are in the spool" in result.stderr, result.stderr
+        assert "phospho-logging push" in result.stderr
+
+
+class TestModuleFunctionsWithDictConfig:
+    def test_flush_and_stats_find_dictconfig_handlers(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Without configure(), phospho_logging.flush() and stats() act on dictConfig's handlers."""
+        config = {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "handlers": {"phospho": {"class": "phospho_logging.PhosphoHandler", **creds}},
+            "loggers": {"dc_app": {"level": "INFO", "handlers": ["phospho"], "propagate": False}},
+        }
+        logging.config.dictConfig(config)
+        try:
+            for i in range(3):
+                logging.getLogger("dc_app").info("t", extra={"input": f"q{i}"})
+            assert phospho_logging.flush(timeout=10)
+            assert len(server.tasks) == 3
+            assert phospho_logging.stats()["sent"] == 3
+        finally:
+            logger = logging.getLogger("dc_app")
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+                handler.close()
