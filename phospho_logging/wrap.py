@@ -21,6 +21,7 @@ from ._recorder import (
     StopFunction,
     TextFunction,
     Where,
+    caller,
     copy_value,
     emit,
     error_level,
@@ -108,13 +109,14 @@ def _where(fn: Callable[..., Any]) -> Where:
 
 
 class _Call:
-    __slots__ = ("input", "raw_input", "started", "stream_flag")
+    __slots__ = ("input", "raw_input", "started", "stream_flag", "where")
 
-    def __init__(self, input: Any, raw_input: Any, started: float, stream_flag: bool) -> None:
+    def __init__(self, input: Any, raw_input: Any, started: float, stream_flag: bool, where: Where) -> None:
         self.input = input
         self.raw_input = raw_input
         self.started = started
         self.stream_flag = stream_flag
+        self.where = where  # the caller's line: what the task's log_file/log_line point at
 
 
 class _Wrapped:
@@ -151,7 +153,7 @@ class _Wrapped:
                 value, _ = snapshot_input(_input_of(arguments), self.input_to_str)
             else:
                 value = _input_of(raw) if type(raw) is dict else raw
-            return _Call(value, raw, _perf(), flag)
+            return _Call(value, raw, _perf(), flag, caller(2))  # the frame that called the wrapper
         except Exception as exc:  # noqa: BLE001
             _diag.warn_once("wrap_start", "a wrapped call's arguments could not be recorded: %r", exc)
             return None
@@ -173,7 +175,7 @@ class _Wrapped:
             metadata.update(error_metadata(exc))
             extra = self._extra(call, metadata)
             extra["output"] = None
-            emit(self.logger, error_level(exc), f"{self.message} raised {type(exc).__name__}", self.where, extra)
+            emit(self.logger, error_level(exc), f"{self.message} raised {type(exc).__name__}", call.where, extra)
         except Exception as err:  # noqa: BLE001
             _diag.warn_once("wrap_failed", "a failed call's task could not be logged: %r", err)
 
@@ -194,7 +196,7 @@ class _Wrapped:
             extra["output"] = result
             if self.output_to_str is not None:
                 extra["output_to_str"] = self.output_to_str
-            emit(self.logger, logging.INFO, self.message, self.where, extra)
+            emit(self.logger, logging.INFO, self.message, call.where, extra)
         except Exception as exc:  # noqa: BLE001
             _diag.warn_once("wrap_returned", "a wrapped call's task could not be logged: %r", exc)
         return result
@@ -221,10 +223,10 @@ class _Wrapped:
 
     def recorder(self, call: Optional[_Call]) -> Recorder:
         if call is None:  # the arguments could not be copied: the stream is still logged
-            call = _Call(None, None, _perf(), False)
+            call = _Call(None, None, _perf(), False, self.where)
         extra = self._extra(call, {})
         del extra["metadata"]
-        return Recorder(self.logger, self.message, self.where, extra, dict(self.metadata), call.started,
+        return Recorder(self.logger, self.message, call.where, extra, dict(self.metadata), call.started,
                          self.stop, False, self.output_to_str)
 
 

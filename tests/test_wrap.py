@@ -304,16 +304,20 @@ class TestOutcome:
         assert task["metadata"]["error_type"] == "ValueError" and task["metadata"]["error_message"] == "no quota"
         assert [r.levelname for r in records] == ["ERROR"]
 
-    def test_record_points_at_the_wrapped_function(self, records: List[logging.LogRecord]) -> None:
-        """The record's file, line and function are the wrapped function's definition."""
+    def test_record_points_at_the_caller(self, records: List[logging.LogRecord]) -> None:
+        """The record's file, line and function are the caller's (as logging's own are), and
+        the message names the wrapped function."""
 
         def target(q: str) -> str:
             return q
 
-        wrap(target)("x")
+        wrapped = wrap(target)
+        line = sys._getframe().f_lineno + 1
+        wrapped("x")
         record = records[0]
-        assert record.pathname == __file__ and record.lineno == target.__code__.co_firstlineno
-        assert record.funcName == target.__qualname__ and record.getMessage().startswith("wrap: ")
+        assert record.pathname == __file__ and record.lineno == line
+        assert record.funcName == "test_record_points_at_the_caller"
+        assert record.getMessage() == "wrap: " + target.__qualname__
 
     def test_async_def_is_awaited(self) -> None:
         """An async function is awaited: one task after the await, with the awaited value."""
