@@ -16,7 +16,7 @@ from phospho_logging.testing import PhosphoTestServer
 from tests.test_exit import child_env
 
 
-def run(code: str, env: dict) -> "subprocess.CompletedProcess[str]":
+def run(code: str, env: dict) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=child_env(env), capture_output=True,
                           text=True, timeout=60)
 
