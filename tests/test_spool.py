@@ -204,3 +204,26 @@ def test_fork_hooks_leave_no_sqlite_in_use(tmp_path: Path) -> None:
     from phospho_logging._store import latest
 
     assert sorted(e["input"] for e in latest(tmp_path / "tasks.sqlite3")) == ["child", "parent-1", "parent-2"]
+
+
+class TestCircuit:
+    def test_opens_spools_then_probes_and_replays(self, tmp_path: Path, server: PhosphoTestServer,
+                                                   monkeypatch) -> None:
+        """Batches failing in a row open the circuit (tasks go to the spool without a request);
+        after the cool-down a probe succeeds and the spool is replayed in the same process."""
+        from phospho_logging import _delivery
+
+        monkeypatch.setattr(_delivery, "CIRCUIT_COOLDOWN", 0.3)
+        pipeline = phospho_logging.configure(api_key=server.api_key, project_id=server.project_id,
+                                             base_url=server.url, local_dir=str(tmp_path),
+                                             max_batch_size=1, max_attempts=1)
+        server.fail_next(503, count=3)
+        for i in range(5):
+            log.info("t", extra={"input": f"q{i}"})
+        assert pipeline.flush(timeout=10)
+        stats = pipeline.stats()
+        assert stats["spooled_by_reason"].get("circuit_open", 0) >= 1  # no request for those
+        assert [r.status for r in server.requests][:3] == [503, 503, 503]
+        assert server.wait_for_tasks(5, timeout=20)  # probe, then the spool replayed
+        assert sorted(t["input"] for t in server.tasks) == [f"q{i}" for i in range(5)]
+        assert server.duplicates == 0
