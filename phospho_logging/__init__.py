@@ -8,8 +8,9 @@ Without credentials, tasks go to a local SQLite store instead.
 from __future__ import annotations
 
 from ._context import context
-from ._handlers import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener
+from ._handlers import PhosphoHandler
 from ._pipeline import Pipeline, configure, flush, shutdown, stats
+from ._queue_pair import PhosphoQueueHandler, PhosphoQueueListener
 from ._stream import MutableAsyncGenerator, MutableGenerator, log_stream
 from ._version import __version__
 from .wrap import wrap

@@ -8,8 +8,9 @@ import threading
 from typing import Any, Dict, Optional, Union
 
 from . import _capture, _diag
-from ._handlers import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener, configured_handlers
+from ._handlers import PhosphoHandler
 from ._producer import offer
+from ._queue_pair import PhosphoQueueHandler, PhosphoQueueListener, configured_handlers
 from ._snapshot import Pending
 
 _lock = threading.Lock()
