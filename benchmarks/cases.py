@@ -173,23 +173,10 @@ def _null(name: str, msg: str, extra: Optional[Dict[str, Any]], n: int) -> Dict[
 
 def _phospho(name: str, msg: str, extra: Optional[Dict[str, Any]], n: int) -> Dict[str, Any]:
     """The caller's cost through the queue handler; the listener is never started."""
-    with tempfile.TemporaryDirectory(prefix="phospho-bench-") as tmp:
-        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        sender = PhosphoHandler(local_dir=tmp, max_queue_size=10**8)
-        listener = PhosphoQueueListener(q, sender)
-        handler = PhosphoQueueHandler(q)
-        handler.listener = listener
-        _hold_listener(handler)
-        log = _logger(name, handler)
-        try:
-            result = _per_call(_info_call(log, msg, extra), n, between=lambda: _drain(q))
-            enqueued = handler.stats().get("enqueued")
-        finally:
-            log.removeHandler(handler)
-            sender.close()
-    if extra is not None and enqueued != n * REPEATS + min(n, 2000):
-        result["error"] = f"expected every call to be enqueued, stats()['enqueued'] = {enqueued}"
-    return result
+    expected = _expected_calls(n) if extra is not None else 0
+    return _with_queue_logger(
+        name, lambda log, drain: _per_call(_info_call(log, msg, extra), n, between=drain), expected
+    )
 
 
 def _hold_listener(handler: Any) -> None:

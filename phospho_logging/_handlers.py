@@ -85,6 +85,16 @@ def holds_logging_lock() -> bool:
         return True
 
 
+def apply_filters(handler: logging.Handler, record: logging.LogRecord) -> Optional[logging.LogRecord]:
+    """The record to handle after the handler's filters (which may replace it), or None."""
+    if not handler.filters:
+        return record
+    rv = handler.filter(record)
+    if not rv:
+        return None
+    return rv if isinstance(rv, logging.LogRecord) else record
+
+
 def _report_emit_error(exc: BaseException) -> None:
     _diag.warn_once("emit_error", "a record could not be turned into a task: %r", exc)
 
@@ -137,13 +147,10 @@ class PhosphoHandler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> bool:
         # No handler lock: emit only enqueues, and the queue is thread-safe.
-        if self.filters:
-            rv = self.filter(record)
-            if not rv:
-                return False
-            if isinstance(rv, logging.LogRecord):
-                record = rv
-        self.emit(record)
+        filtered = apply_filters(self, record)
+        if filtered is None:
+            return False
+        self.emit(filtered)
         return True
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -24,6 +24,7 @@ from ._handlers import (
     _report_emit_error,
     _revive_lock,
     _track,
+    apply_filters,
     holds_logging_lock,
 )
 from ._lifecycle import WORKER_THREADS, stop_at_exit
@@ -236,13 +237,10 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
             _report_emit_error(exc)
 
     def _handle_slow(self, record: logging.LogRecord) -> bool:
-        if self.filters:
-            rv = self.filter(record)
-            if not rv:
-                return False
-            if isinstance(rv, logging.LogRecord):
-                record = rv
-        self._enqueue(record)
+        filtered = apply_filters(self, record)
+        if filtered is None:
+            return False
+        self._enqueue(filtered)
         return True
 
     def emit(self, record: logging.LogRecord) -> None:
