@@ -21,7 +21,7 @@ from ._config import Options, resolve
 from ._context import _current
 from ._lifecycle import WORKER_THREADS, on_fork
 from ._producer import ProducerCounters, offer
-from ._snapshot import carries_task, snapshot_record
+from ._snapshot import Pending, carries_task, snapshot_record
 from ._store import LocalStoreExporter
 from ._transport import Exporter, HTTPExporter
 from ._worker import PENDING_ATTR, Worker
@@ -165,13 +165,20 @@ class PhosphoHandler(logging.Handler):
             if _capture.active:
                 _capture.deliver_record(record, lambda: pending, self.options)
                 return
-            worker = self.worker
-            if worker.stopped and not worker.alive:
-                worker = self._revive()
-            worker.start()
-            offer(self._queue, pending, self.counters, self.options.max_queue_size)
+            self.submit(pending)
         except Exception as exc:  # noqa: BLE001 - never raise into the application
             _report_emit_error(exc)
+
+    def submit(self, pending: Pending) -> None:
+        """Enqueue a task snapshotted elsewhere (the structlog processor). Never blocks."""
+        if _capture.active:
+            _capture.deliver(pending, self.options)
+            return
+        worker = self.worker
+        if worker.stopped and not worker.alive:
+            worker = self._revive()
+        worker.start()
+        offer(self._queue, pending, self.counters, self.options.max_queue_size)
 
     def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
         """Wait until the tasks this handler accepted are delivered (see ``Worker.flush``).

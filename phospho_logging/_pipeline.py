@@ -179,6 +179,17 @@ def stats() -> Dict[str, Any]:
     return _add_up(parts)
 
 
+def configured_sender() -> Optional[PhosphoHandler]:
+    """The PhosphoHandler a dictConfig made (directly, or behind a queue handler), if any."""
+    for handler in configured_handlers():
+        if isinstance(handler, PhosphoHandler):
+            return handler
+        senders = _senders(handler)
+        if senders:
+            return senders[0]  # type: ignore[no-any-return]
+    return None
+
+
 def _senders(handler: PhosphoQueueHandler) -> list[Any]:
     listener = handler.listener
     if isinstance(listener, PhosphoQueueListener):

@@ -49,7 +49,8 @@ class PhosphoProcessor:
 
     Args:
         pipeline: where tasks go (default: the pipeline of the last
-            ``phospho_logging.configure()`` call, looked up on each event).
+            ``phospho_logging.configure()`` call, looked up on each event; without one, the
+            ``PhosphoHandler`` a dictConfig made).
         input_to_str, output_to_str: text functions (or ``"module:function"``), as in
             ``configure``; the pipeline's own apply otherwise.
     """
@@ -101,7 +102,8 @@ class PhosphoProcessor:
                     shipped = ShippedEvent(event_dict)
                     shipped["task_id"] = task_id
                     return shipped
-            options = _DEFAULTS if pipeline is None else pipeline.options
+            sender = _pipeline.configured_sender() if pipeline is None else None
+            options = pipeline.options if pipeline is not None else sender.options if sender else _DEFAULTS
             pending = snapshot_event_dict(
                 event_dict,
                 method_name,
@@ -114,11 +116,13 @@ class PhosphoProcessor:
                 pipeline.submit(pending)
             elif _capture.active:
                 _capture.deliver(pending, options)
+            elif sender is not None:
+                sender.submit(pending)  # a dictConfig-only setup: its PhosphoHandler ships it
             else:
                 _diag.warn_once(
                     "processor_unconfigured",
-                    "PhosphoProcessor got a task but no pipeline is configured: call "
-                    "phospho_logging.configure() (tasks are not kept until then)",
+                    "PhosphoProcessor got a task but nothing ships it: call phospho_logging.configure() "
+                    "or configure a PhosphoHandler (tasks are not kept until then)",
                 )
                 return event_dict
             # A new dict (the caller's is not ours to change), of a type that tells our

@@ -136,7 +136,7 @@ class TestProcessor:
         processor = PhosphoProcessor()
         for _ in range(3):
             assert processor(None, "info", {"event": "e", "input": "q"}) == {"event": "e", "input": "q"}
-        assert sum("no pipeline is configured" in m for m in diag) == 1
+        assert sum("nothing ships it" in m for m in diag) == 1
 
 
 def stdlib_chain(*extra_processors: Any) -> None:
@@ -224,3 +224,26 @@ class TestOptionalDependency:
                 "try:\n    import phospho_logging.structlog\nexcept ImportError as e:\n    print(e)\n")
         result = subprocess.run([sys.executable, "-c", code], env=child_env({}), capture_output=True, text=True, timeout=60)
         assert "pip install 'phospho-logging[structlog]'" in result.stdout, result.stderr
+
+
+class TestWithDictConfig:
+    def test_processor_ships_through_a_dictconfig_handler(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Without configure(), the processor ships through the PhosphoHandler dictConfig made."""
+        import logging.config
+
+        logging.config.dictConfig({
+            "version": 1,
+            "disable_existing_loggers": False,
+            "handlers": {"phospho": {"class": "phospho_logging.PhosphoHandler", **creds}},
+            "loggers": {"sl_dc": {"level": "INFO", "handlers": ["phospho"], "propagate": False}},
+        })
+        try:
+            structlog.configure(processors=[PhosphoProcessor(), Collect()])
+            structlog.get_logger().info("answered", input="q", output="a")
+            assert phospho_logging.flush(timeout=10)
+            assert [t["input"] for t in server.tasks] == ["q"]
+        finally:
+            logger = logging.getLogger("sl_dc")
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+                handler.close()
