@@ -49,6 +49,7 @@ is an artefact of the set-up, not a cost an application pays).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import logging
@@ -61,7 +62,7 @@ import tempfile
 import time
 from itertools import repeat
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 if (ROOT / "phospho_logging" / "__init__.py").exists() and str(ROOT) not in sys.path:
@@ -534,28 +535,40 @@ def _sdk() -> Any:
     return phospho
 
 
-def sdk_log(n: int) -> Dict[str, Any]:
-    """``phospho.log(...)`` per call, the SDK's sender shipping to a loopback server."""
+@contextlib.contextmanager
+def _sdk_on_loopback() -> Iterator[Any]:
+    """The SDK initialised against a loopback server (``(phospho, server)``), or None."""
     phospho = _sdk()
     if phospho is None:
-        return {"skipped": "the phospho package is not installed"}
+        yield None
+        return
     srv = PhosphoTestServer().start()
     try:
         phospho.init(api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url)
-        fields = dict(EXTRA)
-        return _per_call(lambda: phospho.log(**fields), n)
+        yield phospho, srv
     finally:
         srv.stop()
 
 
+SDK_MISSING = {"skipped": "the phospho package is not installed"}
+
+
+def sdk_log(n: int) -> Dict[str, Any]:
+    """``phospho.log(...)`` per call, the SDK's sender shipping to a loopback server."""
+    with _sdk_on_loopback() as sdk:
+        if sdk is None:
+            return dict(SDK_MISSING)
+        phospho, _ = sdk
+        fields = dict(EXTRA)
+        return _per_call(lambda: phospho.log(**fields), n)
+
+
 def sdk_end_to_end(n: int) -> Dict[str, Any]:
     """Tasks/s the SDK delivers to a loopback server (same load as ``end_to_end``)."""
-    phospho = _sdk()
-    if phospho is None:
-        return {"skipped": "the phospho package is not installed"}
-    srv = PhosphoTestServer().start()
-    try:
-        phospho.init(api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url)
+    with _sdk_on_loopback() as sdk:
+        if sdk is None:
+            return dict(SDK_MISSING)
+        phospho, srv = sdk
         fields = dict(EXTRA)
         start = time.perf_counter()
         for _ in repeat(None, n):
@@ -563,8 +576,6 @@ def sdk_end_to_end(n: int) -> Dict[str, Any]:
         srv.wait_for_tasks(n, timeout=120)
         elapsed = time.perf_counter() - start
         delivered = len(srv.tasks)
-    finally:
-        srv.stop()
     result: Dict[str, Any] = {"value": delivered / elapsed, "unit": "tasks/s", "delivered": delivered}
     if delivered != n:
         result["error"] = f"{delivered} of {n} tasks delivered within 120 s"
