@@ -56,17 +56,6 @@ class Pipeline:
         """Counters: ``enqueued == sent + rejected + dropped + queued + spooled``."""
         return self.listener.stats()
 
-    @property
-    def plain(self) -> bool:
-        """True when snapshots may be put on the queue as they are: no text function to run
-        and the listener not stopping."""
-        o = self.options
-        return o.input_to_str is None and o.output_to_str is None and not self.listener.worker.stopped
-
-    def put(self, pending: Pending) -> None:
-        """Enqueue a snapshot without blocking (a full queue drops and counts it)."""
-        offer(self.listener.queue, pending, self.handler.counters, self.options.max_queue_size)
-
     def submit(self, pending: Pending) -> None:
         """Enqueue a task snapshotted elsewhere (the structlog processor). Never blocks."""
         if _capture.active:

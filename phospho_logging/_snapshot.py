@@ -225,13 +225,19 @@ def snapshot_record(
     )
 
 
-def snapshot_plain(record: logging.LogRecord) -> Optional[Pending]:
+#: What the hot paths put on the queue: a plain tuple, a third of a ``Pending``'s size and
+#: cost; the worker expands it (``expand``). A record's: (fields, created, logger, level,
+#: message, file, line, function); an event dict's: (fields, created, method, task id).
+Short = Tuple[Any, ...]
+
+
+def snapshot_plain(record: logging.LogRecord) -> Optional[Short]:
     """``snapshot_record`` for the commonest record, or None if it needs the full path.
 
     The commonest record: a ``str`` message without %-arguments or traceback, plain
     extras (no per-record text function), builtin types only; and no text function or
     bound context on the caller's side, which the caller checks. This is the hot path of
-    ``PhosphoQueueHandler``, kept short on purpose.
+    ``PhosphoQueueHandler``, kept short on purpose: it returns a ``Short`` tuple.
     """
     fields: Dict[str, Any] = {}
     for key, value in reversed(record.__dict__.items()):
@@ -250,10 +256,23 @@ def snapshot_plain(record: logging.LogRecord) -> Optional[Pending]:
         frozen = _marshal_dumps(fields)
     except Exception:  # noqa: BLE001 - foreign types: the full path makes them JSON-safe
         return None
+    return (frozen, record.created, record.name, record.levelname, msg, record.pathname, record.lineno,
+            record.funcName)
+
+
+def expand(item: Short) -> Pending:
+    """The ``Pending`` a ``Short`` tuple stands for (on the worker's thread)."""
+    if len(item) == 4:
+        frozen, created, method_name, task_id = item
+        return _tuple_new(  # type: ignore[no-any-return]
+            Pending,
+            (frozen, None, None, None, None, [], created, None, method_name, None, None, None, None, None, True,
+             task_id),
+        )
+    frozen, created, name, level, msg, path, line, function = item
     return _tuple_new(  # type: ignore[no-any-return]
         Pending,
-        (frozen, None, None, None, None, [], record.created, record.name, record.levelname, msg,
-         record.pathname, record.lineno, record.funcName, None, False, None),
+        (frozen, None, None, None, None, [], created, name, level, msg, path, line, function, None, False, None),
     )
 
 

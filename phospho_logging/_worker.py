@@ -21,7 +21,7 @@ from ._config import Options
 from ._delivery import Counters, Delivery
 from ._lifecycle import WORKER_THREADS, _all_workers, _live_workers, register_process_hooks
 from ._producer import ProducerCounters, count_value
-from ._snapshot import Pending
+from ._snapshot import Pending, expand
 from ._spool import Spool
 from ._task import encode_event
 from ._transport import Exporter
@@ -335,6 +335,8 @@ class Worker:
         pending: Optional[Pending]
         if type(item) is Pending:
             pending = item
+        elif type(item) is tuple:
+            pending = expand(item)
         else:
             pending = getattr(item, PENDING_ATTR, None)
             if self._forward is not None and isinstance(item, logging.LogRecord):
@@ -435,6 +437,8 @@ class Worker:
             if isinstance(item, _Marker):
                 item.done.set()
                 continue
+            if type(item) is tuple:
+                item = expand(item)
             pending = item if type(item) is Pending else getattr(item, PENDING_ATTR, None)
             if pending is not None:
                 self.counters.taken += 1

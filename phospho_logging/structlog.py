@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from . import _capture, _diag, _pipeline
 from ._config import Options, resolve
 from ._context import _current
-from ._snapshot import Pending, new_task_id, snapshot_event_dict
+from ._snapshot import new_task_id, snapshot_event_dict
 
 __all__ = ["PhosphoProcessor", "ShippedEvent"]
 
@@ -81,7 +81,7 @@ class PhosphoProcessor:
             pipeline = self._pipeline or _pipeline._current
             if (
                 pipeline is not None
-                and pipeline.plain
+                and pipeline.handler._plain  # running listener, no text function, not stopping
                 and self._plain
                 and not _capture.active
                 and _context_get() is None
@@ -95,10 +95,7 @@ class PhosphoProcessor:
                 except Exception:  # noqa: BLE001 - foreign types: the general path below
                     frozen = None
                 if frozen is not None:
-                    pipeline.put(
-                        _tuple_new(Pending, (frozen, None, None, None, None, [], _time(), None, method_name,
-                                             None, None, None, None, None, True, task_id))
-                    )
+                    pipeline.handler._put((frozen, _time(), method_name, task_id))
                     shipped = ShippedEvent(event_dict)
                     shipped["task_id"] = task_id
                     return shipped
@@ -148,6 +145,5 @@ class ShippedEvent(dict):  # type: ignore[type-arg]
 
 _DEFAULTS = Options()
 _marshal_dumps = marshal.dumps
-_tuple_new = tuple.__new__
 _time = time.time
 _context_get = _current.get

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import marshal
 import math
 import sys
 from typing import Any, Dict
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from phospho_logging._snapshot import STANDARD_ATTRS, snapshot_record
+from phospho_logging._snapshot import STANDARD_ATTRS, expand, snapshot_plain, snapshot_record
 from phospho_logging._task import build_event, task_from_record
 from tests.strict import wire_errors
 
@@ -237,6 +238,19 @@ class TestSnapshot:
         assert event["input"] == "first"
         assert event["metadata"]["k"] == "before" and event["metadata"]["nested"] == {"n": 1}
 
+    def test_short_tuples_expand_to_their_task(self) -> None:
+        """Both short forms the hot paths enqueue carry everything the task needs."""
+        record = make_record(input="q", output="a", metadata={"k": "v"})
+        short = snapshot_plain(record)
+        assert type(short) is tuple
+        event = build_event(expand(short))
+        assert (event["input"], event["output"], event["metadata"]["k"]) == ("q", "a", "v")
+        assert (event["metadata"]["log_level"], event["metadata"]["log_line"]) == ("INFO", 12)
+        frozen = marshal.dumps({"event": "answered", "input": "q", "level": "info"})
+        event = build_event(expand((frozen, 1.5, "warning", "task_given")))
+        assert (event["task_id"], event["input"], event["metadata"]["log_message"]) == ("task_given", "q", "answered")
+        assert event["metadata"]["log_level"] == "INFO"
+
     def test_callers_metadata_not_mutated(self) -> None:
         """Building the task never changes the caller's own dicts."""
         meta = {"k": "v"}
@@ -271,3 +285,20 @@ class TestProperties:
         extra["input"] = input_value
         event = task(**extra)
         assert wire_errors(event) is None
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.dictionaries(extra_keys, values, max_size=8), values)
+    def test_the_short_path_builds_the_same_event(self, extra: Dict[str, Any], input_value: Any) -> None:
+        """The queue handler's short tuple (``snapshot_plain``, expanded on the worker)
+        gives the event the full snapshot gives, whenever it applies."""
+        extra["input"] = input_value
+        record = make_record(**extra)
+        short = snapshot_plain(record)
+        full = build_event(snapshot_record(record))
+        if short is None:
+            return  # foreign types: the handler takes the full path
+        event = build_event(expand(short))
+        given = extra.get("task_id")
+        if not (type(given) is str and given):
+            event.pop("task_id"), full.pop("task_id")  # random when not given (or unusable)
+        assert event == full
