@@ -21,9 +21,21 @@ is an artefact of the set-up, not a cost an application pays).
 * ``hot_path``          the same call into ``PhosphoQueueHandler`` wired to a
                         ``PhosphoQueueListener`` that is never started: the caller's own
                         cost of snapshotting and enqueueing a task.
+* ``floor_handler``     a reference, not a product path: the least a handler that keeps
+                        the task at the call can do (walk the extras, one ``marshal`` copy,
+                        an 8-slot tuple on a queue), with none of the product's checks
+                        (filters, bound context, per-record text functions, capture mode,
+                        worker-thread guard, queue bound). Its ratio to ``null_extra`` is
+                        the floor under ``hot_path``'s.
 * ``null_messages``     baseline with an OpenAI-style request dict as ``input`` and a
                         ChatCompletion-like dict as ``output``.
 * ``hot_path_messages`` ``hot_path`` with that extra.
+* ``structlog_enqueue`` baseline: a structlog chain whose one processor puts the event
+                        dict on a queue (then a processor that drops the event).
+* ``structlog_processor`` ``PhosphoProcessor`` in its place: the caller's cost.
+* ``floor_processor``   a reference: the least a processor that keeps the task at the call
+                        can do (a task id, one ``marshal`` copy, a tuple on a queue, a new
+                        dict with the task id returned), with none of the product's checks.
 * ``null_plain``        baseline: ``log.info("plain line")`` into a ``NullHandler``.
 * ``non_task``          ``log.info("plain line")`` into the phospho handler (should be
                         close to ``null_plain``: a record without ``input`` is ignored).
@@ -55,6 +67,7 @@ import gc
 import json
 import logging
 import logging.handlers
+import marshal
 import os
 import queue
 import sqlite3
@@ -243,6 +256,31 @@ def hot_path(n: int) -> Dict[str, Any]:
     return _phospho("hot_path", "answered", EXTRA, n)
 
 
+def floor_handler(n: int) -> Dict[str, Any]:
+    from phospho_logging._snapshot import _IGNORED, _INIT_ATTRS
+
+    q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    put, dumps = q.put, marshal.dumps
+
+    class Floor(logging.Handler):
+        def handle(self, record: logging.LogRecord) -> bool:
+            attrs = record.__dict__
+            if "input" not in attrs:
+                return False
+            fields = {}
+            for key, value in reversed(attrs.items()):
+                if key in _IGNORED:
+                    if key in _INIT_ATTRS:
+                        break
+                    continue
+                fields[key] = value
+            put((dumps(fields), record.created, record.name, record.levelname, record.msg, record.pathname,
+                 record.lineno, record.funcName))
+            return True
+
+    return _per_call(_info_call(_logger("floor_handler", Floor()), "answered", EXTRA), n, between=lambda: _drain(q))
+
+
 def null_messages(n: int) -> Dict[str, Any]:
     return _null("null_messages", "answered", MESSAGES_EXTRA, n)
 
@@ -285,6 +323,24 @@ def structlog_enqueue(n: int) -> Dict[str, Any]:
     return _structlog_chain(enqueue, n, lambda: _drain(q))
 
 
+def floor_processor(n: int) -> Dict[str, Any]:
+    from phospho_logging._snapshot import new_task_id
+
+    q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    put, dumps, now = q.put, marshal.dumps, time.time
+
+    def keep(logger: Any, method_name: str, event_dict: Any) -> Any:
+        if "input" not in event_dict:
+            return event_dict
+        task_id = new_task_id()
+        put((dumps(event_dict), now(), method_name, task_id))
+        returned = dict(event_dict)
+        returned["task_id"] = task_id
+        return returned
+
+    return _structlog_chain(keep, n, lambda: _drain(q))
+
+
 def structlog_processor(n: int) -> Dict[str, Any]:
     """``PhosphoProcessor`` on a pipeline whose listener never starts: the caller's cost."""
     from phospho_logging._pipeline import Pipeline
@@ -315,7 +371,7 @@ def end_to_end(n: int) -> Dict[str, Any]:
             api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url, **{"max_queue_size": n, **E2E_OPTIONS}
         )
         pipeline.logger.propagate = False
-        result = _throughput(pipeline, n, lambda: len(srv.tasks))
+        result = _throughput(pipeline, n, lambda: len(srv.task_ids))
     finally:
         if pipeline is not None:
             pipeline.shutdown(timeout=10)
@@ -588,8 +644,8 @@ def sdk_end_to_end(n: int) -> Dict[str, Any]:
 CASES: Dict[str, Callable[[int], Dict[str, Any]]] = {
     f.__name__: f
     for f in (
-        null_extra, stdlib_queue, hot_path, null_messages, hot_path_messages,
-        null_plain, non_task, structlog_enqueue, structlog_processor, end_to_end, end_to_end_local,
+        null_extra, stdlib_queue, hot_path, floor_handler, null_messages, hot_path_messages,
+        null_plain, non_task, structlog_enqueue, structlog_processor, floor_processor, end_to_end, end_to_end_local,
         latency_up, latency_down, exit_hung, sdk_log, sdk_end_to_end,
         wrap_plain, wrap_call, stream_plain, stream_wrapped,
     )

@@ -12,7 +12,8 @@ so load noise on a shared machine hits all cases alike. The table gives the medi
 and max over rounds and, for the cases that have one, the ratio of the median to the
 median of its baseline measured in the same run:
 
-    stdlib_queue / null_extra, hot_path / null_extra,
+    stdlib_queue / null_extra, hot_path / null_extra, floor_handler / null_extra,
+    structlog_processor / structlog_enqueue, floor_processor / structlog_enqueue,
     hot_path_messages / null_messages, non_task / null_plain,
     wrap_call / wrap_plain (per call), stream_wrapped / stream_plain (per chunk)
 
@@ -36,8 +37,9 @@ from typing import Any, Dict, List, Optional
 
 CASES_FILE = Path(__file__).resolve().parent / "cases.py"
 ORDER = [
-    "null_extra", "stdlib_queue", "hot_path", "null_messages", "hot_path_messages",
-    "null_plain", "non_task", "structlog_enqueue", "structlog_processor", "end_to_end", "end_to_end_local",
+    "null_extra", "stdlib_queue", "hot_path", "floor_handler", "null_messages", "hot_path_messages",
+    "null_plain", "non_task", "structlog_enqueue", "structlog_processor", "floor_processor",
+    "end_to_end", "end_to_end_local",
     "wrap_plain", "wrap_call", "stream_plain", "stream_wrapped",
     "latency_up", "latency_down", "exit_hung", "sdk_log", "sdk_end_to_end",
 ]
@@ -45,9 +47,11 @@ END_TO_END = {"end_to_end", "end_to_end_local", "latency_up", "latency_down", "s
 BASELINE = {
     "stdlib_queue": "null_extra",
     "hot_path": "null_extra",
+    "floor_handler": "null_extra",
     "hot_path_messages": "null_messages",
     "non_task": "null_plain",
     "structlog_processor": "structlog_enqueue",
+    "floor_processor": "structlog_enqueue",
     "wrap_call": "wrap_plain",
     "stream_wrapped": "stream_plain",
     "latency_down": "latency_up",
@@ -59,6 +63,8 @@ TARGETS = {
     "stdlib_queue": ("~2.0x (known)", None),
     "non_task": ("~1.0x (expected)", None),
     "structlog_processor": ("<= 1.3x", 1.3),
+    "floor_handler": ("reference", None),
+    "floor_processor": ("reference", None),
     "latency_down": ("<= 1.5x", 1.5),
 }
 MODES = {
