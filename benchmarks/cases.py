@@ -46,6 +46,8 @@ is an artefact of the set-up, not a cost an application pays).
                         arrive (a full queue drops tasks) the line has an ``error``.
                         ``--max-queue-size`` overrides that one option. Also reports the
                         peak RSS of the process (``peak_rss_mb``).
+* ``end_to_end_50ms``   the same with a server that takes 50 ms a request (5,000 tasks):
+                        the rate a distant backend allows with one request in flight.
 * ``end_to_end_local``  the same into the SQLite local store (no credentials).
 * ``wrap_plain``        baseline: calling an unwrapped trivial function (``model=``,
                         ``messages=``) that returns a ChatCompletion-like dict, per call.
@@ -380,6 +382,25 @@ def end_to_end(n: int) -> Dict[str, Any]:
     return result
 
 
+def end_to_end_50ms(n: int) -> Dict[str, Any]:
+    """``end_to_end`` with a server that takes 50 ms a request, as a distant backend does:
+    one request is in flight at a time, so the rate is bounded by max_batch_size / 50 ms."""
+    srv = PhosphoTestServer()
+    pipeline = None
+    try:
+        srv.start()
+        srv.delay = 0.05
+        pipeline = phospho_logging.configure(
+            api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url, **{"max_queue_size": n, **E2E_OPTIONS}
+        )
+        pipeline.logger.propagate = False
+        return _throughput(pipeline, n, lambda: len(srv.task_ids))
+    finally:
+        if pipeline is not None:
+            pipeline.shutdown(timeout=10)
+        srv.stop()
+
+
 def end_to_end_local(n: int) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="phospho-bench-") as tmp:
         pipeline = phospho_logging.configure(local_dir=tmp, **{"max_queue_size": n, **E2E_OPTIONS})
@@ -645,7 +666,8 @@ CASES: Dict[str, Callable[[int], Dict[str, Any]]] = {
     f.__name__: f
     for f in (
         null_extra, stdlib_queue, hot_path, floor_handler, null_messages, hot_path_messages,
-        null_plain, non_task, structlog_enqueue, structlog_processor, floor_processor, end_to_end, end_to_end_local,
+        null_plain, non_task, structlog_enqueue, structlog_processor, floor_processor, end_to_end,
+        end_to_end_50ms, end_to_end_local,
         latency_up, latency_down, exit_hung, sdk_log, sdk_end_to_end,
         wrap_plain, wrap_call, stream_plain, stream_wrapped,
     )

@@ -39,11 +39,14 @@ CASES_FILE = Path(__file__).resolve().parent / "cases.py"
 ORDER = [
     "null_extra", "stdlib_queue", "hot_path", "floor_handler", "null_messages", "hot_path_messages",
     "null_plain", "non_task", "structlog_enqueue", "structlog_processor", "floor_processor",
-    "end_to_end", "end_to_end_local",
+    "end_to_end", "end_to_end_50ms", "end_to_end_local",
     "wrap_plain", "wrap_call", "stream_plain", "stream_wrapped",
     "latency_up", "latency_down", "exit_hung", "sdk_log", "sdk_end_to_end",
 ]
-END_TO_END = {"end_to_end", "end_to_end_local", "latency_up", "latency_down", "sdk_end_to_end"}
+END_TO_END = {
+    "end_to_end", "end_to_end_50ms", "end_to_end_local", "latency_up", "latency_down",
+    "sdk_end_to_end",
+}
 BASELINE = {
     "stdlib_queue": "null_extra",
     "hot_path": "null_extra",
@@ -66,6 +69,13 @@ TARGETS = {
     "floor_handler": ("reference", None),
     "floor_processor": ("reference", None),
     "latency_down": ("<= 1.5x", 1.5),
+}
+#: Cases whose size is part of what they measure, in every mode.
+FIXED_N = {"exit_hung": 1000, "latency_up": 50_000, "latency_down": 50_000, "end_to_end_50ms": 5000}
+#: Rows checked on their value, not on a ratio: (text, limit, True if the value must stay below).
+VALUE_TARGETS = {
+    "down_memory": ("< 20 MB", 20.0, True),
+    "end_to_end": (">= 30,000", 30_000.0, False),
 }
 MODES = {
     "quick": {"rounds": 3, "calls": 20_000, "tasks": 20_000, "timeout": 60.0},
@@ -109,23 +119,27 @@ def summarize(results: List[Dict[str, Any]], cases: List[str]) -> List[Dict[str,
     values: Dict[str, List[float]] = {c: [] for c in cases}
     units: Dict[str, str] = {}
     rss: List[float] = []
+    down: List[float] = []
     for r in results:
         if r.get("value") is not None:
             values[r["case"]].append(r["value"])
             units[r["case"]] = r.get("unit", "")
         if r["case"] == "end_to_end" and r.get("peak_rss_mb") is not None:
             rss.append(r["peak_rss_mb"])
+        if r["case"] == "latency_down" and r.get("rss_growth_mb") is not None:
+            down.append(r["rss_growth_mb"])
     rows = []
     errors = {c: sum(1 for r in results if r["case"] == c and "error" in r) for c in cases}
     runs = {c: sum(1 for r in results if r["case"] == c) for c in cases}
     medians = {c: statistics.median(v) for c, v in values.items() if v}
-    for case in cases + (["peak_rss"] if rss else []):
-        vals = rss if case == "peak_rss" else values[case]
+    derived = {"peak_rss": (rss, "MB (end_to_end)"), "down_memory": (down, "MB growth (latency_down)")}
+    for case in cases + [name for name, (vals, _) in derived.items() if vals]:
+        vals = derived[case][0] if case in derived else values[case]
         row: Dict[str, Any] = {"case": case, "rounds": len(vals), "runs": runs.get(case, len(vals)),
                                "errors": errors.get(case, 0)}
         if vals:
             row.update(median=statistics.median(vals), min=min(vals), max=max(vals))
-        row["unit"] = "MB (end_to_end)" if case == "peak_rss" else units.get(case, "")
+        row["unit"] = derived[case][1] if case in derived else units.get(case, "")
         base = BASELINE.get(case)
         if base and case in medians and base in medians:
             row["ratio"], row["baseline"] = medians[case] / medians[base], base
@@ -150,6 +164,10 @@ def table(rows: List[Dict[str, Any]]) -> str:
             text, limit = TARGETS.get(row["case"], ("", None))
             verdict = "" if limit is None else ("  ok" if row["ratio"] <= limit else "  OVER")
             target = text + verdict
+        if row["case"] in VALUE_TARGETS and row.get("median") is not None:
+            text, bound, below = VALUE_TARGETS[row["case"]]
+            ok = row["median"] < bound if below else row["median"] >= bound
+            target = text + ("  ok" if ok else "  OVER" if below else "  UNDER")
         if row.get("errors"):
             target = (target + "  " if target else "") + f"! errors in {row['errors']}/{row['runs']} rounds"
         lines.append([
@@ -199,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         shift = rnd % len(cases)
         for case in cases[shift:] + cases[:shift]:  # rotate so no case always runs first
             e2e = case in END_TO_END
-            n = 1000 if case == "exit_hung" else cfg["tasks"] if e2e else cfg["calls"]
+            n = FIXED_N.get(case) or (cfg["tasks"] if e2e else cfg["calls"])
             result = run_case(case, n, timeout, e2e_args if e2e else [])
             result["round"] = rnd + 1
             results.append(result)

@@ -100,13 +100,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 requests_ = server.requests
                 for request in requests_[seen:]:
                     print(f"{request.method} {request.path} -> {request.status}: {request.n_events} task(s); "
-                          f"{len(server.tasks)} stored in all", flush=True)
+                          f"{len(server.task_ids)} stored in all", flush=True)
                 seen = len(requests_)
     except KeyboardInterrupt:
         pass
     finally:
         server.stop()
-    sys.stdout.write(f"stopped; {len(server.tasks)} task(s) received\n")
+    sys.stdout.write(f"stopped; {len(server.task_ids)} task(s) received\n")
     return 0
 
 
