@@ -9,7 +9,6 @@ from typing import Any, Dict, Optional, Union
 
 from . import _capture, _diag
 from ._handlers import PhosphoHandler
-from ._producer import offer
 from ._queue_pair import PhosphoQueueHandler, PhosphoQueueListener, configured_handlers
 from ._snapshot import Pending
 
@@ -61,7 +60,7 @@ class Pipeline:
         if _capture.active:
             _capture.deliver(pending, self.options)
             return
-        offer(self.listener.queue, pending, self.handler.counters, self.options.max_queue_size)
+        self.handler.submit(pending)
 
 
 def configure(

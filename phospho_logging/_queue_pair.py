@@ -266,6 +266,20 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         except Exception as exc:  # noqa: BLE001 - never raise into the application
             _report_emit_error(exc)
 
+    def submit(self, pending: Any) -> None:
+        """Enqueue a task snapshotted elsewhere (the structlog processor) as ``emit`` does a
+        record's: a stopped listener is revived and an idle one (after a fork, or never
+        started by dictConfig) started first. Never blocks or raises."""
+        try:
+            listener = self._listener
+            if isinstance(listener, PhosphoQueueListener) and listener.worker.stopped and not listener.worker.alive:
+                listener.revive(self.counters)
+            if self._listener_idle:
+                self._start_listener()
+            self._put(pending)
+        except Exception as exc:  # noqa: BLE001 - never raise into the application
+            _report_emit_error(exc)
+
     def _leave_short_path(self) -> None:
         self._plain = False  # the listener is stopping: the slow path revives it if needed
 

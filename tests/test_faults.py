@@ -335,9 +335,34 @@ if __name__ == "__main__":
     for p in procs: p.join(60)
 """
 
+STRUCTLOG_FORK_CHILD = """
+import os, structlog, phospho_logging
+from phospho_logging.structlog import PhosphoProcessor
+phospho_logging.configure(flush_interval=60)
+structlog.configure(processors=[PhosphoProcessor(), structlog.processors.JSONRenderer()])
+log = structlog.get_logger()
+log.info("t", input="parent")
+pid = os.fork()
+if pid == 0:
+    log.info("t", input="child")
+    ok = phospho_logging.flush(timeout=20)
+    print("child flush", ok, flush=True)
+    os._exit(0)  # no exit hooks: the flush alone must have delivered it
+os.waitpid(pid, 0)
+"""
+
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 class TestFork:
+    def test_structlog_child_flush_delivers(self, local_dir: Path) -> None:
+        """In a forked child, PhosphoProcessor's tasks start the child's own listener."""
+        with PhosphoTestServer() as server:
+            result = subprocess.run([sys.executable, "-c", textwrap.dedent(STRUCTLOG_FORK_CHILD)], capture_output=True,
+                                    text=True, env=child_env(env_for(server.url, local_dir, 0)), timeout=120)
+            assert result.returncode == 0, result.stderr
+            assert "child flush True" in result.stdout, result.stdout + result.stderr
+            assert sorted(t["input"] for t in server.tasks) == ["child", "parent"]
+
     @pytest.mark.parametrize("script, expected", [
         (FORK_CHILD, {"parent-before", "parent-after"} | {f"child-{i}" for i in range(5)}),
         (MULTIPROCESSING_CHILD, {"main"} | {f"worker{n}-{i}" for n in range(3) for i in range(3)}),
