@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import queue as queue_module
 import sys
 import threading
@@ -39,7 +40,16 @@ def make_exporter(options: Options) -> Exporter:
 
 
 _instances: weakref.WeakSet[Any] = weakref.WeakSet()
-_revive_lock = threading.Lock()
+
+
+class _Revival:
+    """The lock a revival takes; a forked child gets a new one (the parent's may be held)."""
+
+    lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: setattr(_Revival, "lock", threading.Lock()))
 
 
 def _track(handler: Any) -> None:
@@ -133,10 +143,10 @@ class PhosphoHandler(logging.Handler):
     def _revive(self) -> Worker:
         """Records still reaching a closed handler (a second dictConfig while other threads
         log, say) are delivered by a short-lived worker instead of being stranded."""
-        with _revive_lock:
+        with _Revival.lock:
             worker = self.worker
             if worker.stopped and not worker.alive:
-                worker = Worker(self._queue, self.exporter, self.options, self.counters)
+                worker = Worker(self._queue, self.exporter, self.options, self.counters, previous=worker)
                 worker.start()
                 worker.stop(wait=False)
                 self.worker = worker

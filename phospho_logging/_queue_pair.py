@@ -22,7 +22,7 @@ from ._handlers import (
     _current_context,
     _new_record,
     _report_emit_error,
-    _revive_lock,
+    _Revival,
     _track,
     apply_filters,
     holds_logging_lock,
@@ -58,16 +58,17 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
 
     def revive(self, counters: ProducerCounters) -> None:
         """Drain records that still arrive after stop() in a short-lived worker."""
-        with _revive_lock:
+        with _Revival.lock:
             if self.worker.stopped and not self.worker.alive:
                 on_stop = self.worker.on_stop
-                self.rebuild_worker(counters)
+                self.rebuild_worker(counters, previous=self.worker)
                 self.worker.on_stop.extend(on_stop)
                 self.worker.start()
                 self.worker.stop(wait=False)
 
-    def rebuild_worker(self, counters: ProducerCounters) -> None:
-        """A new worker on ``self.queue`` (after a fork)."""
+    def rebuild_worker(self, counters: ProducerCounters, previous: Optional[Worker] = None) -> None:
+        """A new worker on ``self.queue``: after a fork (fresh books), or to revive a stopped
+        one (``previous``, whose books it keeps)."""
         self.sender.exporter.reset_after_fork()
         self.worker = Worker(
             self.queue,
@@ -76,6 +77,7 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
             counters,
             forward=self._forward if self.others else None,
             name="phospho-logging-listener",
+            previous=previous,
         )
 
     def _forward(self, record: logging.LogRecord) -> None:
@@ -286,9 +288,11 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
     def _update_plain(self) -> None:
         # The short path needs: bare snapshots on the queue, a running listener, no
         # filter and no text function to run on the caller's thread.
+        listener = self._listener
         self._plain = (
             self._direct
             and not self._listener_idle
+            and not (isinstance(listener, PhosphoQueueListener) and listener.worker.stopped)
             and not self.filters
             and self._input_to_str is None
             and self._output_to_str is None

@@ -229,6 +229,7 @@ def snapshot_record(
 #: cost; the worker expands it (``expand``). A record's: (fields, created, logger, level,
 #: message, file, line, function); an event dict's: (fields, created, method, task id).
 Short = Tuple[Any, ...]
+SHORT_LENGTHS = (4, 8)
 
 
 def snapshot_plain(record: logging.LogRecord) -> Optional[Short]:

@@ -21,7 +21,7 @@ from ._config import Options
 from ._delivery import Counters, Delivery
 from ._lifecycle import WORKER_THREADS, _all_workers, _live_workers, register_process_hooks
 from ._producer import ProducerCounters, count_value
-from ._snapshot import Pending, expand
+from ._snapshot import SHORT_LENGTHS, Pending, expand
 from ._spool import Spool
 from ._task import encode_event
 from ._transport import Exporter
@@ -72,6 +72,7 @@ class Worker:
         producer: ProducerCounters,
         forward: Optional[Callable[[logging.LogRecord], None]] = None,
         name: str = "phospho-logging-worker",
+        previous: Optional[Worker] = None,
     ) -> None:
         self.queue = q
         self.exporter = exporter
@@ -84,13 +85,15 @@ class Worker:
         self._stopping = threading.Event()  # cuts back-off sleeps short
         self._deadline: Optional[float] = None
         self._stopped = False
-        self.counters = Counters()
+        # A worker revived after stop() (tasks still arriving) keeps its predecessor's books:
+        # the producer's counts carry on, so stats() and flush() must too.
+        self.counters: Counters = previous.counters if previous is not None else Counters()
         self.spool = make_spool(options)
         self.delivery = Delivery(exporter, options, self.counters, self.spool, self._stopping, lambda: self._deadline)
         self._in_flight: List[Built] = []
         self._holding: List[Built] = []
         self._in_worker = 0
-        self._losses_at_barrier = 0
+        self._losses_at_barrier: int = previous._losses_at_barrier if previous is not None else 0
         self._replay_pending = self.spool is not None
         self._reclaimed = False
         #: Called when stop() begins (the producer leaves its short path).
@@ -335,7 +338,7 @@ class Worker:
         pending: Optional[Pending]
         if type(item) is Pending:
             pending = item
-        elif type(item) is tuple:
+        elif type(item) is tuple and len(item) in SHORT_LENGTHS:
             pending = expand(item)
         else:
             pending = getattr(item, PENDING_ATTR, None)
@@ -437,7 +440,7 @@ class Worker:
             if isinstance(item, _Marker):
                 item.done.set()
                 continue
-            if type(item) is tuple:
+            if type(item) is tuple and len(item) in SHORT_LENGTHS:
                 item = expand(item)
             pending = item if type(item) is Pending else getattr(item, PENDING_ATTR, None)
             if pending is not None:

@@ -86,14 +86,12 @@ class PhosphoProcessor:
                 and not _capture.active
                 and _context_get() is None
                 and "exc_info" not in event_dict
-                and "input_to_str" not in event_dict
-                and "output_to_str" not in event_dict
             ):
                 # The commonest event, on the shortest path: one marshal copy, enqueued.
                 try:
                     frozen = _marshal_dumps(event_dict)  # type: ignore[arg-type]
-                except Exception:  # noqa: BLE001 - foreign types: the general path below
-                    frozen = None
+                except Exception:  # noqa: BLE001 - foreign types (and text functions given on
+                    frozen = None  # the event, which marshal refuses too): the general path below
                 if frozen is not None:
                     pipeline.handler._put((frozen, _time(), method_name, task_id))
                     shipped = ShippedEvent(event_dict)

@@ -1,8 +1,8 @@
 """The benchmark suite runs: each case in a subprocess, as ``benchmarks/run.py`` runs it.
 
 Speed is not checked here (ratios are read from ``python benchmarks/run.py``); these tests
-keep the cases themselves from rotting: each one's built-in checks (every call enqueued,
-every task delivered) must hold.
+keep the cases from rotting: each reports a value, and the product cases' own checks (every
+call enqueued, every task delivered) hold.
 """
 
 from __future__ import annotations

@@ -266,6 +266,36 @@ class TestHandlers:
             lg.removeHandler(handler)
             handler.close()
 
+    @pytest.mark.parametrize("kind", ["PhosphoHandler", "pipeline"])
+    def test_records_after_close_keep_the_books(self, server: PhosphoTestServer, creds: dict, kind: str) -> None:
+        """Records reaching a closed handler (or a shut-down pipeline) are delivered by a
+        revived worker that keeps its predecessor's counts: stats() and flush() stay true."""
+        lg = logging.getLogger(f"phospho.revive.{kind}")
+        lg.setLevel(logging.INFO)
+        if kind == "PhosphoHandler":
+            handler: Any = PhosphoHandler(**creds)
+            lg.addHandler(handler)
+            lg.info("t", extra={"input": "before"})
+            assert handler.flush(timeout=10)
+            handler.close()
+            target = handler
+        else:
+            pipeline = phospho_logging.configure(**creds, logger=lg)
+            lg.info("t", extra={"input": "before"})
+            assert pipeline.flush(timeout=10)
+            pipeline.shutdown()
+            handler = pipeline.handler
+            target = pipeline
+        try:
+            for i in range(3):
+                handler.handle(lg.makeRecord(lg.name, logging.INFO, __file__, 1, "t", (), None, extra={"input": f"late-{i}"}))
+                assert target.flush(timeout=10)
+            stats = target.stats()
+            assert len(server.tasks) == 4
+            assert (stats["enqueued"], stats["sent"], stats["queued"]) == (4, 4, 0)
+        finally:
+            lg.removeHandler(handler)
+
     def test_stdlib_listener_with_phospho_handler(self, server: PhosphoTestServer, creds: dict) -> None:
         """The stdlib QueueListener can drive PhosphoHandler (the dictConfig 3.12 default)."""
         q: queue.Queue[Any] = queue.Queue()

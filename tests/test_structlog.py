@@ -139,6 +139,96 @@ class TestProcessor:
         assert sum("nothing ships it" in m for m in diag) == 1
 
 
+class TestShortPath:
+    """Once the pipeline runs, events take the processor's short path; each case that needs
+    the full path must still get it."""
+
+    @pytest.fixture
+    def warm(self, server: PhosphoTestServer, creds: dict) -> Iterator[Any]:
+        pipeline = phospho_logging.configure(**creds)
+        structlog.configure(processors=[PhosphoProcessor(), Collect()])
+        structlog.get_logger().info("warm", input="warm-up")
+        assert pipeline.flush(timeout=10)
+        assert pipeline.handler._plain  # the short path is on: what follows takes it or must not
+        yield pipeline
+
+    def later(self, server: PhosphoTestServer, pipeline: Any) -> Dict[str, Any]:
+        assert pipeline.flush(timeout=10)
+        return [t for t in server.tasks if t["input"] != "warm-up"][-1]
+
+    def test_short_path_task_is_whole(self, warm: Any, server: PhosphoTestServer) -> None:
+        """The short path ships the same task as the full one."""
+        sink = Collect()
+        structlog.configure(processors=[structlog.processors.add_log_level, PhosphoProcessor(), sink])
+        structlog.get_logger().warning("answered", input="q", output="a", session_id="s", metadata={"m": 1}, k="v")
+        task = self.later(server, warm)
+        assert (task["output"], task["session_id"], task["metadata"]["m"], task["metadata"]["k"]) == ("a", "s", 1, "v")
+        assert (task["metadata"]["log_message"], task["metadata"]["log_level"]) == ("answered", "WARNING")
+        assert sink.events[0]["task_id"] == task["task_id"] and wire_errors(task) is None
+
+    def test_processor_text_function(self, warm: Any, server: PhosphoTestServer) -> None:
+        """A processor's own input_to_str runs on the caller's thread, warm or not."""
+        structlog.configure(processors=[PhosphoProcessor(input_to_str=lambda v: "TXT"), Collect()])
+        structlog.get_logger().info("e", input={"q": 1})
+        assert self.later(server, warm)["input"] == "TXT"
+
+    @pytest.mark.parametrize("key", ["input_to_str", "output_to_str"])
+    def test_event_text_function(self, warm: Any, server: PhosphoTestServer, key: str) -> None:
+        """A text function given on the event is used."""
+        structlog.get_logger().info("e", input={"q": 1}, output={"a": 2}, **{key: lambda v: "TXT"})
+        task = self.later(server, warm)
+        assert task["input" if key == "input_to_str" else "output"] == "TXT"
+
+    def test_bound_context(self, warm: Any, server: PhosphoTestServer) -> None:
+        """phospho_logging.context() applies on the warm path too."""
+        with phospho_logging.context(session_id="ctx-s", metadata={"c": 1}):
+            structlog.get_logger().info("e", input="q")
+        task = self.later(server, warm)
+        assert task["session_id"] == "ctx-s" and task["metadata"]["c"] == 1
+
+    def test_exc_info(self, warm: Any, server: PhosphoTestServer) -> None:
+        """exc_info renders the traceback on the warm path too."""
+        try:
+            raise KeyError("gone")
+        except KeyError:
+            structlog.get_logger().error("failed", input="q", exc_info=True)
+        assert "KeyError: 'gone'" in self.later(server, warm)["metadata"]["log_exception"]
+
+    def test_capture(self, warm: Any, server: PhosphoTestServer) -> None:
+        """capture_tasks() sees warm-path tasks, which then do not reach the server."""
+        with capture_tasks() as tasks:
+            structlog.get_logger().info("e", input="captured")
+        assert warm.flush(timeout=10)
+        assert [t["input"] for t in tasks] == ["captured"]
+        assert "captured" not in [t["input"] for t in server.tasks]
+
+    def test_foreign_values(self, warm: Any, server: PhosphoTestServer) -> None:
+        """Values marshal cannot copy take the full path and are made JSON-safe."""
+        import datetime
+
+        when = datetime.datetime(2026, 1, 2, 3, 4, 5)
+        structlog.get_logger().info("e", input="q", when=when)
+        assert self.later(server, warm)["metadata"]["when"] == when.isoformat()
+
+    @pytest.mark.parametrize("warm_first", [False, True], ids=["cold", "warm"])
+    def test_after_shutdown(self, server: PhosphoTestServer, creds: dict, warm_first: bool) -> None:
+        """Events after shutdown() are delivered by a revived worker, and the books stay right."""
+        pipeline = phospho_logging.configure(**creds)
+        structlog.configure(processors=[PhosphoProcessor(), Collect()])
+        log = structlog.get_logger()
+        if warm_first:
+            log.info("e", input="before")
+            assert pipeline.flush(timeout=10)
+        pipeline.shutdown()
+        for i in range(3):
+            log.info("e", input=f"late-{i}")
+            assert pipeline.flush(timeout=10)  # each one delivered, whatever the worker's state
+        stats = pipeline.stats()
+        expected = 4 if warm_first else 3
+        assert len(server.tasks) == expected
+        assert (stats["enqueued"], stats["sent"], stats["queued"]) == (expected, expected, 0)
+
+
 def stdlib_chain(*extra_processors: Any) -> None:
     structlog.configure(
         processors=[structlog.stdlib.add_log_level, *extra_processors,
