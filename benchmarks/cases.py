@@ -326,7 +326,7 @@ def structlog_enqueue(n: int) -> Dict[str, Any]:
 
 
 def floor_processor(n: int) -> Dict[str, Any]:
-    from phospho_logging._snapshot import new_task_id
+    from phospho_logging._pending import new_task_id
 
     q: queue.SimpleQueue[Any] = queue.SimpleQueue()
     put, dumps, now = q.put, marshal.dumps, time.time

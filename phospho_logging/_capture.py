@@ -11,7 +11,7 @@ import weakref
 from typing import Any, Callable, Dict, List
 
 from ._config import Options
-from ._snapshot import Pending
+from ._pending import Pending
 from ._task import build_event
 
 #: Read on every emit; a plain module global is the cheapest check.

@@ -21,8 +21,9 @@ from . import _capture, _diag
 from ._config import Options, resolve
 from ._context import _current
 from ._lifecycle import WORKER_THREADS, on_fork
+from ._pending import Pending
 from ._producer import ProducerCounters, offer
-from ._snapshot import Pending, carries_task, snapshot_record
+from ._snapshot import carries_task, snapshot_record
 from ._store import LocalStoreExporter
 from ._transport import Exporter, HTTPExporter
 from ._worker import PENDING_ATTR, Worker

@@ -9,8 +9,8 @@ from typing import Any, Dict, Optional, Union
 
 from . import _capture, _diag
 from ._handlers import PhosphoHandler
+from ._pending import Pending
 from ._queue_pair import PhosphoQueueHandler, PhosphoQueueListener, configured_handlers
-from ._snapshot import Pending
 
 _lock = threading.Lock()
 _current: Optional[Pipeline] = None

@@ -15,15 +15,13 @@ from __future__ import annotations
 import logging
 import marshal
 import math
-import os
-import random
 import sys
 import time
 import traceback
-from operator import itemgetter
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from ._extract import input_text
+from ._pending import _NO_LOG, LogInfo, Pending, Short, _time, _tuple_new, make_pending
 from ._serialize import JSON, to_jsonable
 
 #: Attributes every LogRecord has, read off a real one so new ones (3.12's ``taskName``)
@@ -39,60 +37,6 @@ _INIT_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
 _IGNORED = STANDARD_ATTRS | {"input_to_str", "output_to_str"}
 
 TextFunction = Callable[[Any], str]
-
-#: Where the task was logged: logger, level, message, file, line, function, traceback.
-LogInfo = Tuple[Optional[str], Optional[str], JSON, Optional[str], Optional[int], Optional[str], Optional[str]]
-
-
-class Pending(tuple):  # type: ignore[type-arg]
-    """A task as snapshotted on the caller's thread, waiting for ``build_event``.
-
-    A tuple, because one is made inside every task-carrying logging call and a tuple is
-    the cheapest object Python builds; the properties name its slots.
-    """
-
-    __slots__ = ()
-
-    #: marshal bytes of the raw fields, or a JSON-safe dict (see ``freeze``)
-    fields: Union[bytes, Dict[str, JSON]] = property(itemgetter(0))  # type: ignore[assignment]
-    input_text: Optional[str] = property(itemgetter(1))  # type: ignore[assignment]
-    output_text: Optional[str] = property(itemgetter(2))  # type: ignore[assignment]
-    #: type names of the original input/output; None: read them off the thawed fields
-    input_type: Optional[str] = property(itemgetter(3))  # type: ignore[assignment]
-    output_type: Optional[str] = property(itemgetter(4))  # type: ignore[assignment]
-    problems: List[str] = property(itemgetter(5))  # type: ignore[assignment]
-    created: float = property(itemgetter(6))  # type: ignore[assignment]
-    log: LogInfo = property(itemgetter(slice(7, 14)))  # type: ignore[assignment]
-    #: True for a structlog event dict: its fields are in the caller's order and still hold
-    #: ``event``/``logger``/``level``; a record's are listed last-first.
-    from_event_dict: bool = property(itemgetter(14))  # type: ignore[assignment]
-    #: a task id chosen on the caller's thread (the structlog processor returns it)
-    task_id: Optional[str] = property(itemgetter(15))  # type: ignore[assignment]
-
-
-_tuple_new = tuple.__new__
-_time = time.time
-_NO_LOG = (None, None, None, None, None, None, None)
-
-
-def make_pending(
-    fields: Union[bytes, Dict[str, JSON]],
-    input_text: Optional[str],
-    output_text: Optional[str],
-    input_type: Optional[str],
-    output_type: Optional[str],
-    problems: List[str],
-    created: float,
-    log: LogInfo = _NO_LOG,
-    from_event_dict: bool = False,
-    task_id: Optional[str] = None,
-) -> Pending:
-    """A ``Pending`` from its parts (the hot paths build the tuple inline instead)."""
-    return _tuple_new(  # type: ignore[no-any-return]
-        Pending,
-        (fields, input_text, output_text, input_type, output_type, problems, created, *log, from_event_dict, task_id),
-    )
-
 
 def carries_task(record: logging.LogRecord) -> bool:
     """True when the record is meant to become a task (it has an ``input``)."""
@@ -225,13 +169,6 @@ def snapshot_record(
     )
 
 
-#: What the hot paths put on the queue: a plain tuple, a third of a ``Pending``'s size and
-#: cost; the worker expands it (``expand``). A record's: (fields, created, logger, level,
-#: message, file, line, function); an event dict's: (fields, created, method, task id).
-Short = Tuple[Any, ...]
-SHORT_LENGTHS = (4, 8)
-
-
 def snapshot_plain(record: logging.LogRecord) -> Optional[Short]:
     """``snapshot_record`` for the commonest record, or None if it needs the full path.
 
@@ -259,22 +196,6 @@ def snapshot_plain(record: logging.LogRecord) -> Optional[Short]:
         return None
     return (frozen, record.created, record.name, record.levelname, msg, record.pathname, record.lineno,
             record.funcName)
-
-
-def expand(item: Short) -> Pending:
-    """The ``Pending`` a ``Short`` tuple stands for (on the worker's thread)."""
-    if len(item) == 4:
-        frozen, created, method_name, task_id = item
-        return _tuple_new(  # type: ignore[no-any-return]
-            Pending,
-            (frozen, None, None, None, None, [], created, None, method_name, None, None, None, None, None, True,
-             task_id),
-        )
-    frozen, created, name, level, msg, path, line, function = item
-    return _tuple_new(  # type: ignore[no-any-return]
-        Pending,
-        (frozen, None, None, None, None, [], created, name, level, msg, path, line, function, None, False, None),
-    )
 
 
 def _message(record: logging.LogRecord, problems: List[str]) -> JSON:
@@ -493,17 +414,3 @@ def _event_dict_exception(event_dict: Mapping[str, Any], problems: List[str]) ->
     except Exception:  # noqa: BLE001
         problems.append("exception_format")
         return None
-
-
-# Task ids are random, drawn from a private generator: uuid4() costs a system call per id,
-# and the module-level `random` may be seeded by the app (two runs would then reuse ids,
-# and the server skips ids it knows). Reseeded in a forked child, for the same reason.
-_id_random = random.Random()
-_getrandbits = _id_random.getrandbits
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_id_random.seed)
-
-
-def new_task_id() -> str:
-    """A task id in the phospho SDK's format: ``task_`` and 32 random hex digits."""
-    return "task_" + _getrandbits(128).to_bytes(16, "big").hex()

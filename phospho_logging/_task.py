@@ -13,16 +13,9 @@ import math
 from typing import Any, Dict, List, Optional
 
 from ._extract import detect, input_text, output_text
+from ._pending import LogInfo, Pending, new_task_id
 from ._serialize import JSON, dumps, to_jsonable
-from ._snapshot import (
-    _IGNORED,
-    EVENT_DICT_LOG_KEYS,
-    LogInfo,
-    Pending,
-    _type_name,
-    new_task_id,
-    snapshot_record,
-)
+from ._snapshot import _IGNORED, EVENT_DICT_LOG_KEYS, _type_name, snapshot_record
 
 #: Keys with a meaning of their own; every other extra goes into the task's metadata.
 TASK_KEYS = (

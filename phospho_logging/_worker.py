@@ -20,8 +20,8 @@ from . import _diag
 from ._config import Options
 from ._delivery import Counters, Delivery
 from ._lifecycle import WORKER_THREADS, _all_workers, _live_workers, register_process_hooks
+from ._pending import SHORT_LENGTHS, Pending, expand
 from ._producer import ProducerCounters, count_value
-from ._snapshot import SHORT_LENGTHS, Pending, expand
 from ._spool import Spool
 from ._task import encode_event
 from ._transport import Exporter

@@ -28,8 +28,9 @@ except ImportError:
 from . import _diag
 from ._config import TextFunction, resolve
 from ._context import _current
+from ._pending import Pending
 from ._serialize import JSON, dumps, to_jsonable
-from ._snapshot import STANDARD_ATTRS, Pending, carries_task, snapshot_record
+from ._snapshot import STANDARD_ATTRS, carries_task, snapshot_record
 from ._task import build_event
 
 __all__ = ["PhosphoJsonFormatter"]

@@ -32,7 +32,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from . import _capture, _diag, _pipeline
 from ._config import Options, resolve
 from ._context import _current
-from ._snapshot import new_task_id, snapshot_event_dict
+from ._pending import new_task_id
+from ._snapshot import snapshot_event_dict
 
 __all__ = ["PhosphoProcessor", "ShippedEvent"]
 

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from phospho_logging._snapshot import STANDARD_ATTRS, expand, snapshot_plain, snapshot_record
+from phospho_logging._pending import expand
+from phospho_logging._snapshot import STANDARD_ATTRS, snapshot_plain, snapshot_record
 from phospho_logging._task import build_event, task_from_record
 from tests.strict import wire_errors
 
