@@ -27,12 +27,12 @@ from ._cli_commands import (
     EXIT_OK,
     CLIError,
     cmd_check,
-    cmd_push,
     has_table,
     reading,
     require_store,
     store_path,
 )
+from ._cli_push import cmd_push
 from ._config import default_data_dir, env_name
 from ._version import __version__
 

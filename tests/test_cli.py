@@ -15,8 +15,8 @@ from typing import Any, Iterator, List
 import pytest
 
 import phospho_logging
-from phospho_logging import _cli_commands
-from phospho_logging._cli_commands import Progress
+from phospho_logging import _cli_push
+from phospho_logging._cli_push import Progress
 from phospho_logging._spool import Spool
 from phospho_logging.cli import format_task, main
 from phospho_logging.testing import PhosphoTestServer
@@ -316,7 +316,7 @@ class TestPush:
                                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
         """A 401 at the second batch stops push (exit 3); the next push sends only the rest."""
         monkeypatch.setenv("PHOSPHO_MAX_BATCH_SIZE", "2")
-        real_post, calls = _cli_commands.post, []
+        real_post, calls = _cli_push.post, []
 
         def post(*args: Any, **kwargs: Any) -> Any:
             calls.append(1)
@@ -324,7 +324,7 @@ class TestPush:
                 server.fail_next(401)  # the second request, exactly
             return real_post(*args, **kwargs)
 
-        monkeypatch.setattr(_cli_commands, "post", post)
+        monkeypatch.setattr(_cli_push, "post", post)
         assert main(["push", *credentials(server), "--local-dir", str(store)]) == 3
         captured = capsys.readouterr()
         assert "sent      2" in captured.out and "failed    4" in captured.out
