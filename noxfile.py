@@ -23,3 +23,14 @@ def tests(session: nox.Session) -> None:
     """Install the package with its dev extra and run pytest (extra arguments go to pytest)."""
     session.install("-e", ".[dev]")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def orjson(session: nox.Session) -> None:
+    """The serializer and delivery tests with the ``orjson`` extra installed (the default
+    sessions run without it, as most installs do), on the interpreter nox runs on."""
+    session.install("-e", ".[dev,orjson]")
+    session.run(
+        "python", "-m", "pytest", "-q", "tests/test_serialize.py", "tests/test_task.py", "tests/test_pipeline.py",
+        "tests/test_faults.py", *session.posargs,
+    )
