@@ -21,7 +21,15 @@ from urllib.parse import urlsplit
 
 from . import _store
 from ._config import DEFAULT_BASE_URL, Options, default_data_dir, env_name, resolve
-from ._transport import RETRYABLE_STATUSES, USER_AGENT, _detail, _rejections, encode_batch, parse_retry_after
+from ._transport import (
+    RETRYABLE_STATUSES,
+    USER_AGENT,
+    _detail,
+    _rejections,
+    encode_batch,
+    make_session,
+    parse_retry_after,
+)
 from ._version import __version__
 
 EXIT_OK = 0
@@ -225,10 +233,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     out(f"  spool        {path} ({waiting} task(s) waiting for this project)\n")
     out("checking the key and project with an empty batch... ")
     sys.stdout.flush()
-    import requests
-
     started = time.monotonic()
-    with requests.Session() as session:
+    with make_session(options.endpoint) as session:
         reply = post(session, options, [], min(options.timeout, args.timeout))
     if reply.code != EXIT_OK:
         out("failed\n")

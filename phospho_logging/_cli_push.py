@@ -31,6 +31,7 @@ from ._cli_commands import (
 )
 from ._config import Options
 from ._spool import Spool
+from ._transport import make_session
 
 _PUSHED = """
 CREATE TABLE IF NOT EXISTS pushed (
@@ -116,12 +117,10 @@ class Pusher:
         return total - pushed, pushed, spooled
 
     def run(self, progress_stream: TextIO) -> None:
-        import requests
-
         to_send, self.skipped, spooled = self.count()
         self.total = to_send + spooled
         progress = Progress(progress_stream, self.total)
-        self._session = requests.Session()
+        self._session = make_session(self.options.endpoint)
         try:
             self.spool.reclaim_dead()
             while self.error is None and self._spool_batch():

@@ -112,7 +112,7 @@ class HTTPExporter(Exporter):
         import requests
 
         if self._session is None:
-            self._session = requests.Session()
+            self._session = make_session(self._endpoint)
         body = encode_batch(encoded)
         try:
             response = self._session.post(
@@ -158,6 +158,22 @@ class HTTPExporter(Exporter):
         if self._session is not None:
             _inherited.append(self._session)  # never closed here: the sockets are the parent's
         self._session = None
+
+
+def make_session(url: str) -> Any:
+    """A requests session for ``url`` whose environment settings (proxies, ``NO_PROXY``, a
+    CA bundle from ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``) are read once, now: requests
+    otherwise reads them again on every request, a walk over ``os.environ``. ``.netrc`` is
+    not read, so it cannot replace the API key (requests lets it override the header)."""
+    import requests
+
+    session = requests.Session()
+    settings = session.merge_environment_settings(url, {}, None, None, None)
+    session.trust_env = False
+    session.proxies = settings["proxies"]
+    session.verify = settings["verify"]
+    session.cert = settings["cert"]
+    return session
 
 
 def _detail(content: bytes) -> str:

@@ -82,6 +82,17 @@ class TestCheck:
         assert f"{server.url}/v2/log/{server.project_id}" in out and "ok (HTTP 200" in out
         assert server.tasks == []
 
+    def test_netrc_does_not_replace_the_key(self, server: PhosphoTestServer, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        """A .netrc entry for the host does not replace the Bearer key check sends."""
+        netrc = tmp_path / ".netrc"
+        netrc.write_text("machine 127.0.0.1 login someone password other-secret\n")
+        netrc.chmod(0o600)
+        monkeypatch.setenv("NETRC", str(netrc))
+        monkeypatch.setenv("HOME", str(tmp_path))
+        assert main(["check", *credentials(server), "--local-dir", str(tmp_path)]) == 0
+        assert server.requests[-1].headers["Authorization"] == f"Bearer {server.api_key}"
+
     def test_key_is_masked(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         """Only the key's last 4 characters are printed, never the key."""
         key = "phk_live_0123456789abcdefa1b2"

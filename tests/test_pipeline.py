@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
@@ -188,6 +189,38 @@ class TestDelivery:
         assert pipeline.flush(timeout=20)
         assert [r.status for r in server.requests] == [503, 503, 200]
         assert len(server.tasks) == 1 and pipeline.stats()["retries"] == 2
+
+    @pytest.mark.parametrize("no_proxy, delivered", [("", False), ("127.0.0.1", True)], ids=["proxied", "no_proxy"])
+    def test_proxy_variables_apply(self, server: PhosphoTestServer, creds: dict, monkeypatch: pytest.MonkeyPatch,
+                                   no_proxy: str, delivered: bool) -> None:
+        """HTTP_PROXY and NO_PROXY from the environment are honoured (read once per session)."""
+        import socket
+
+        with socket.socket() as closed:  # a port nobody listens on: the "proxy" refuses
+            closed.bind(("127.0.0.1", 0))
+            dead_proxy = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, dead_proxy)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.setenv(name, no_proxy)
+        pipeline = phospho_logging.configure(**creds, max_attempts=1)
+        log.info("t", extra={"input": "q"})
+        pipeline.flush(timeout=20)
+        assert len(server.tasks) == (1 if delivered else 0)
+        assert pipeline.stats()["spooled"] == (0 if delivered else 1)
+
+    def test_netrc_does_not_replace_the_key(self, server: PhosphoTestServer, creds: dict, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+        """A ~/.netrc entry for the host does not replace the Bearer key (requests would)."""
+        netrc = tmp_path / ".netrc"
+        netrc.write_text("machine 127.0.0.1 login someone password other-secret\n")
+        netrc.chmod(0o600)
+        monkeypatch.setenv("NETRC", str(netrc))
+        monkeypatch.setenv("HOME", str(tmp_path))
+        pipeline = phospho_logging.configure(**creds)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=20)
+        assert server.requests[-1].headers["Authorization"] == f"Bearer {server.api_key}"
 
     def test_connection_closed_is_retried(self, server: PhosphoTestServer, creds: dict) -> None:
         """A dropped connection is retried on a new one."""
