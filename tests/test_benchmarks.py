@@ -58,3 +58,14 @@ def test_profile_script_shows_the_handler() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "snapshot_plain" in proc.stdout
+
+
+def test_e2e_breakdown_script_adds_up() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "e2e_breakdown.py")], capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PHOSPHO_")},
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: float(line.split()[1]) for line in proc.stdout.splitlines()[1:]}
+    assert set(rows) == {"caller", "worker", "server", "HTTP", "total"}
+    assert abs(rows["total"] - sum(v for k, v in rows.items() if k != "total")) < 0.05
