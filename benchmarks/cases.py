@@ -364,32 +364,13 @@ def structlog_processor(n: int) -> Dict[str, Any]:
 E2E_OPTIONS: Dict[str, Any] = {}
 
 
-def end_to_end(n: int) -> Dict[str, Any]:
+def _to_test_server(n: int, delay: float = 0.0) -> Dict[str, Any]:
+    """``_throughput`` to a ``PhosphoTestServer`` that waits ``delay`` s before each reply."""
     srv = PhosphoTestServer()
     pipeline = None
     try:
         srv.start()
-        pipeline = phospho_logging.configure(
-            api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url, **{"max_queue_size": n, **E2E_OPTIONS}
-        )
-        pipeline.logger.propagate = False
-        result = _throughput(pipeline, n, lambda: len(srv.task_ids))
-    finally:
-        if pipeline is not None:
-            pipeline.shutdown(timeout=10)
-        srv.stop()
-    result["peak_rss_mb"] = _peak_rss_mb()
-    return result
-
-
-def end_to_end_50ms(n: int) -> Dict[str, Any]:
-    """``end_to_end`` with a server that takes 50 ms a request, as a distant backend does:
-    one request is in flight at a time, so the rate is bounded by max_batch_size / 50 ms."""
-    srv = PhosphoTestServer()
-    pipeline = None
-    try:
-        srv.start()
-        srv.delay = 0.05
+        srv.delay = delay
         pipeline = phospho_logging.configure(
             api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url, **{"max_queue_size": n, **E2E_OPTIONS}
         )
@@ -399,6 +380,18 @@ def end_to_end_50ms(n: int) -> Dict[str, Any]:
         if pipeline is not None:
             pipeline.shutdown(timeout=10)
         srv.stop()
+
+
+def end_to_end(n: int) -> Dict[str, Any]:
+    result = _to_test_server(n)
+    result["peak_rss_mb"] = _peak_rss_mb()
+    return result
+
+
+def end_to_end_50ms(n: int) -> Dict[str, Any]:
+    """``end_to_end`` with a server that takes 50 ms a request, as a distant backend does:
+    one request is in flight at a time, so the rate is bounded by max_batch_size / 50 ms."""
+    return _to_test_server(n, delay=0.05)
 
 
 def end_to_end_local(n: int) -> Dict[str, Any]:

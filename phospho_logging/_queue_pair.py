@@ -254,24 +254,20 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
         try:
             if record.thread in WORKER_THREADS:
                 return
-            listener = self._listener
-            if isinstance(listener, PhosphoQueueListener) and listener.worker.stopped and not listener.worker.alive:
-                listener.revive(self.counters)
             item = self.prepare(record)
             if _capture.active:
                 pending = getattr(item, PENDING_ATTR, item)
                 _capture.deliver_record(record, lambda: pending, self._listener_options())
                 return
-            if self._listener_idle:
-                self._start_listener()
-            self._put(item)
         except Exception as exc:  # noqa: BLE001 - never raise into the application
             _report_emit_error(exc)
+            return
+        self.submit(item)
 
     def submit(self, pending: Any) -> None:
-        """Enqueue a task snapshotted elsewhere (the structlog processor) as ``emit`` does a
-        record's: a stopped listener is revived and an idle one (after a fork, or never
-        started by dictConfig) started first. Never blocks or raises."""
+        """Enqueue a snapshot (a record's, or one made elsewhere: the structlog processor):
+        a stopped listener is revived and an idle one (after a fork, or never started by
+        dictConfig) started first. Never blocks or raises."""
         try:
             listener = self._listener
             if isinstance(listener, PhosphoQueueListener) and listener.worker.stopped and not listener.worker.alive:
@@ -283,7 +279,7 @@ class PhosphoQueueHandler(logging.handlers.QueueHandler):
             _report_emit_error(exc)
 
     def _leave_short_path(self) -> None:
-        self._plain = False  # the listener is stopping: the slow path revives it if needed
+        self._update_plain()  # the listener is stopping: the slow path revives it if needed
 
     def _update_plain(self) -> None:
         # The short path needs: bare snapshots on the queue, a running listener, no

@@ -53,6 +53,16 @@ class _Stop(_Marker):
         self.deadline = deadline
 
 
+def pending_of(item: Any) -> Optional[Pending]:
+    """The task a queue item carries: a ``Pending``, a short tuple (expanded here, on the
+    worker), or a record a queue handler copied with its snapshot; None for anything else."""
+    if type(item) is Pending:
+        return item
+    if type(item) is tuple and len(item) in SHORT_LENGTHS:
+        return expand(item)
+    return getattr(item, PENDING_ATTR, None)  # type: ignore[no-any-return]
+
+
 def make_spool(options: Options) -> Optional[Spool]:
     """The spool for an online pipeline (the local store needs none)."""
     if not options.online:
@@ -335,17 +345,11 @@ class Worker:
             self._replay_pending = False
 
     def _build(self, item: Any) -> Optional[Built]:
-        pending: Optional[Pending]
-        if type(item) is Pending:
-            pending = item
-        elif type(item) is tuple and len(item) in SHORT_LENGTHS:
-            pending = expand(item)
-        else:
-            pending = getattr(item, PENDING_ATTR, None)
-            if self._forward is not None and isinstance(item, logging.LogRecord):
-                self._forward(item)
-            if pending is None:
-                return None
+        pending = pending_of(item)
+        if self._forward is not None and isinstance(item, logging.LogRecord):
+            self._forward(item)
+        if pending is None:
+            return None
         self.counters.taken += 1
         return self._event(pending)
 
@@ -440,9 +444,7 @@ class Worker:
             if isinstance(item, _Marker):
                 item.done.set()
                 continue
-            if type(item) is tuple and len(item) in SHORT_LENGTHS:
-                item = expand(item)
-            pending = item if type(item) is Pending else getattr(item, PENDING_ATTR, None)
+            pending = pending_of(item)
             if pending is not None:
                 self.counters.taken += 1
                 event = self._event(pending)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Iterator, List
 
 import pytest
@@ -81,6 +82,17 @@ def server() -> Iterator[PhosphoTestServer]:
 def creds(server: PhosphoTestServer) -> dict:
     """configure() keyword arguments pointing at the loopback server."""
     return {"api_key": server.api_key, "project_id": server.project_id, "base_url": server.url}
+
+
+@pytest.fixture
+def netrc_for_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``.netrc`` with credentials for 127.0.0.1, found through ``NETRC`` and ``HOME``."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password other-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return netrc
 
 
 @pytest.fixture

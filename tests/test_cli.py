@@ -83,13 +83,8 @@ class TestCheck:
         assert server.tasks == []
 
     def test_netrc_does_not_replace_the_key(self, server: PhosphoTestServer, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                            netrc_for_loopback: Path) -> None:
         """A .netrc entry for the host does not replace the Bearer key check sends."""
-        netrc = tmp_path / ".netrc"
-        netrc.write_text("machine 127.0.0.1 login someone password other-secret\n")
-        netrc.chmod(0o600)
-        monkeypatch.setenv("NETRC", str(netrc))
-        monkeypatch.setenv("HOME", str(tmp_path))
         assert main(["check", *credentials(server), "--local-dir", str(tmp_path)]) == 0
         assert server.requests[-1].headers["Authorization"] == f"Bearer {server.api_key}"
 

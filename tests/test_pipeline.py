@@ -209,14 +209,9 @@ class TestDelivery:
         assert len(server.tasks) == (1 if delivered else 0)
         assert pipeline.stats()["spooled"] == (0 if delivered else 1)
 
-    def test_netrc_does_not_replace_the_key(self, server: PhosphoTestServer, creds: dict, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_netrc_does_not_replace_the_key(self, server: PhosphoTestServer, creds: dict,
+                                            netrc_for_loopback: Path) -> None:
         """A ~/.netrc entry for the host does not replace the Bearer key (requests would)."""
-        netrc = tmp_path / ".netrc"
-        netrc.write_text("machine 127.0.0.1 login someone password other-secret\n")
-        netrc.chmod(0o600)
-        monkeypatch.setenv("NETRC", str(netrc))
-        monkeypatch.setenv("HOME", str(tmp_path))
         pipeline = phospho_logging.configure(**creds)
         log.info("t", extra={"input": "q"})
         assert pipeline.flush(timeout=20)
