@@ -10,7 +10,7 @@ stages). A sampling profiler sees one thread only; this times each stage alone, 
 payload ``end_to_end`` logs (100-character input and output, a 3-key metadata dict):
 
 * caller: ``log.info(..., extra=...)`` into the phospho queue handler (snapshot, enqueue);
-* worker: ``encode_event`` (the protocol event and its JSON) for each task;
+* worker: ``encode`` (the protocol event and its JSON) for each task;
 * server: the test server's own work for a 100-task batch (parse, strict checks, echo and
   its JSON reply), called directly;
 * HTTP: one ``HTTPExporter.export`` of that batch to a running test server, minus the
@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cases  # noqa: E402
 
 from phospho_logging import _testserver  # noqa: E402
-from phospho_logging._pending import expand  # noqa: E402
-from phospho_logging._snapshot import snapshot_plain  # noqa: E402
-from phospho_logging._task import encode_event  # noqa: E402
-from phospho_logging._transport import HTTPExporter, encode_batch  # noqa: E402
+from phospho_logging._event import encode  # noqa: E402
+from phospho_logging._export import request_body  # noqa: E402
+from phospho_logging._http import HTTPExporter  # noqa: E402
+from phospho_logging._item import plain_record, snapshot_of  # noqa: E402
 from phospho_logging.testing import PhosphoTestServer  # noqa: E402
 
 BATCH = 100
@@ -54,14 +54,17 @@ def best_us(run: Callable[[], object], per: int, loops: int = 200, repeats: int 
 def main() -> int:
     log = logging.getLogger("bench.breakdown")
     record = log.makeRecord(log.name, logging.INFO, __file__, 1, "answered", (), None, extra=cases.EXTRA)
-    short = snapshot_plain(record)
+    short = plain_record(record)
     assert short is not None
-    built = [encode_event(expand(short), project_id="p") for _ in range(BATCH)]
-    events, encoded = [b[0] for b in built], [b[1] for b in built]
-    body = encode_batch(encoded)
+
+    def build() -> object:
+        return encode(snapshot_of(short), project_id="p")  # type: ignore[arg-type]
+
+    events = [build() for _ in range(BATCH)]
+    body = request_body(events)  # type: ignore[arg-type]
 
     caller = cases.hot_path(20_000)["value"] / 1000  # ns -> us, the benchmark's own case
-    worker = best_us(lambda: encode_event(expand(short), project_id="p"), 1, loops=5000)
+    worker = best_us(build, 1, loops=5000)
 
     with PhosphoTestServer() as srv:
         def serve() -> None:
@@ -73,7 +76,7 @@ def main() -> int:
         exporter = HTTPExporter(srv.url + "/v2/log/" + srv.project_id, srv.api_key)
         try:
             def post() -> None:
-                assert exporter.export(events, encoded, 10.0).ok
+                assert exporter.export(events, 10.0).ok  # type: ignore[arg-type]
                 srv.reset()
 
             http = best_us(post, BATCH, loops=50) - server

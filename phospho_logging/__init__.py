@@ -7,21 +7,25 @@ Without credentials, tasks go to a local SQLite store instead.
 
 from __future__ import annotations
 
+from ._configure import Pipeline, configure, flush, shutdown, stats
 from ._context import context
+from ._export import Exporter, ExportResult, WireEvent
 from ._handlers import PhosphoHandler
-from ._pipeline import Pipeline, configure, flush, shutdown, stats
 from ._queue_pair import PhosphoQueueHandler, PhosphoQueueListener
 from ._stream import MutableAsyncGenerator, MutableGenerator, log_stream
 from ._version import __version__
 from .wrap import wrap
 
 __all__ = [
+    "ExportResult",
+    "Exporter",
     "MutableAsyncGenerator",
     "MutableGenerator",
     "PhosphoHandler",
     "PhosphoQueueHandler",
     "PhosphoQueueListener",
     "Pipeline",
+    "WireEvent",
     "__version__",
     "configure",
     "context",

@@ -1,57 +1,66 @@
-"""The switch behind ``phospho_logging.testing.capture_tasks``.
+"""Test capture as configuration (``phospho_logging.testing.capture_tasks``).
 
-While a capture is active, handlers hand their tasks here instead of to their queue, so
-tests see exactly the events that would have been sent, synchronously and with no network.
+While a capture is active, every engine's ``submit`` is swapped for one that builds the
+event at once, on the caller's thread, and appends it to every active capture: nothing
+is queued, sent or stored. Engines made meanwhile are swapped when they are made. The
+logging call itself does not change: no flag is checked on its path.
 """
 
 from __future__ import annotations
 
 import threading
-import weakref
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
+from . import _lifecycle
 from ._config import Options
-from ._pending import Pending
-from ._task import build_event
+from ._event import build_event
+from ._item import Snapshot, snapshot_of
 
-#: Read on every emit; a plain module global is the cheapest check.
-active = False
 _sinks: List[List[Dict[str, Any]]] = []
-_seen: weakref.WeakSet[Any] = weakref.WeakSet()
-_lock = threading.RLock()  # a stream finished by GC may deliver while we hold it
+_lock = threading.RLock()  # a stream finished by the garbage collector may deliver while we hold it
+
+
+def active() -> bool:
+    """True while a capture is active."""
+    return bool(_sinks)
 
 
 def push(sink: List[Dict[str, Any]]) -> None:
-    global active
+    """Start capturing into ``sink``."""
     with _lock:
         _sinks.append(sink)
-        active = True
+        first = len(_sinks) == 1
+    if first:
+        for engine in _lifecycle.engines():
+            engine.capture(True)
 
 
 def pop(sink: List[Dict[str, Any]]) -> None:
-    global active
+    """Stop capturing into ``sink``."""
     with _lock:
         _sinks.remove(sink)
-        active = bool(_sinks)
+        last = not _sinks
+    if last:
+        for engine in _lifecycle.engines():
+            engine.capture(False)
 
 
-def deliver(pending: Pending, options: Options) -> None:
+def deliver(snapshot: Snapshot, options: Options) -> None:
     """Build the event as the worker would and add it to every active capture."""
     event = build_event(
-        pending,
-        project_id=options.project_id,
-        version_id=options.version_id,
-        max_field_chars=options.max_field_chars,
+        snapshot, project_id=options.project_id, version_id=options.version_id, max_field_chars=options.max_field_chars
     )
     with _lock:
         for sink in _sinks:
             sink.append(event)
 
 
-def deliver_record(record: Any, make_pending: Callable[[], Pending], options: Options) -> None:
-    """Capture a record's task once, however many handlers see the record."""
-    with _lock:
-        if record in _seen:
-            return
-        _seen.add(record)
-    deliver(make_pending(), options)
+def submitter(options: Options) -> Callable[[Any], None]:
+    """The ``submit`` an engine with these options uses while a capture is active."""
+
+    def submit(item: Any) -> None:
+        snapshot: Optional[Snapshot] = snapshot_of(item)
+        if snapshot is not None:
+            deliver(snapshot, options)
+
+    return submit

@@ -1,5 +1,6 @@
 """``check``, the command that tests the credentials, and what the CLI's commands share
-(settings, store access, one request to phospho); ``push`` is in ``_cli_push``.
+(settings, store access, what an answer from phospho means); ``push`` is in ``_cli_push``.
+Both send through the library's own ``HTTPExporter``.
 
 Every failure becomes a ``CLIError``: one line for the user and an exit code that says
 which kind of failure it was, so scripts can tell a bad key from a network problem.
@@ -14,22 +15,13 @@ import platform
 import sqlite3
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
-from urllib.parse import urlsplit
+from typing import Iterator, Optional, Tuple
 
 from . import _store
 from ._config import DEFAULT_BASE_URL, Options, default_data_dir, env_name, resolve
-from ._transport import (
-    RETRYABLE_STATUSES,
-    USER_AGENT,
-    _detail,
-    _rejections,
-    encode_batch,
-    make_session,
-    parse_retry_after,
-)
+from ._export import ExportResult
+from ._http import HTTPExporter
 from ._version import __version__
 
 EXIT_OK = 0
@@ -44,9 +36,6 @@ EXIT_INTERRUPTED = 130
 
 #: check sends one request and waits this long at most (push uses the ``timeout`` option).
 CHECK_TIMEOUT = 5.0
-BACKOFF_FIRST = 0.25
-BACKOFF_CAP = 8.0
-RETRY_AFTER_CAP = 30.0
 
 
 class CLIError(Exception):
@@ -129,70 +118,27 @@ def has_table(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
-# -- one request ------------------------------------------------------------------------
+# -- what an answer means ---------------------------------------------------------------
 
 
-@dataclass
-class Reply:
-    """What one POST came to: ``code`` is ``EXIT_OK`` when the batch was accepted."""
-
-    code: int
-    message: str = ""
-    status: Optional[int] = None
-    rejected: Dict[int, str] = field(default_factory=dict)
-    retry: bool = False
-    retry_after: Optional[float] = None
-
-
-def _reason(exc: BaseException) -> str:
-    """The useful end of a requests exception ("[Errno 111] Connection refused")."""
-    import re
-
-    text = str(exc)
-    found = re.findall(r"\[(?:Errno -?\d+|SSL: [A-Z_]+|SSL)\][^'\"()]*", text)
-    return found[-1].strip() if found else type(exc).__name__
-
-
-def post(session: Any, options: Options, encoded: List[bytes], timeout: float) -> Reply:
-    """POST one batch and classify the answer (never raises for network problems)."""
-    import requests
-
-    url = options.endpoint
-    host = urlsplit(url).netloc
-    headers = {
-        "Authorization": f"Bearer {options.api_key}",
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-        "User-Agent": USER_AGENT,
-    }
-    try:
-        response = session.post(url, data=encode_batch(encoded), headers=headers,
-                                timeout=(min(timeout, 5.0), timeout), allow_redirects=False)
-    except requests.exceptions.SSLError as exc:
-        return Reply(EXIT_TLS, f"TLS error talking to {host}: {_reason(exc)}; check that base_url really serves "
-                               "https and that the CA certificates are installed (or REQUESTS_CA_BUNDLE)")
-    except requests.Timeout:
-        return Reply(EXIT_UNREACHABLE, f"no answer from {host} within {timeout:g} s", retry=True)
-    except requests.RequestException as exc:
-        return Reply(EXIT_UNREACHABLE, f"cannot reach {host}: {_reason(exc)}; check base_url and the network",
-                     retry=True)
-    status = response.status_code
-    detail = _detail(response.content)
-    if status == 200:
-        return Reply(EXIT_OK, status=status, rejected=_rejections(response.content, len(encoded)))
-    if status in (401, 403):
+def explain(result: ExportResult, options: Options) -> CLIError:
+    """The one-line error and exit code for a failed request to phospho."""
+    if result.kind == "auth":
         hint = "check PHOSPHO_API_KEY (or --api-key)"
-        if status == 403:
+        if result.status == 403:
             hint += f" and that project {options.project_id} belongs to the key's organisation"
-        return Reply(EXIT_KEY, f"phospho rejected the API key (HTTP {status}{detail}): {hint}", status)
-    if status == 404:
-        return Reply(EXIT_PROJECT, f"unknown project {options.project_id!r}: {url} answered 404{detail}; "
-                                   "check PHOSPHO_PROJECT_ID (or --project-id) and base_url", status)
-    if 300 <= status < 400:
-        where = response.headers.get("Location", "elsewhere")
-        return Reply(EXIT_HTTP, f"{url} redirects (HTTP {status}) to {where}: set base_url to the API root", status)
-    return Reply(EXIT_HTTP, f"{url} answered HTTP {status}{detail}", status, retry=status in RETRYABLE_STATUSES,
-                 retry_after=parse_retry_after(response.headers.get("Retry-After"), RETRY_AFTER_CAP))
+        return CLIError(f"{result.error}: {hint}", EXIT_KEY)
+    if result.kind == "not_found":
+        return CLIError(f"unknown project {options.project_id!r}: {result.error}; check PHOSPHO_PROJECT_ID "
+                        "(or --project-id) and base_url", EXIT_PROJECT)
+    if result.cause == "tls":
+        return CLIError(f"{result.error}; check that base_url really serves https and that the CA certificates "
+                        "are installed (or REQUESTS_CA_BUNDLE)", EXIT_TLS)
+    if result.cause == "timeout":
+        return CLIError(result.error, EXIT_UNREACHABLE)
+    if result.cause is not None:
+        return CLIError(f"{result.error}; check base_url and the network", EXIT_UNREACHABLE)
+    return CLIError(result.error or f"HTTP {result.status}", EXIT_HTTP)
 
 
 def spool_count(path: Path, project_id: Optional[str]) -> int:
@@ -234,12 +180,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     out("checking the key and project with an empty batch... ")
     sys.stdout.flush()
     started = time.monotonic()
-    with make_session(options.endpoint) as session:
-        reply = post(session, options, [], min(options.timeout, args.timeout))
-    if reply.code != EXIT_OK:
+    assert options.api_key is not None
+    exporter = HTTPExporter(options.endpoint, options.api_key)
+    try:
+        result = exporter.export([], min(options.timeout, args.timeout))
+    finally:
+        exporter.close()
+    if not result.ok:
         out("failed\n")
         sys.stdout.flush()
-        raise CLIError(reply.message, reply.code)
+        raise explain(result, options)
     out(f"ok (HTTP 200 in {time.monotonic() - started:.2f} s)\n")
     if waiting:
         out(f"{waiting} task(s) wait in the spool: `phospho-logging push` sends them now "

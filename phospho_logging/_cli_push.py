@@ -1,7 +1,9 @@
 """``push``: send the spool's and the local store's tasks to phospho, resumably.
 
-Batches of ``max_batch_size``, progress on stderr, a ``pushed`` table in the store so an
-interrupted push resumes where it stopped and a repeated one sends nothing twice.
+Batches within ``max_batch_size`` and ``max_batch_bytes`` (``_batch``), sent with the
+library's delivery policy (``_delivery``: retries, back-off, splitting) through its
+``HTTPExporter``; progress on stderr; a ``pushed`` table in the store, so an interrupted
+push resumes where it stopped and a repeated one sends nothing twice.
 """
 
 from __future__ import annotations
@@ -11,27 +13,29 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, TextIO, Tuple
+from typing import Dict, List, Optional, TextIO, Tuple
 
 from . import _store
+from ._batch import batches
 from ._cli_commands import (
-    BACKOFF_CAP,
-    BACKOFF_FIRST,
     EXIT_CONFIG,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_UNREACHABLE,
     CLIError,
-    Reply,
+    explain,
     has_table,
     no_credentials,
     options_from,
-    post,
     reading,
     require_store,
 )
 from ._config import Options
+from ._delivery import Books, Delivery, Resolution
+from ._engine import replayed_event
+from ._export import WireEvent
+from ._http import HTTPExporter
 from ._spool import Spool
-from ._transport import make_session
 
 _PUSHED = """
 CREATE TABLE IF NOT EXISTS pushed (
@@ -48,11 +52,6 @@ def _setup_pushed(conn: sqlite3.Connection) -> None:
 
 
 _UNPUSHED = "NOT EXISTS (SELECT 1 FROM pushed p WHERE p.destination = ? AND p.task_id = t.task_id)"
-
-
-class _Item(NamedTuple):
-    key: int  # the row id in its table
-    encoded: bytes
 
 
 class Progress:
@@ -97,11 +96,17 @@ class Pusher:
         self.spool = Spool(path, options.project_id or "", options.max_spool_tasks)
         self.sent = {"store": 0, "spool": 0}
         self.skipped = 0
-        self.retries = 0
         self.total = 0
         self.rejected: Dict[str, int] = {}
-        self.error: Optional[Reply] = None
-        self._session: Any = None
+        self.error: Optional[Resolution] = None
+        self.exporter = HTTPExporter(options.endpoint, options.api_key or "")
+        self.books = Books()
+        self.delivery = Delivery(self.exporter, options, self.books)
+
+    @property
+    def retries(self) -> int:
+        """Requests sent again after a transient failure."""
+        return self.books.retries
 
     def count(self) -> Tuple[int, int, int]:
         """(store tasks to send, store tasks already pushed, spool tasks to send)."""
@@ -120,7 +125,6 @@ class Pusher:
         to_send, self.skipped, spooled = self.count()
         self.total = to_send + spooled
         progress = Progress(progress_stream, self.total)
-        self._session = make_session(self.options.endpoint)
         try:
             self.spool.reclaim_dead()
             while self.error is None and self._spool_batch():
@@ -133,7 +137,7 @@ class Pusher:
                 progress.update(self.done)
         finally:
             progress.close()
-            self._session.close()
+            self.exporter.close()
             self.spool.close()
             self.db.close()
 
@@ -145,14 +149,20 @@ class Pusher:
         rows = self.spool.claim(self.options.max_batch_size)
         if not rows:
             return False
+        row_of: Dict[str, int] = {}
+        events: List[WireEvent] = []
+        for row_id, encoded in rows:
+            event = replayed_event(encoded)
+            row_of[event.task_id] = row_id
+            events.append(event)
         finished: List[int] = []
         try:
-            for chunk in self._chunks([_Item(row_id, encoded) for row_id, encoded in rows]):
-                delivered, rejected = self._deliver(chunk)
+            for batch in batches(events, self.options.max_batch_size, self.options.max_batch_bytes):
+                delivered, rejected = self._deliver(batch)
                 self.sent["spool"] += len(delivered)
                 # Rejected rows are forgotten too, as the library's replay does: sending them
                 # again would be rejected again.
-                finished += [item.key for item in delivered + rejected]
+                finished += [row_of[e.task_id] for e in delivered + rejected if e.task_id in row_of]
                 if self.error is not None:
                     break
         finally:
@@ -170,62 +180,34 @@ class Pusher:
         )
         if not rows:
             return 0
-        task_ids = {row[0]: row[1] for row in rows}
-        chunks = self._chunks([_Item(row[0], row[2].encode("utf-8")) for row in rows])
-        for chunk in chunks:
-            delivered, _ = self._deliver(chunk)
+        events = [replayed_event(row[2].encode("utf-8")) for row in rows]
+        for batch in batches(events, self.options.max_batch_size, self.options.max_batch_bytes):
+            delivered, _ = self._deliver(batch)
             self.sent["store"] += len(delivered)
             # Rejected tasks are not recorded: the next push tries them again (a quota resets).
             with self.db.transaction() as conn:
                 conn.executemany(
                     "INSERT OR IGNORE INTO pushed (destination, task_id, pushed_at) VALUES (?, ?, ?)",
-                    [(self.options.project_id, task_ids[item.key], time.time()) for item in delivered],
+                    [(self.options.project_id, event.task_id, time.time()) for event in delivered],
                 )
             if self.error is not None:
                 break
         return int(rows[-1][0])
 
-    def _chunks(self, items: List[_Item]) -> List[List[_Item]]:
-        """Cut a batch so that each request stays within ``max_batch_bytes``."""
-        chunks: List[List[_Item]] = [[]]
-        size = 0
-        for item in items:
-            if chunks[-1] and size + len(item.encoded) + 1 > self.options.max_batch_bytes:
-                chunks.append([])
-                size = 0
-            chunks[-1].append(item)
-            size += len(item.encoded) + 1
-        return [chunk for chunk in chunks if chunk]
-
-    def _deliver(self, items: List[_Item]) -> Tuple[List[_Item], List[_Item]]:
-        """Send one batch, retrying transient failures and halving on 413/422:
-        (delivered, rejected) items. A failure that retrying cannot fix sets ``error``."""
-        attempt = 0
-        while True:
-            reply = post(self._session, self.options, [item.encoded for item in items], self.options.timeout)
-            if reply.code == EXIT_OK:
-                for reason in reply.rejected.values():
-                    self.rejected[reason] = self.rejected.get(reason, 0) + 1
-                delivered = [item for i, item in enumerate(items) if i not in reply.rejected]
-                return delivered, [items[i] for i in reply.rejected]
-            if reply.status in (413, 422):
-                if len(items) > 1:
-                    half = len(items) // 2
-                    first = self._deliver(items[:half])
-                    if self.error is not None:
-                        return first
-                    second = self._deliver(items[half:])
-                    return first[0] + second[0], first[1] + second[1]
-                reason = "too large for the server (HTTP 413)" if reply.status == 413 else reply.message
-                self.rejected[reason] = self.rejected.get(reason, 0) + 1
-                return [], items
-            attempt += 1
-            if not reply.retry or attempt >= self.options.max_attempts:
-                self.error = reply
-                return [], []
-            self.retries += 1
-            delay = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 1))
-            time.sleep(max(delay, reply.retry_after or 0.0))
+    def _deliver(self, events: List[WireEvent]) -> Tuple[List[WireEvent], List[WireEvent]]:
+        """Send one batch with the library's delivery policy: (delivered, rejected) events.
+        A failure that retrying could not fix sets ``error``."""
+        delivered: List[WireEvent] = []
+        rejected: List[WireEvent] = []
+        for result in self.delivery.attempt(events):
+            if result.kind == "sent":
+                delivered += result.events
+            elif result.kind == "rejected":
+                rejected += result.events
+                self.rejected[result.reason] = self.rejected.get(result.reason, 0) + len(result.events)
+            elif self.error is None:
+                self.error = result
+        return delivered, rejected
 
     def summary(self) -> str:
         failed = max(0, self.total - self.done)
@@ -281,5 +263,13 @@ def cmd_push(args: argparse.Namespace) -> int:
     if stopped is not None:
         raise stopped
     if pusher.error is not None:
-        raise CLIError(f"{pusher.error.message} (stopped; run push again to resume)", pusher.error.code)
+        failure = explain_failure(pusher.error, options)
+        raise CLIError(f"{failure} (stopped; run push again to resume)", failure.code)
     return EXIT_OK
+
+
+def explain_failure(failure: Resolution, options: Options) -> CLIError:
+    """The one-line error and exit code for a batch push could not deliver."""
+    if failure.result is not None:
+        return explain(failure.result, options)
+    return CLIError(failure.message or failure.reason, EXIT_UNREACHABLE)

@@ -15,7 +15,7 @@ import time
 logger = logging.getLogger("phospho_logging")
 logger.propagate = False
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant: a signal handler may report while we hold it
 _last: dict[str, float] = {}
 _suppressed: dict[str, int] = {}
 
@@ -52,7 +52,7 @@ def reset() -> None:
         _suppressed.clear()
 
 
-def reinit_after_fork() -> None:
+def reset_after_fork() -> None:
     """A forked child gets a fresh lock (the parent's may have been held at fork time)."""
     global _lock
-    _lock = threading.Lock()
+    _lock = threading.RLock()  # reentrant: a signal handler may report while we hold it

@@ -1,99 +1,66 @@
-"""The sending handler, ``PhosphoHandler``, and what every handler of ours shares.
+"""``PhosphoHandler``, and the intake every handler of ours shares.
 
-``PhosphoHandler`` holds the options and the exporter. Attached to a logger directly (or
-behind the stdlib ``QueueListener``), it runs a queue and worker of its own, so the
-caller's thread never does network I/O. The asynchronous pair built on it is in
-``_queue_pair``.
+``TaskIntake`` is the logging side of an engine: it picks task-carrying records out of
+everything a logger handles, snapshots them on the caller's thread and submits them to
+its engine, without the handler lock, without I/O, without raising. Which path a record
+takes (the short one for the commonest record, the general one otherwise) is decided
+when the handler is bound or its filters change, not per call. ``PhosphoHandler`` is a
+handler with an engine of its own; the queue pair is in ``_queue_pair``.
 """
 
 from __future__ import annotations
 
 import logging
-import logging.handlers
-import os
-import queue as queue_module
 import sys
-import threading
-import weakref
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
-from . import _capture, _diag
-from ._config import Options, resolve
-from ._context import _current
-from ._lifecycle import WORKER_THREADS, on_fork
-from ._pending import Pending
-from ._producer import ProducerCounters, offer
-from ._snapshot import carries_task, snapshot_record
+from . import _context, _lifecycle
+from ._config import Options, TextFunction, resolve
+from ._engine import Engine
+from ._item import Snapshot, carried, plain_record
+from ._lifecycle import OWN_IO
+from ._snapshot import snapshot_record
 from ._store import LocalStoreExporter
-from ._transport import Exporter, HTTPExporter
-from ._worker import PENDING_ATTR, Worker
 
-_new_record = logging.LogRecord.__new__
-_current_context = _current.get
+_context_get = _context.current
 
 
-def make_exporter(options: Options) -> Exporter:
-    """The HTTP exporter with credentials, the local store without."""
-    if options.online:
-        assert options.api_key is not None
-        return HTTPExporter(options.endpoint, options.api_key)
-    return LocalStoreExporter(options.store_path())
+class Route(NamedTuple):
+    """Where a handler's tasks go, swapped as one value (so a record logged while a
+    handler is rebound sees the old route or the new one, never a mix).
 
+    Attributes:
+        engine: the engine tasks are submitted to; None for a queue handler whose
+            listener is not ours (it puts record copies on its queue).
+        input_to_str, output_to_str: text functions run on the caller's thread.
+        short: the short path applies (an engine, no filter, no text function, bare
+            snapshots wanted).
+        records: the engine passes records on to other handlers: submit record copies.
+    """
 
-_instances: weakref.WeakSet[Any] = weakref.WeakSet()
-
-
-class _Revival:
-    """The lock a revival takes; a forked child gets a new one (the parent's may be held)."""
-
-    lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: setattr(_Revival, "lock", threading.Lock()))
-
-
-def _track(handler: Any) -> None:
-    """Remember a handler so a forked child can give it a queue of its own."""
-    if not _instances:
-        on_fork(_reinit_all_after_fork)
-    _instances.add(handler)
-
-
-def _reinit_all_after_fork() -> None:
-    for handler in list(_instances):
-        try:
-            handler._reinit_after_fork()
-        except Exception as exc:  # noqa: BLE001 - a child must come up whatever happens
-            _diag.warn_once("fork", "could not reset %r after fork: %r", handler, exc)
+    engine: Optional[Engine]
+    input_to_str: Optional[TextFunction]
+    output_to_str: Optional[TextFunction]
+    short: bool
+    records: bool
 
 
 _noticed: set[str] = set()
 
 
-def notice_offline(destination: str) -> None:
+def notice_offline(engine: Engine) -> None:
     """Say once per store, on stderr, that tasks are kept locally and how to see them."""
-    if destination in _noticed:
+    if not isinstance(engine.exporter, LocalStoreExporter) or engine.destination in _noticed:
         return
-    _noticed.add(destination)
+    _noticed.add(engine.destination)
     try:
         sys.stderr.write(
             f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks are kept in the "
-            f"{destination}.\nphospho-logging: see them with `phospho-logging tail`; "
+            f"{engine.destination}.\nphospho-logging: see them with `phospho-logging tail`; "
             "set both variables to send them to phospho.\n"
         )
     except Exception:  # noqa: BLE001 - a closed stderr must not break the app
         pass
-
-
-def holds_logging_lock() -> bool:
-    """True when this thread holds ``logging``'s module lock (inside dictConfig, say)."""
-    lock = getattr(logging, "_lock", None)
-    is_owned = getattr(lock, "_is_owned", None)
-    try:
-        return bool(is_owned()) if is_owned is not None else False
-    except Exception:  # noqa: BLE001 - a private API: assume the safe answer
-        return True
 
 
 def apply_filters(handler: logging.Handler, record: logging.LogRecord) -> Optional[logging.LogRecord]:
@@ -106,108 +73,142 @@ def apply_filters(handler: logging.Handler, record: logging.LogRecord) -> Option
     return rv if isinstance(rv, logging.LogRecord) else record
 
 
-def _report_emit_error(exc: BaseException) -> None:
-    _diag.warn_once("emit_error", "a record could not be turned into a task: %r", exc)
+def report_error(exc: BaseException) -> None:
+    """A record could not be turned into a task (said once, from the control thread)."""
+    _lifecycle.report("emit_error", "a record could not be turned into a task: %r", exc)
 
 
-class PhosphoHandler(logging.Handler):
+class TaskIntake:
+    """The ``handle`` of our handlers: task-carrying records -> snapshots -> the engine.
+
+    Subclasses set their route with ``_bind_route`` and may override ``_deliver``.
+    """
+
+    _route: Route
+    filters: Any
+
+    def _bind_route(
+        self,
+        engine: Optional[Engine],
+        input_to_str: Optional[TextFunction] = None,
+        output_to_str: Optional[TextFunction] = None,
+        records: bool = False,
+    ) -> None:
+        """Point the handler at ``engine`` (one attribute swap), choosing its path now."""
+        short = (
+            engine is not None and engine.plain and not records and input_to_str is None
+            and output_to_str is None and not self.filters
+        )
+        self._route = Route(engine, input_to_str, output_to_str, short, records)
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        """Snapshot a task-carrying record and submit it; ignore the others (one dict
+        lookup). No handler lock: nothing here waits, and the queue is thread-safe."""
+        if "input" not in record.__dict__:
+            if type(record.msg) is dict and "input" in record.msg:
+                return self._handle_general(record)  # a structlog event dict
+            return False
+        route = self._route
+        if route.short:
+            try:
+                if record.thread in OWN_IO:
+                    route.engine.ignore_own_io()  # type: ignore[union-attr]
+                    return False
+                if _context_get() is None:
+                    item = plain_record(record)
+                    if item is not None:
+                        route.engine.submit(item)  # type: ignore[union-attr]
+                        return True
+            except Exception as exc:  # noqa: BLE001 - never raise into the application
+                report_error(exc)
+                return False
+        return self._handle_general(record)
+
+    def _handle_general(self, record: logging.LogRecord) -> bool:
+        try:
+            filtered = apply_filters(self, record)  # type: ignore[arg-type]
+            if filtered is None:
+                return False
+            self._take(filtered, self._route)
+            return True
+        except Exception as exc:  # noqa: BLE001 - never raise into the application
+            report_error(exc)
+            return False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Submit a task-carrying record (filters are ``handle``'s business, as in logging)."""
+        try:
+            if "input" in record.__dict__ or (type(record.msg) is dict and "input" in record.msg):
+                self._take(record, self._route)
+        except Exception as exc:  # noqa: BLE001 - never raise into the application
+            report_error(exc)
+
+    def _take(self, record: logging.LogRecord, route: Route) -> None:
+        engine = route.engine
+        if record.thread in OWN_IO:
+            if engine is not None:
+                engine.ignore_own_io()
+            return
+        snapshot = carried(record)
+        if snapshot is None:
+            snapshot = snapshot_record(record, route.input_to_str, route.output_to_str, _context_get())
+        self._deliver(record, snapshot, route)
+
+    def _deliver(self, record: logging.LogRecord, snapshot: Snapshot, route: Route) -> None:
+        assert route.engine is not None
+        route.engine.submit(snapshot)
+
+    def addFilter(self, filter: Any) -> None:  # noqa: A002, N802 - the stdlib's names
+        super().addFilter(filter)  # type: ignore[misc]
+        self._bind_route(*self._route[:3], records=self._route.records)
+
+    def removeFilter(self, filter: Any) -> None:  # noqa: A002, N802
+        super().removeFilter(filter)  # type: ignore[misc]
+        self._bind_route(*self._route[:3], records=self._route.records)
+
+
+class PhosphoHandler(TaskIntake, logging.Handler):
     """Turns task-carrying records into phospho events and ships them asynchronously.
 
     Args:
         level: the handler's level.
+        exporter: where batches go instead of phospho's API or the local store (see
+            ``phospho_logging.Exporter``).
         **options: any option of ``phospho_logging.configure`` (``api_key``,
             ``project_id``, ``base_url``, ``local_dir``, ``max_batch_size``, ...);
             unset options come from ``PHOSPHO_*`` environment variables.
     """
 
-    def __init__(self, level: int = logging.NOTSET, **options: Any) -> None:
+    def __init__(self, level: int = logging.NOTSET, *, exporter: Any = None, **options: Any) -> None:
         # Options first: a bad one must fail before logging.Handler registers this handler
         # (logging would flush and close a half-built handler at exit).
         resolved = resolve(options)
         super().__init__(level)
         self.options: Options = resolved
-        self.exporter: Exporter = make_exporter(self.options)
-        self._fresh_queue()
-        _track(self)
-        if not resolved.online:
-            notice_offline(self.exporter.destination)
+        self.engine = Engine(resolved, exporter)
+        self._bind_route(self.engine, resolved.input_to_str, resolved.output_to_str)
+        notice_offline(self.engine)
 
-    def _fresh_queue(self) -> None:
-        self.counters = ProducerCounters()
-        self._queue: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
-        self.worker = Worker(self._queue, self.exporter, self.options, self.counters)
-
-    def _reinit_after_fork(self) -> None:
-        self.exporter.reset_after_fork()
-        self._fresh_queue()
-
-    def _revive(self) -> Worker:
-        """Records still reaching a closed handler (a second dictConfig while other threads
-        log, say) are delivered by a short-lived worker instead of being stranded."""
-        with _Revival.lock:
-            worker = self.worker
-            if worker.stopped and not worker.alive:
-                worker = Worker(self._queue, self.exporter, self.options, self.counters, previous=worker)
-                worker.start()
-                worker.stop(wait=False)
-                self.worker = worker
-        return worker
+    @property
+    def exporter(self) -> Any:
+        """The engine's exporter."""
+        return self.engine.exporter
 
     def __repr__(self) -> str:
-        return f"<PhosphoHandler {self.exporter.destination} ({logging.getLevelName(self.level)})>"
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        # No handler lock: emit only enqueues, and the queue is thread-safe.
-        filtered = apply_filters(self, record)
-        if filtered is None:
-            return False
-        self.emit(filtered)
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Snapshot the record (unless a queue handler already did) and enqueue it."""
-        try:
-            pending = record.__dict__.get(PENDING_ATTR)
-            if pending is None:
-                if record.thread in WORKER_THREADS or not carries_task(record):
-                    return
-                o = self.options
-                pending = snapshot_record(record, o.input_to_str, o.output_to_str, _current_context())
-            if _capture.active:
-                _capture.deliver_record(record, lambda: pending, self.options)
-                return
-            self.submit(pending)
-        except Exception as exc:  # noqa: BLE001 - never raise into the application
-            _report_emit_error(exc)
-
-    def submit(self, pending: Pending) -> None:
-        """Enqueue a task snapshotted elsewhere (the structlog processor). Never blocks."""
-        if _capture.active:
-            _capture.deliver(pending, self.options)
-            return
-        worker = self.worker
-        if worker.stopped and not worker.alive:
-            worker = self._revive()
-        worker.start()
-        offer(self._queue, pending, self.counters, self.options.max_queue_size)
+        return f"<PhosphoHandler {self.engine.destination} ({logging.getLevelName(self.level)})>"
 
     def flush(self, timeout: Optional[float] = None) -> bool:  # type: ignore[override]
-        """Wait until the tasks this handler accepted are delivered (see ``Worker.flush``).
-
-        Called by ``logging`` itself (``logging.shutdown``, a new ``dictConfig``) with its
-        module lock held, it only asks the worker to send now: waiting there could stall
-        every thread that logs.
-        """
-        if timeout is None and holds_logging_lock():
-            timeout = 0.0
-        return self.worker.flush(timeout)
+        """Without ``timeout`` (as ``logging`` calls it, with its module lock held), ask the
+        worker to send what it holds and return at once; with one, wait up to that long for
+        delivery (see ``Engine.flush``)."""
+        return self.engine.flush(0.0 if timeout is None else timeout)
 
     def close(self) -> None:
-        """Stop accepting tasks; what is queued is delivered in the background within
-        ``shutdown_timeout`` (interpreter exit waits for it). Never blocks."""
-        self.worker.stop(wait=False)
+        """Stop accepting work: what is queued is delivered in the background within
+        ``shutdown_timeout`` (tasks that still arrive are delivered too). Never blocks."""
+        self.engine.shutdown(wait=False)
         super().close()
 
     def stats(self) -> Dict[str, Any]:
         """Delivery counters (see the README)."""
-        return self.worker.stats()
+        return self.engine.stats()

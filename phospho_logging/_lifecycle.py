@@ -1,119 +1,152 @@
-"""Process lifecycle: draining every worker at exit, and resetting them in a forked child.
+"""The process around the engines: a registry, a control thread, one exit hook, one fork hook.
 
-``stop_all`` runs from ``atexit`` (registered after logging's own hook, so it runs first:
-the queues drain before ``logging.shutdown()`` flushes and closes the handlers), and from
-multiprocessing's exit hook in its children, which end with ``os._exit()``. After
-``os.fork`` the child forgets the parent's threads, workers and locks; handlers give it
-new queues through ``on_fork`` callbacks.
+* A logging call never starts a thread and never takes a lock it could already hold (it
+  may run in a signal handler, a finalizer, or at interpreter teardown). When it finds an
+  engine's worker not running, or has something to report, it puts a request on a
+  ``queue.SimpleQueue`` (reentrant by design) for the control thread, which starts the
+  worker or prints the message.
+* ``at_exit`` runs once, from ``atexit`` (registered after logging's own hook, so it runs
+  first) or from multiprocessing's exit hook in its children: it drains every engine at
+  once, each within its own ``shutdown_timeout``.
+* One ``os.register_at_fork`` registration, made at import: before a fork the SQLite
+  connections are closed; a child gets new task ids, locks, a control thread and empty
+  engines (the parent's queued tasks stay the parent's to send).
+* ``OWN_IO`` holds the threads that are inside the library's own I/O (an export, the
+  spool, handlers a listener passes records on to): a task-carrying record made there is
+  ignored (and counted), so a logger that catches our own traffic cannot loop.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import queue
 import threading
 import weakref
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Set
 
-from . import _diag
+from . import _diag, _item, _store
 
-#: Identities of the worker threads: a record created on one of them (urllib3's debug
-#: lines about our own requests, say) is never turned into a task.
-WORKER_THREADS: set[int] = set()
+#: Threads inside the library's own I/O, by ident.
+OWN_IO: Set[int] = set()
 
-_live_workers: weakref.WeakSet[Any] = weakref.WeakSet()
-_all_workers: weakref.WeakSet[Any] = weakref.WeakSet()
-_hooks_registered = False
-_hooks_lock = threading.Lock()
-_foreign_listeners: weakref.WeakSet[Any] = weakref.WeakSet()
-_fork_callbacks: List[Callable[[], None]] = []
-
-
-def stop_at_exit(listener: Any) -> None:
-    """Have a stdlib ``QueueListener`` we started stopped (so drained) at exit."""
-    _foreign_listeners.add(listener)
-    register_process_hooks()
-
-
-def on_fork(callback: Callable[[], None]) -> None:
-    """Run ``callback`` in a forked child, after the workers are reset (once per callback)."""
-    if callback not in _fork_callbacks:
-        _fork_callbacks.append(callback)
-    register_process_hooks()
-
-
-def register_process_hooks() -> None:
-    global _hooks_registered
-    with _hooks_lock:
-        if _hooks_registered:
-            return
-        # Registered after logging's own hook, so it runs first: the queues drain before
-        # logging.shutdown() flushes and closes the handlers.
-        atexit.register(stop_all)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork_in_child)
-            _register_multiprocessing_exit()
-        _hooks_registered = True
-
-
+_engines: weakref.WeakSet[Any] = weakref.WeakSet()
+_control: Optional[queue.SimpleQueue[Any]] = None
+_control_lock = threading.Lock()  # control plane only: never taken by a logging call
+_exit_hook = False
 _before_exit: List[Callable[[], None]] = []
+#: "running", then "exiting" while ``at_exit`` drains, then "exited".
+state = "running"
+
+
+class own_io:
+    """A context manager that marks this thread as doing the library's own I/O."""
+
+    __slots__ = ("_ident",)
+
+    def __enter__(self) -> None:
+        self._ident = threading.get_ident()
+        OWN_IO.add(self._ident)
+
+    def __exit__(self, *exc: object) -> None:
+        OWN_IO.discard(self._ident)
+
+
+def register(engine: Any) -> None:
+    """Track an engine for exit, fork and the module-level ``flush``/``stats``, and make
+    sure the control thread runs (called when an engine is made, never by a logging call)."""
+    global _exit_hook
+    _engines.add(engine)
+    with _control_lock:
+        if not _exit_hook:
+            # After logging's own atexit hook (registered when logging was imported), so
+            # that ours runs first: the queues drain before logging.shutdown() closes the
+            # handlers.
+            atexit.register(at_exit)
+            _register_multiprocessing_exit()
+            _exit_hook = True
+        _start_control()
+    if state != "running":
+        engine.close_for_exit()  # made while exiting: nothing would drain it
+
+
+def engines() -> List[Any]:
+    """Every live engine of this process."""
+    return list(_engines)
 
 
 def before_exit(callback: Callable[[], None]) -> None:
-    """Run ``callback`` at exit before the workers drain (streams log their last tasks)."""
+    """Run ``callback`` at exit before the engines drain (open streams log their tasks)."""
     if callback not in _before_exit:
         _before_exit.append(callback)
 
 
-def stop_all(timeout: Optional[float] = None) -> None:
-    """Stop every live worker at once, each within its own ``shutdown_timeout``.
+def _start_control() -> None:
+    global _control
+    if _control is not None:
+        return
+    requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    thread = threading.Thread(target=_control_loop, args=(requests,), name="phospho-logging-control", daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:  # interpreter shutdown: the exit path drains on its own thread
+        return
+    _control = requests
 
-    ``before_exit`` callbacks run first, then stdlib listeners we started: stopping one
-    drains its queue into the ``PhosphoHandler`` behind it, whose worker is then stopped
-    with the others.
-    """
-    for callback in list(_before_exit):
+
+def _control_loop(requests: queue.SimpleQueue[Any]) -> None:
+    while True:
+        request = requests.get()
         try:
-            callback()
-        except Exception:  # noqa: BLE001 - exit must go on
+            if type(request) is tuple:
+                _diag.warn_once(request[0], request[1], *request[2])
+            else:
+                request.start()
+        except Exception:  # noqa: BLE001, S110 - the control thread must outlive any request
             pass
-    for listener in list(_foreign_listeners):
-        if getattr(listener, "_thread", None) is not None:
+
+
+def wake(engine: Any) -> None:
+    """Ask the control thread to start ``engine``'s worker. Safe in any context."""
+    requests = _control
+    if requests is not None:
+        requests.put(engine)
+
+
+def report(key: str, message: str, *args: object) -> None:
+    """``_diag.warn_once``, from the control thread. Safe in any context (a logging call
+    must not write to stderr or take the diagnostics lock itself)."""
+    requests = _control
+    if requests is not None:
+        requests.put((key, message, args))
+    else:
+        _diag.warn_once(key, message, *args)
+
+
+# -- exit ---------------------------------------------------------------------------
+
+
+def at_exit() -> None:
+    """Drain every engine, each within its ``shutdown_timeout``; runs once."""
+    global state
+    if state != "running":
+        return
+    state = "exiting"
+    try:
+        for callback in list(_before_exit):
             try:
-                listener.stop()
-            except Exception:  # noqa: BLE001 - exit must go on
+                callback()
+            except Exception:  # noqa: BLE001, S110 - exit must go on
                 pass
-    workers = [w for w in list(_live_workers) if w.alive]
-    for worker in workers:
-        worker.stop(timeout, wait=False)
-    for worker in workers:
-        worker.join()
-    for worker in list(_all_workers):
-        # Never got a thread (tasks arrived as exit began): drain on this thread.
-        if worker._thread is None and worker.queued():
-            worker.drain_here(timeout)
-
-
-def _after_fork_in_child() -> None:
-    """A forked child gets its own queues, locks, connections and (lazily) threads; the
-    parent's queued tasks stay the parent's to send."""
-    global _hooks_lock
-    WORKER_THREADS.clear()
-    # The parent's workers (and what their queues hold) stay the parent's: handlers give
-    # the child new ones (fork callbacks below), which register themselves again. The
-    # sets are emptied in place: other modules hold references to them.
-    _all_workers.clear()
-    _hooks_lock = threading.Lock()
-    _diag.reinit_after_fork()
-    workers = list(_live_workers)
-    _live_workers.clear()
-    for worker in workers:
-        worker.reinit_after_fork()
-    for callback in _fork_callbacks:
-        try:
-            callback()
-        except Exception:  # noqa: BLE001
-            pass
+        drained = [engine for engine in list(_engines) if engine.needs_exit()]
+        for engine in drained:
+            engine.begin_exit()
+        for engine in drained:
+            engine.end_exit()
+        for engine in list(_engines):
+            engine.close_for_exit()
+    finally:
+        state = "exited"
 
 
 class _MultiprocessingHook:
@@ -124,13 +157,49 @@ class _MultiprocessingHook:
     def __call__(self, _: object) -> None:
         import multiprocessing.util as util
 
-        util.Finalize(None, stop_all, exitpriority=100)
+        util.Finalize(None, at_exit, exitpriority=100)
 
 
 _multiprocessing_hook = _MultiprocessingHook()
 
 
 def _register_multiprocessing_exit() -> None:
+    if not hasattr(os, "fork"):
+        return
     import multiprocessing.util as util
 
     util.register_after_fork(_multiprocessing_hook, _multiprocessing_hook)
+
+
+# -- fork ---------------------------------------------------------------------------
+
+
+def _before_fork() -> None:
+    _store.before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    _store.after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    global _control, _control_lock
+    _store.after_fork_in_child()
+    _item.reseed()
+    _diag.reset_after_fork()
+    OWN_IO.clear()
+    _control = None
+    _control_lock = threading.Lock()
+    found = list(_engines)
+    for engine in found:
+        try:
+            engine.reset_after_fork()
+        except Exception as exc:  # noqa: BLE001 - a child must come up whatever happens
+            _diag.warn_once("fork", "could not reset %r after fork: %r", engine, exc)
+    if found:
+        _start_control()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)

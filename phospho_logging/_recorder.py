@@ -17,8 +17,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import _diag
 from ._extract import chunk_text, detect, input_text
+from ._item import STANDARD_ATTRS
 from ._serialize import to_jsonable
-from ._snapshot import STANDARD_ATTRS, snap
+from ._snapshot import snap
 
 #: (file, line, function) the task's record points at.
 Where = Tuple[str, int, str]

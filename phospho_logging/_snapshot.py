@@ -1,13 +1,14 @@
-"""Record -> snapshot: what runs on the caller's thread, inside every logging call.
+"""Record (or structlog event dict) -> ``Snapshot``: what runs on the caller's thread.
 
-A snapshot copies what a task needs out of a record (or a structlog event dict) so that
-later mutation by the application cannot change the task, and runs the user's own text
-functions, which need the original objects. Everything else (text extraction, protocol
-fields, strict types, size caps) waits for the worker: see ``_task.build_event``.
+A snapshot copies what a task needs out of a record so that later mutation by the
+application cannot change the task, and runs the user's own text functions, which need
+the original objects. Everything else (text extraction, protocol fields, strict types,
+size caps) waits for the worker: see ``_event.build_event``. The commonest records take
+the shorter ``_item.plain_record`` instead; this module is the general path.
 
-The common case is made cheap on purpose: the extras are found by walking the record's
-``__dict__`` backwards, and values made of builtin types are copied by one ``marshal``
-call (C code) instead of a Python walk.
+Values made of builtin types are copied by one ``marshal`` call (C code) instead of a
+Python walk. Never raises: whatever a record holds, a best-effort task comes out, with
+what was adjusted listed in its problems.
 """
 
 from __future__ import annotations
@@ -16,27 +17,18 @@ import logging
 import marshal
 import math
 import sys
-import time
 import traceback
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple, Union
 
 from ._extract import input_text
-from ._pending import _NO_LOG, LogInfo, Pending, Short, _time, _tuple_new, make_pending
+from ._item import IGNORED, INIT_ATTRS, NO_LOG, LogInfo, Snapshot, make_snapshot
 from ._serialize import JSON, to_jsonable
 
-#: Attributes every LogRecord has, read off a real one so new ones (3.12's ``taskName``)
-#: are never mistaken for user extras; plus those that formatters add later.
-STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
-    "message",
-    "asctime",
-    "taskName",
-}
-#: The attributes ``LogRecord.__init__`` sets. Extras come after them in a record's
-#: ``__dict__``, so the scan for extras walks it backwards and stops at the first of these.
-_INIT_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
-_IGNORED = STANDARD_ATTRS | {"input_to_str", "output_to_str"}
-
 TextFunction = Callable[[Any], str]
+
+#: structlog keys that describe the log line, not the task: they fill the log_* metadata.
+EVENT_DICT_LOG_KEYS = frozenset({"event", "logger", "level", "exc_info", "exception", "stack", "stack_info"})
+
 
 def carries_task(record: logging.LogRecord) -> bool:
     """True when the record is meant to become a task (it has an ``input``)."""
@@ -53,7 +45,7 @@ def freeze(fields: Dict[str, Any], problems: List[str]) -> Union[bytes, Dict[str
 
     When every value is made of builtin types (str, numbers, dicts, lists...: the usual
     case, OpenAI-style message lists included), one C call (``marshal``) copies the whole
-    tree; ``_task.thaw`` makes it JSON-safe later, on the worker. Anything else (pydantic
+    tree; ``_event.thaw`` makes it JSON-safe later, on the worker. Anything else (pydantic
     objects, datetimes, a container another thread is resizing) is made JSON-safe here,
     since only here does it still have the value it had at the logging call.
     """
@@ -103,8 +95,32 @@ def snap(value: Any, problems: List[str]) -> JSON:
         return to_jsonable(value, problems=problems)
 
 
-def _type_name(value: Any) -> Optional[str]:
+def type_name(value: Any) -> Optional[str]:
+    """The type name of a task's original input or output (None for None)."""
     return None if value is None else type(value).__name__
+
+
+def extras(
+    items: Iterable[Tuple[Any, Any]], problems: List[str], skip: FrozenSet[str] = IGNORED
+) -> Dict[str, Any]:
+    """The task fields among a record's attributes (or an event dict's keys), keyed by
+    text: private (``_``) keys and those in ``skip`` (a LogRecord's own attributes) are
+    left out; a key that is not a string, or is empty, is named by its text and listed as
+    a problem."""
+    fields: Dict[str, Any] = {}
+    for key, value in items:
+        if type(key) is not str:
+            problems.append("extra_key_not_str")
+            try:
+                key = str(key)
+            except Exception:  # noqa: BLE001 - a user __str__
+                key = f"<unprintable {type(key).__name__} key>"
+        elif not key:
+            problems.append("extra_key_empty")
+            key = "(empty key)"
+        if key[0] != "_" and key not in skip:
+            fields[key] = value
+    return fields
 
 
 def snapshot_record(
@@ -112,90 +128,54 @@ def snapshot_record(
     input_to_str: Optional[TextFunction] = None,
     output_to_str: Optional[TextFunction] = None,
     context: Optional[Mapping[str, Any]] = None,
-) -> Pending:
+) -> Snapshot:
     """Copy the task out of a record. Never raises.
 
-    The common case (a record made by ``Logger.makeRecord`` with a few extras, no custom
-    text function, no bound context) touches the extras only and copies them in one call.
+    A record made by ``Logger.makeRecord`` with plain extras touches the extras only and
+    copies them in one call; bound context, text functions, odd keys and foreign types
+    take the general path.
     """
     attrs = record.__dict__
-    msg = record.msg
-    if type(msg) is dict:
+    if type(record.msg) is dict:
         return _snapshot_event_dict_record(record, input_to_str, output_to_str, context)
     problems: List[str] = []
     fields: Dict[str, Any] = {}
+    plain = True
     # Walked backwards (cheap to stop early); build_event restores the caller's order.
     for key, value in reversed(attrs.items()):
-        if key in _IGNORED:
-            if key in _INIT_ATTRS:
+        if key in IGNORED:
+            if key in INIT_ATTRS:
                 break
             continue
+        if type(key) is not str or not key:
+            plain = False
+            break
         if key[0] != "_":
             fields[key] = value
-    if context or "input" not in fields or "input_to_str" in attrs or "output_to_str" in attrs or input_to_str \
-            or output_to_str:
+    log = _log_info(record, problems)
+    if not plain or context or "input" not in fields or "input_to_str" in attrs or "output_to_str" in attrs \
+            or input_to_str or output_to_str:
         # Bound context, custom text functions or an unusual record layout: the general path.
         return snapshot_fields(
-            {k: v for k, v in attrs.items() if k not in _IGNORED and k[0] != "_"},
+            extras(attrs.items(), problems),
             attrs.get("input_to_str") or input_to_str,
             attrs.get("output_to_str") or output_to_str,
             context,
             problems,
             record.created,
-            _log_info(record, _message(record, problems), problems),
+            log,
+            from_event_dict=False,
         )
     frozen = freeze(fields, problems)
     typed = type(frozen) is dict  # foreign types: their names must be read now
-    return _tuple_new(  # type: ignore[no-any-return]
-        Pending,
-        (
-            frozen,
-            None,
-            None,
-            _type_name(attrs.get("raw_input", attrs["input"])) if typed else None,
-            _type_name(attrs.get("raw_output", attrs.get("output"))) if typed else None,
-            problems,
-            record.created,
-            record.name,
-            record.levelname,
-            msg if type(msg) is str and not record.args else _message(record, problems),
-            record.pathname,
-            record.lineno,
-            record.funcName,
-            _format_exception(record, problems) if record.exc_info else None,
-            False,
-            None,
-        ),
+    return make_snapshot(
+        frozen,
+        input_type=type_name(attrs.get("raw_input", attrs["input"])) if typed else None,
+        output_type=type_name(attrs.get("raw_output", attrs.get("output"))) if typed else None,
+        problems=problems,
+        created=record.created,
+        log=log,
     )
-
-
-def snapshot_plain(record: logging.LogRecord) -> Optional[Short]:
-    """``snapshot_record`` for the commonest record, or None if it needs the full path.
-
-    The commonest record: a ``str`` message without %-arguments or traceback, plain
-    extras (no per-record text function), builtin types only; and no text function or
-    bound context on the caller's side, which the caller checks. This is the hot path of
-    ``PhosphoQueueHandler``, kept short on purpose: it returns a ``Short`` tuple.
-    """
-    fields: Dict[str, Any] = {}
-    for key, value in reversed(record.__dict__.items()):
-        if key in _IGNORED:
-            if key in _INIT_ATTRS:
-                break
-            if key == "input_to_str" or key == "output_to_str":
-                return None
-            continue
-        if key[0] != "_":
-            fields[key] = value
-    msg = record.msg
-    if "input" not in fields or record.args or record.exc_info or type(msg) is not str:
-        return None
-    try:
-        frozen = _marshal_dumps(fields)
-    except Exception:  # noqa: BLE001 - foreign types: the full path makes them JSON-safe
-        return None
-    return (frozen, record.created, record.name, record.levelname, msg, record.pathname, record.lineno,
-            record.funcName)
 
 
 def _message(record: logging.LogRecord, problems: List[str]) -> JSON:
@@ -211,8 +191,11 @@ def _message(record: logging.LogRecord, problems: List[str]) -> JSON:
         return to_jsonable(msg, problems=problems)
 
 
-def _log_info(record: logging.LogRecord, message: JSON, problems: List[str]) -> LogInfo:
-    return (
+def _log_info(record: logging.LogRecord, problems: List[str], message: Any = None) -> LogInfo:
+    msg = record.msg
+    if message is None:
+        message = msg if type(msg) is str and not record.args else _message(record, problems)
+    return LogInfo(
         record.name,
         record.levelname,
         message,
@@ -228,12 +211,12 @@ def _snapshot_event_dict_record(
     input_to_str: Optional[TextFunction],
     output_to_str: Optional[TextFunction],
     context: Optional[Mapping[str, Any]],
-) -> Pending:
+) -> Snapshot:
     """A record whose ``msg`` is a structlog event dict (``ProcessorFormatter.wrap_for_formatter``)."""
-    msg: Dict[str, Any] = record.msg  # type: ignore[assignment]
+    msg: Dict[Any, Any] = record.msg  # type: ignore[assignment]
     attrs = record.__dict__
     problems: List[str] = []
-    source = {**msg, **{k: v for k, v in attrs.items() if k not in _IGNORED and k[0] != "_"}}
+    source = {**extras(msg.items(), problems, frozenset()), **extras(attrs.items(), problems)}
     event_text = msg.get("event")
     message: JSON = event_text if type(event_text) is str else snap(event_text, problems)
     return snapshot_fields(
@@ -243,7 +226,8 @@ def _snapshot_event_dict_record(
         context,
         problems,
         record.created,
-        _log_info(record, message, problems),
+        _log_info(record, problems, "" if message is None else message),
+        from_event_dict=False,
     )
 
 
@@ -281,8 +265,11 @@ def snapshot_fields(
     problems: Optional[List[str]] = None,
     created: Optional[float] = None,
     log: Optional[LogInfo] = None,
-) -> Pending:
-    """Copy task fields out of any mapping (record extras, a structlog event dict).
+    *,
+    from_event_dict: bool = False,
+    task_id: Optional[str] = None,
+) -> Snapshot:
+    """Copy task fields out of a mapping with text keys (record extras, an event dict).
 
     ``context`` holds values bound with ``phospho_logging.context``; fields in ``source``
     win over it. Never raises.
@@ -292,7 +279,9 @@ def snapshot_fields(
     fields: Dict[str, JSON] = {}
     if context:
         _bind_context(fields, context, problems)
-    for key, value in reversed(list(source.items())):  # last-first, as snapshot_record does
+    # A record's fields are kept last-first, as the walk in snapshot_record lists them.
+    items = list(source.items()) if from_event_dict else list(reversed(list(source.items())))
+    for key, value in items:
         if key == "input_to_str" or key == "output_to_str" or key[:1] == "_":
             continue
         if type(value) is str:
@@ -307,25 +296,21 @@ def snapshot_fields(
     out_text = None
     if output_to_str is not None and source.get("output") is not None:
         out_text = _custom_text(output_to_str, source["output"], "output_to_str", problems)
-    raw_in = source.get("raw_input", source.get("input"))
-    raw_out = source.get("raw_output", source.get("output"))
-    return make_pending(
+    return make_snapshot(
         fields,
-        in_text,
-        out_text,
-        _type_name(raw_in),
-        _type_name(raw_out),
-        problems,
-        time.time() if created is None else created,
-        _NO_LOG if log is None else log,
+        input_text=in_text,
+        output_text=out_text,
+        input_type=type_name(source.get("raw_input", source.get("input"))),
+        output_type=type_name(source.get("raw_output", source.get("output"))),
+        problems=problems,
+        created=created,
+        log=NO_LOG if log is None else log,
+        from_event_dict=from_event_dict,
+        task_id=task_id,
     )
 
 
-def _custom_text(
-    func: Optional[TextFunction], value: Any, name: str, problems: List[str]
-) -> Optional[str]:
-    if func is None:
-        return None
+def _custom_text(func: TextFunction, value: Any, name: str, problems: List[str]) -> Optional[str]:
     try:
         text = func(value)
     except Exception:  # noqa: BLE001 - the user's function must not lose the task
@@ -337,63 +322,39 @@ def _custom_text(
     return text
 
 
-#: structlog keys that describe the log line, not the task: they fill the log_* metadata.
-EVENT_DICT_LOG_KEYS = frozenset({"event", "logger", "level", "exc_info", "exception", "stack", "stack_info"})
-
-
 def snapshot_event_dict(
-    event_dict: Mapping[str, Any],
+    event_dict: Mapping[Any, Any],
     method_name: str,
     task_id: str,
     input_to_str: Optional[TextFunction] = None,
     output_to_str: Optional[TextFunction] = None,
     context: Optional[Mapping[str, Any]] = None,
-) -> Pending:
+) -> Snapshot:
     """Copy the task out of a structlog event dict; ``task_id`` is the one the processor
     hands back to the caller.
 
-    Only the copy happens here; ``build_event`` later turns ``event`` into the message and
-    ``logger``/``level`` into the log_* metadata. Never raises.
+    ``build_event`` later turns ``event`` into the message and ``logger``/``level`` into
+    the log_* metadata. Never raises.
     """
     problems: List[str] = []
-    if not (context or input_to_str or output_to_str or "exc_info" in event_dict
-            or "input_to_str" in event_dict or "output_to_str" in event_dict):
-        frozen = freeze(event_dict, problems)  # type: ignore[arg-type]
-        if type(frozen) is bytes:
-            return _tuple_new(  # type: ignore[no-any-return]
-                Pending,
-                (frozen, None, None, None, None, problems, _time(), None, method_name,
-                 None, None, None, None, None, True, task_id),
-            )
-    # Context, text functions, a traceback to render or foreign types: the general path.
-    fields: Dict[str, JSON] = {}
-    if context:
-        _bind_context(fields, context, problems)
-    for key, value in event_dict.items():
-        if key == "input_to_str" or key == "output_to_str":
-            continue
-        if key == "metadata" and "metadata" in fields:
-            _merge_metadata(fields, value, problems)
-        else:
-            fields[key] = snap(value, problems)
-    input_to_str = event_dict.get("input_to_str") or input_to_str
-    output_to_str = event_dict.get("output_to_str") or output_to_str
-    original_in = event_dict.get("input")
-    original_out = event_dict.get("output")
-    exception = _event_dict_exception(event_dict, problems)
-    return make_pending(
-        fields,
-        None if input_to_str is None else _custom_text(input_to_str, original_in, "input_to_str", problems),
-        None if output_to_str is None or original_out is None
-        else _custom_text(output_to_str, original_out, "output_to_str", problems),
-        _type_name(event_dict.get("raw_input", original_in)),
-        _type_name(event_dict.get("raw_output", original_out)),
+    source = extras(event_dict.items(), problems, frozenset()) if _odd_keys(event_dict) else event_dict
+    input_to_str = source.get("input_to_str") or input_to_str
+    output_to_str = source.get("output_to_str") or output_to_str
+    return snapshot_fields(
+        source,
+        input_to_str,
+        output_to_str,
+        context,
         problems,
-        _time(),
-        (None, method_name, None, None, None, None, exception),
-        True,
-        task_id,
+        None,
+        LogInfo(None, method_name, None, None, None, None, _event_dict_exception(source, problems)),
+        from_event_dict=True,
+        task_id=task_id,
     )
+
+
+def _odd_keys(mapping: Mapping[Any, Any]) -> bool:
+    return any(type(key) is not str or not key for key in mapping)
 
 
 def _event_dict_exception(event_dict: Mapping[str, Any], problems: List[str]) -> Optional[str]:

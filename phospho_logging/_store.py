@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 from . import _diag
-from ._transport import Exporter, Outcome
+from ._export import ExportResult, WireEvent
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -32,12 +32,11 @@ CREATE TABLE IF NOT EXISTS tasks (
 
 
 #: Every use of SQLite by this package, in any thread, holds this lock: a fork waits for
-#: it, so no connection is in use when ``_before_fork`` closes them all.
+#: it, so no connection is in use when ``before_fork`` closes them all.
 _lock = threading.RLock()
 #: Bumped at each fork: connections of an older generation were closed and must reopen.
 _generation = 0
 _open_connections: Set[sqlite3.Connection] = set()
-_fork_hooks = False
 
 
 def close_connection(conn: sqlite3.Connection) -> None:
@@ -49,10 +48,14 @@ def close_connection(conn: sqlite3.Connection) -> None:
         pass
 
 
-def _before_fork() -> None:
-    # SQLite forbids carrying a connection across fork(): its locks and shared-memory
-    # bookkeeping are per process, and even a new connection in the child would share
-    # the parent's. So every connection is closed first; both sides reopen on next use.
+def before_fork() -> None:
+    """Close every connection before ``os.fork`` (called by ``_lifecycle``).
+
+    SQLite forbids carrying a connection across fork(): its locks and shared-memory
+    bookkeeping are per process, and even a new connection in the child would share the
+    parent's. So every connection is closed first (waiting for one in use); both sides
+    reopen on next use.
+    """
     global _generation
     _lock.acquire()
     for conn in list(_open_connections):
@@ -60,11 +63,13 @@ def _before_fork() -> None:
     _generation += 1
 
 
-def _after_fork_in_parent() -> None:
+def after_fork_in_parent() -> None:
+    """Let the parent use SQLite again."""
     _lock.release()
 
 
-def _after_fork_in_child() -> None:
+def after_fork_in_child() -> None:
+    """A lock of the child's own (the parent's is held)."""
     global _lock
     _lock = threading.RLock()
 
@@ -92,11 +97,6 @@ def move_aside(path: Path, exc: Exception) -> None:
 
 def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     """Open (and if needed create, owner-only) the store at ``path``."""
-    global _fork_hooks
-    if not _fork_hooks and hasattr(os, "register_at_fork"):
-        _fork_hooks = True
-        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                            after_in_child=_after_fork_in_child)
     if create:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Create the file ourselves so its mode is 0600 from the first byte; SQLite gives
@@ -174,8 +174,8 @@ class Database:
                 self._local.slot = None
 
 
-class LocalStoreExporter(Exporter):
-    """Appends batches to the local store; a task id already stored is skipped."""
+class LocalStoreExporter:
+    """An exporter that appends batches to the local store; a task id already stored is skipped."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -185,14 +185,10 @@ class LocalStoreExporter(Exporter):
     def __repr__(self) -> str:
         return f"LocalStoreExporter({str(self.path)!r})"
 
-    def export(
-        self, events: Sequence[Dict[str, Any]], encoded: Sequence[bytes], timeout: float
-    ) -> Outcome:
+    def export(self, events: Sequence[WireEvent], timeout: float) -> ExportResult:
+        """Store the batch in one transaction."""
         now = time.time()
-        rows = [
-            (e["task_id"], e.get("session_id"), e.get("client_created_at"), now, b.decode("utf-8"))
-            for e, b in zip(events, encoded)
-        ]
+        rows = [(e.task_id, e.session_id, e.created, now, e.json.decode("utf-8")) for e in events]
         try:
             with self._db.transaction() as conn:
                 conn.executemany(
@@ -202,10 +198,11 @@ class LocalStoreExporter(Exporter):
                 )
         except (sqlite3.Error, OSError) as exc:
             self.close()
-            return Outcome(False, retry=True, error=f"cannot write the local store {self.path}: {exc}")
-        return Outcome(True)
+            return ExportResult.retry(f"cannot write the local store {self.path}: {exc}")
+        return ExportResult.delivered()
 
     def close(self) -> None:
+        """Close this thread's connection."""
         self._db.close()
 
 

@@ -332,7 +332,7 @@ class PhosphoTestServer:
         self._requests: list[RecordedRequest] = []
         self._rejected: list[tuple[dict[str, Any], str]] = []
         self._duplicates = 0
-        self._faults: deque[_Reply] = deque()
+        self._faults: deque[_Reply | None] = deque()
         self._quota: deque[list[Any]] = deque()  # [remaining, reason] pairs
 
     @property
@@ -430,12 +430,13 @@ class PhosphoTestServer:
             return done()
 
     def fail_next(self, status: int, count: int = 1, *, retry_after: str | float | None = None,
-                  body: dict[str, Any] | None = None) -> None:
+                  body: dict[str, Any] | None = None, after: int = 0) -> None:
         """Answer the next ``count`` log requests with ``status``, logging nothing.
 
         Args:
             status: An HTTP status, 200-599.
             count: How many requests get it.
+            after: How many requests are answered normally first.
             retry_after: ``Retry-After`` value: seconds (a whole number is sent
                 as an int) or a string such as an HTTP-date, sent as is.
             body: The JSON reply; default ``{"detail": <reason phrase>}``.
@@ -456,6 +457,8 @@ class PhosphoTestServer:
                 body = {"detail": HTTPStatus(status).phrase}
             except ValueError:  # a code http.HTTPStatus does not name
                 body = {"detail": "Error"}
+        with self._cond:
+            self._faults.extend(None for _ in range(after))
         self._push(count, _json_reply(status, body, headers))
 
     def hang_next(self, count: int = 1) -> None:
@@ -512,7 +515,9 @@ class PhosphoTestServer:
     def _decide(self, authorization: str | None, project_id: str, body: bytes | None,
                 payload: Any, errors: list[dict[str, Any]]) -> _Reply:
         if self._faults:
-            return self._faults.popleft()
+            fault = self._faults.popleft()
+            if fault is not None:  # None: this request is answered normally
+                return fault
         if body is None:
             return _json_reply(413, {"detail": "Request Entity Too Large"})
         scheme, _, token = (authorization or "").partition(" ")  # as FastAPI's HTTPBearer

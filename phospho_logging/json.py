@@ -25,13 +25,12 @@ except ImportError:
             "phospho_logging.json needs python-json-logger: pip install 'phospho-logging[json]'"
         ) from exc
 
-from . import _diag
+from . import _context, _diag
 from ._config import TextFunction, resolve
-from ._context import _current
-from ._pending import Pending
+from ._event import build_event
+from ._item import STANDARD_ATTRS, Snapshot
 from ._serialize import JSON, dumps, to_jsonable
-from ._snapshot import STANDARD_ATTRS, carries_task, snapshot_record
-from ._task import build_event
+from ._snapshot import carries_task, snapshot_record
 
 __all__ = ["PhosphoJsonFormatter"]
 
@@ -150,15 +149,15 @@ class PhosphoJsonFormatter(_JsonFormatter):
 
     def _format_task(self, record: logging.LogRecord) -> str:
         options = self._options
-        pending = snapshot_record(record, options.input_to_str, options.output_to_str, _current.get())
+        snapshot = snapshot_record(record, options.input_to_str, options.output_to_str, _context.current())
         event = build_event(
-            pending,
+            snapshot,
             project_id=self._project_id,
             version_id=options.version_id,
             max_field_chars=options.max_field_chars,
         )
-        if pending.problems:
-            self._report(pending.problems)
+        if snapshot.problems:
+            self._report(snapshot.problems)
         # python-json-logger renders a stand-in: the caller's record is left untouched, and
         # the loose extras (in the task's metadata already) are not repeated at the top level.
         keep = self._keep
@@ -169,7 +168,7 @@ class PhosphoJsonFormatter(_JsonFormatter):
             state["msg"] = dict(record.msg)
         else:
             # Formatted once, safely: a bad %-format must not lose the task.
-            state["msg"] = _message(record, pending)
+            state["msg"] = _message(record, snapshot)
             state["args"] = None
         state[_EVENT] = event
         return super().format(proxy)
@@ -215,11 +214,11 @@ def _blank(record: logging.LogRecord) -> logging.LogRecord:
     return object.__new__(type(record))
 
 
-def _message(record: logging.LogRecord, pending: Pending) -> str:
+def _message(record: logging.LogRecord, snapshot: Snapshot) -> str:
     try:
         return record.getMessage()
     except Exception:  # noqa: BLE001 - snapshot_record already recorded message_format
-        message = pending.log[2]
+        message = snapshot.log.message
         return message if type(message) is str else dumps(message).decode("utf-8")
 
 

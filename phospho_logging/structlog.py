@@ -18,8 +18,6 @@ added, so the console line can be matched with the task in phospho.
 
 from __future__ import annotations
 
-import marshal
-import time
 from typing import Any, Callable, MutableMapping, Optional
 
 try:
@@ -29,10 +27,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "phospho_logging.structlog needs structlog: pip install 'phospho-logging[structlog]'"
     ) from exc
 
-from . import _capture, _diag, _pipeline
+from . import _capture, _configure, _context, _diag
 from ._config import Options, resolve
-from ._context import _current
-from ._pending import new_task_id
+from ._item import new_task_id, plain_event_dict
 from ._snapshot import snapshot_event_dict
 
 __all__ = ["PhosphoProcessor", "ShippedEvent"]
@@ -58,7 +55,7 @@ class PhosphoProcessor:
 
     def __init__(
         self,
-        pipeline: Optional[_pipeline.Pipeline] = None,
+        pipeline: Optional[_configure.Pipeline] = None,
         *,
         input_to_str: Optional[Callable[[Any], str]] = None,
         output_to_str: Optional[Callable[[Any], str]] = None,
@@ -79,28 +76,19 @@ class PhosphoProcessor:
             task_id = event_dict.get("task_id")
             if type(task_id) is not str or not task_id:
                 task_id = new_task_id()
-            pipeline = self._pipeline or _pipeline._current
-            if (
-                pipeline is not None
-                and pipeline.handler._plain  # running listener, no text function, not stopping
-                and self._plain
-                and not _capture.active
-                and _context_get() is None
-                and "exc_info" not in event_dict
-            ):
-                # The commonest event, on the shortest path: one marshal copy, enqueued.
-                try:
-                    frozen = _marshal_dumps(event_dict)  # type: ignore[arg-type]
-                except Exception:  # noqa: BLE001 - foreign types (and text functions given on
-                    frozen = None  # the event, which marshal refuses too): the general path below
-                if frozen is not None:
-                    pipeline.handler._put((frozen, _time(), method_name, task_id))
+            pipeline = self._pipeline or _configure.installed
+            engine = pipeline.engine if pipeline is not None else _configure.default_engine()
+            if engine is not None and engine.plain and self._plain and _context_get() is None \
+                    and "exc_info" not in event_dict:
+                # The commonest event, on the shortest path: one marshal copy, submitted.
+                item = plain_event_dict(event_dict, method_name, task_id)
+                if item is not None:
+                    engine.submit(item)
                     shipped = ShippedEvent(event_dict)
                     shipped["task_id"] = task_id
                     return shipped
-            sender = _pipeline.configured_sender() if pipeline is None else None
-            options = pipeline.options if pipeline is not None else sender.options if sender else _DEFAULTS
-            pending = snapshot_event_dict(
+            options = engine.options if engine is not None else _DEFAULTS
+            snapshot = snapshot_event_dict(
                 event_dict,
                 method_name,
                 task_id,
@@ -108,12 +96,10 @@ class PhosphoProcessor:
                 self._output_to_str or options.output_to_str,
                 _context_get(),
             )
-            if pipeline is not None:
-                pipeline.submit(pending)
-            elif _capture.active:
-                _capture.deliver(pending, options)
-            elif sender is not None:
-                sender.submit(pending)  # a dictConfig-only setup: its PhosphoHandler ships it
+            if engine is not None:
+                engine.submit(snapshot)
+            elif _capture.active():
+                _capture.deliver(snapshot, options)
             else:
                 _diag.warn_once(
                     "processor_unconfigured",
@@ -143,6 +129,4 @@ class ShippedEvent(dict):  # type: ignore[type-arg]
 
 
 _DEFAULTS = Options()
-_marshal_dumps = marshal.dumps
-_time = time.time
-_context_get = _current.get
+_context_get = _context.current

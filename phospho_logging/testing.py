@@ -1,7 +1,10 @@
-"""Test helpers shipped with the package: capture tasks in memory, or run a real server.
+"""Test helpers shipped with the package: capture tasks, an in-memory exporter, a real server.
 
 * ``capture_tasks()`` collects the events the code under test produces, exactly as they
-  would be sent, with no network and no threads involved.
+  would be sent, synchronously, with no network and no threads involved.
+* ``InMemoryExporter`` plugs in where the real exporter goes (``configure(exporter=...)``)
+  and keeps the events it receives; it can be told what to answer, to test delivery policy
+  without HTTP.
 * ``PhosphoTestServer`` is a real HTTP server on 127.0.0.1 that speaks the phospho
   ingestion API with the backend's validation rules, and can be told to misbehave.
 
@@ -13,39 +16,119 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Dict, Iterator, List, Optional, Union
+import threading
+import weakref
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 from . import _capture, _context
 from ._config import Options
-from ._lifecycle import WORKER_THREADS
+from ._export import ExportResult, WireEvent
+from ._handlers import PhosphoHandler
+from ._lifecycle import OWN_IO
+from ._queue_pair import PhosphoQueueHandler
 from ._snapshot import carries_task, snapshot_record
 from ._testserver import PhosphoTestServer, RecordedRequest
 
-__all__ = ["PhosphoTestServer", "RecordedRequest", "capture_tasks"]
+__all__ = ["InMemoryExporter", "PhosphoTestServer", "RecordedRequest", "capture_tasks"]
+
+
+class InMemoryExporter:
+    """An exporter that keeps what it is given, and answers what it is told to.
+
+    Args:
+        results: what the next calls to ``export`` return, in order (an ``ExportResult``,
+            or an exception to raise); once they are used up, every batch is delivered.
+
+    Attributes:
+        events: the wire-format events delivered, in order (rejected ones left out).
+        batches: the events of every call to ``export``, delivered or not.
+        closed: how many times ``close`` was called.
+
+    Example::
+
+        exporter = InMemoryExporter([ExportResult.retry("down"), ExportResult.retry("down")])
+        phospho_logging.configure(exporter=exporter)
+        logging.getLogger("phospho").info("hi", extra={"input": "q"})
+        assert phospho_logging.flush(timeout=5)
+        assert exporter.events[0]["input"] == "q" and len(exporter.batches) == 3
+    """
+
+    destination = "memory"
+
+    def __init__(self, results: Iterable[Union[ExportResult, BaseException]] = ()) -> None:
+        self.events: List[Dict[str, Any]] = []
+        self.batches: List[List[Dict[str, Any]]] = []
+        self.closed = 0
+        self._results = list(results)
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"InMemoryExporter({len(self.events)} events)"
+
+    def answer(self, *results: Union[ExportResult, BaseException]) -> None:
+        """Queue what the next calls to ``export`` return (or raise)."""
+        with self._lock:
+            self._results.extend(results)
+
+    def export(self, events: Sequence[WireEvent], timeout: float) -> ExportResult:
+        """Record the batch and answer with the next scripted result (default: delivered)."""
+        batch = [event.data() for event in events]
+        with self._lock:
+            self.batches.append(batch)
+            result = self._results.pop(0) if self._results else ExportResult.delivered()
+            if isinstance(result, BaseException):
+                raise result
+            if result.ok:
+                self.events.extend(e for i, e in enumerate(batch) if i not in result.rejected)
+        return result
+
+    def close(self) -> None:
+        """Count the call; the exporter keeps working (as a real one reconnects)."""
+        self.closed += 1
+
+
+def _reaches_ours(record: logging.LogRecord) -> bool:
+    """True when a handler of ours on the record's logger chain takes it: its engine
+    captures it then, and the capture handler must not take it twice."""
+    found = logging.Logger.manager.loggerDict.get(record.name)
+    logger: Optional[logging.Logger] = found if isinstance(found, logging.Logger) else logging.getLogger()
+    while logger is not None:
+        for handler in logger.handlers:
+            if isinstance(handler, (PhosphoHandler, PhosphoQueueHandler)) and record.levelno >= handler.level:
+                return True
+        logger = logger.parent if logger.propagate else None
+    return False
 
 
 class _CaptureHandler(logging.Handler):
+    """Captures task-carrying records that no handler of ours takes."""
+
     def __init__(self, options: Options) -> None:
         super().__init__(logging.NOTSET)
         self._options = options
+        self._seen: weakref.WeakSet[logging.LogRecord] = weakref.WeakSet()
+
+    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        if not carries_task(record) or record.thread in OWN_IO or record in self._seen or _reaches_ours(record):
+            return False
+        self._seen.add(record)
+        o = self._options
+        _capture.deliver(snapshot_record(record, o.input_to_str, o.output_to_str, _context.current()), o)
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not carries_task(record) or record.thread in WORKER_THREADS:
-            return
-        o = self._options
-        ctx = _context.current()
-        _capture.deliver_record(
-            record, lambda: snapshot_record(record, o.input_to_str, o.output_to_str, ctx), o
-        )
+        self.handle(record)
 
 
 @contextlib.contextmanager
 def capture_tasks(logger: Union[str, logging.Logger] = "phospho", **options: Any) -> Iterator[List[Dict[str, Any]]]:
     """Collect the tasks produced inside the block, as the events that would be sent.
 
-    Records reaching the root logger or ``logger`` are captured, and so is everything that
-    configured phospho_logging handlers receive; nothing is sent or stored meanwhile.
-    ``logger`` is set to DEBUG for the duration if it has no level of its own.
+    Every engine of the process (``configure()``'s, the handlers' of a dictConfig) builds
+    its events into the list instead of queueing them, and task-carrying records that
+    reach ``logger`` or the root logger without meeting a handler of ours are captured
+    too; nothing is sent or stored meanwhile. ``logger`` is set to DEBUG for the duration
+    if it has no level of its own.
 
     Example::
 

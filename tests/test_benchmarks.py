@@ -57,7 +57,7 @@ def test_profile_script_shows_the_handler() -> None:
         env={k: v for k, v in os.environ.items() if not k.startswith("PHOSPHO_")},
     )
     assert proc.returncode == 0, proc.stderr
-    assert "snapshot_plain" in proc.stdout
+    assert "plain_record" in proc.stdout
 
 
 def test_e2e_breakdown_script_adds_up() -> None:

@@ -15,7 +15,6 @@ from typing import Any, Iterator, List
 import pytest
 
 import phospho_logging
-from phospho_logging import _cli_push
 from phospho_logging._cli_push import Progress
 from phospho_logging._spool import Spool
 from phospho_logging.cli import format_task, main
@@ -322,15 +321,7 @@ class TestPush:
                                             monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
         """A 401 at the second batch stops push (exit 3); the next push sends only the rest."""
         monkeypatch.setenv("PHOSPHO_MAX_BATCH_SIZE", "2")
-        real_post, calls = _cli_push.post, []
-
-        def post(*args: Any, **kwargs: Any) -> Any:
-            calls.append(1)
-            if len(calls) == 2:
-                server.fail_next(401)  # the second request, exactly
-            return real_post(*args, **kwargs)
-
-        monkeypatch.setattr(_cli_push, "post", post)
+        server.fail_next(401, after=1)  # the second request, exactly
         assert main(["push", *credentials(server), "--local-dir", str(store)]) == 3
         captured = capsys.readouterr()
         assert "sent      2" in captured.out and "failed    4" in captured.out

@@ -68,7 +68,7 @@ class TestMessages:
         """, {"PHOSPHO_API_KEY": "k", "PHOSPHO_PROJECT_ID": "p", "PHOSPHO_BASE_URL": url,
               "PHOSPHO_LOCAL_DIR": str(tmp_path), "PHOSPHO_SHUTDOWN_TIMEOUT": "2"})
         assert result.returncode == 0, result.stderr
-        assert "250 task(s) of this run are in the spool" in result.stderr, result.stderr
+        assert "250 task(s) wait in the spool" in result.stderr, result.stderr
         assert "phospho-logging push" in result.stderr
 
 

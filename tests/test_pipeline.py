@@ -12,7 +12,7 @@ import pytest
 
 import phospho_logging
 from phospho_logging import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener
-from phospho_logging.testing import PhosphoTestServer
+from phospho_logging.testing import InMemoryExporter, PhosphoTestServer
 from tests.strict import wire_errors
 
 log = logging.getLogger("phospho")
@@ -87,11 +87,11 @@ class TestConfigure:
         second = phospho_logging.configure(**creds, flush_interval=60)
         for i in range(10):
             log.info("t", extra={"input": f"b{i}"})
-        assert second.flush(timeout=10)
-        first.listener.worker._thread.join(10)
+        assert second.flush(timeout=10) and first.flush(timeout=10)
         assert sorted(t["input"] for t in server.tasks) == sorted([f"a{i}" for i in range(10)] + [f"b{i}" for i in range(10)])
         assert server.duplicates == 0
         assert len([h for h in log.handlers if isinstance(h, PhosphoQueueHandler)]) == 1
+        assert second.handler is first.handler  # handed over, not replaced
 
     def test_stats_reconcile(self, server: PhosphoTestServer, creds: dict) -> None:
         """enqueued == sent + rejected + dropped + queued, and sent matches the server."""
@@ -247,7 +247,7 @@ class TestDelivery:
         err = "\n".join(diag)
         assert err.count("phospho rejected the API key") == 1
         assert "wrong-key-123" not in err and "wrong-key-123" not in repr(stats)
-        assert "wrong-key-123" not in repr(pipeline.options) and "wrong-key-123" not in repr(pipeline.sender)
+        assert "wrong-key-123" not in repr(pipeline.options) and "wrong-key-123" not in repr(pipeline.engine)
 
     def test_unknown_project(self, server: PhosphoTestServer, creds: dict, diag: List[str]) -> None:
         """404 names the unknown project, and the task is kept."""
@@ -279,17 +279,25 @@ class TestDelivery:
 
 
 class TestHandlers:
-    def test_phospho_handler_alone_is_asynchronous(self, server: PhosphoTestServer, creds: dict) -> None:
-        """PhosphoHandler on a logger ships from its own worker thread."""
-        handler = PhosphoHandler(**creds)
+    def test_phospho_handler_alone_is_asynchronous(self) -> None:
+        """PhosphoHandler on a logger ships from a worker thread, never the caller's."""
+        threads: List[threading.Thread] = []
+
+        class Recording(InMemoryExporter):
+            def export(self, events: Any, timeout: float) -> Any:
+                threads.append(threading.current_thread())
+                return super().export(events, timeout)
+
+        exporter = Recording()
+        handler = PhosphoHandler(exporter=exporter)
         lg = logging.getLogger("phospho.direct")
         lg.setLevel(logging.INFO)
         lg.addHandler(handler)
         try:
             lg.info("t", extra={"input": "q"})
             assert handler.flush(timeout=10)
-            assert len(server.tasks) == 1
-            assert handler.worker._thread is not threading.current_thread()
+            assert [e["input"] for e in exporter.events] == ["q"]
+            assert threads and threading.current_thread() not in threads
         finally:
             lg.removeHandler(handler)
             handler.close()
@@ -325,12 +333,12 @@ class TestHandlers:
             lg.removeHandler(handler)
 
     def test_stdlib_listener_with_phospho_handler(self, server: PhosphoTestServer, creds: dict) -> None:
-        """The stdlib QueueListener can drive PhosphoHandler (the dictConfig 3.12 default)."""
+        """The stdlib QueueListener can drive PhosphoHandler: the queue handler puts record
+        copies carrying their task on the queue, as the stdlib contract says."""
         q: queue.Queue[Any] = queue.Queue()
         sender = PhosphoHandler(**creds)
         listener = logging.handlers.QueueListener(q, sender)
         handler = PhosphoQueueHandler(q)
-        handler.listener = listener
         lg = logging.getLogger("phospho.stdlib")
         lg.setLevel(logging.INFO)
         lg.addHandler(handler)

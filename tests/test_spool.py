@@ -174,7 +174,7 @@ class TestReplay:
         assert server.wait_for_requests(1, timeout=10)
         log.removeHandler(pipeline.handler)
         pipeline.handler.close()
-        pipeline.sender.close()
+        pipeline.engine.shutdown(wait=False)
         assert pipeline.flush(timeout=10)
         assert [t["input"] for t in server.tasks] == ["q"]
 

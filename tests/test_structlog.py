@@ -149,7 +149,7 @@ class TestShortPath:
         structlog.configure(processors=[PhosphoProcessor(), Collect()])
         structlog.get_logger().info("warm", input="warm-up")
         assert pipeline.flush(timeout=10)
-        assert pipeline.handler._plain  # the short path is on: what follows takes it or must not
+        assert pipeline.engine.plain  # the short path is on: what follows takes it or must not
         yield pipeline
 
     def later(self, server: PhosphoTestServer, pipeline: Any) -> Dict[str, Any]:

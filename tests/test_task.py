@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import marshal
 import math
 import sys
 from typing import Any, Dict
@@ -13,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from phospho_logging._pending import expand
-from phospho_logging._snapshot import STANDARD_ATTRS, snapshot_plain, snapshot_record
-from phospho_logging._task import build_event, task_from_record
+from phospho_logging._event import build_event, task_from_record
+from phospho_logging._item import STANDARD_ATTRS, plain_event_dict, plain_record, snapshot_of
+from phospho_logging._snapshot import snapshot_record
 from tests.strict import wire_errors
 
 
@@ -242,13 +241,13 @@ class TestSnapshot:
     def test_short_tuples_expand_to_their_task(self) -> None:
         """Both short forms the hot paths enqueue carry everything the task needs."""
         record = make_record(input="q", output="a", metadata={"k": "v"})
-        short = snapshot_plain(record)
+        short = plain_record(record)
         assert type(short) is tuple
-        event = build_event(expand(short))
+        event = build_event(snapshot_of(short))
         assert (event["input"], event["output"], event["metadata"]["k"]) == ("q", "a", "v")
         assert (event["metadata"]["log_level"], event["metadata"]["log_line"]) == ("INFO", 12)
-        frozen = marshal.dumps({"event": "answered", "input": "q", "level": "info"})
-        event = build_event(expand((frozen, 1.5, "warning", "task_given")))
+        item = plain_event_dict({"event": "answered", "input": "q", "level": "info"}, "warning", "task_given")
+        event = build_event(snapshot_of(item))
         assert (event["task_id"], event["input"], event["metadata"]["log_message"]) == ("task_given", "q", "answered")
         assert event["metadata"]["log_level"] == "INFO"
 
@@ -290,15 +289,15 @@ class TestProperties:
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.dictionaries(extra_keys, values, max_size=8), values)
     def test_the_short_path_builds_the_same_event(self, extra: Dict[str, Any], input_value: Any) -> None:
-        """The queue handler's short tuple (``snapshot_plain``, expanded on the worker)
+        """The handlers' compact item (``plain_record``, expanded on the worker)
         gives the event the full snapshot gives, whenever it applies."""
         extra["input"] = input_value
         record = make_record(**extra)
-        short = snapshot_plain(record)
+        short = plain_record(record)
         full = build_event(snapshot_record(record))
         if short is None:
             return  # foreign types: the handler takes the full path
-        event = build_event(expand(short))
+        event = build_event(snapshot_of(short))
         given = extra.get("task_id")
         if not (type(given) is str and given):
             event.pop("task_id"), full.pop("task_id")  # random when not given (or unusable)

@@ -1,0 +1,60 @@
+"""Batches: events gathered for one request within ``max_batch_size`` and ``max_batch_bytes``.
+
+Every path that sends (the worker's timer, flush, the exit drain, the rescue at the
+deadline, the spool's replay, ``phospho-logging push``) gathers events through ``Batch``,
+so no request ever exceeds either limit. ``encode`` already cut each event to fit one
+request on its own (``_event.event_budget``).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, List
+
+from ._export import ENVELOPE_BYTES, WireEvent
+
+
+class Batch:
+    """Events for one request, in order."""
+
+    __slots__ = ("events", "size", "max_count", "max_bytes")
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self.events: List[WireEvent] = []
+        self.size = ENVELOPE_BYTES
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __bool__(self) -> bool:
+        return bool(self.events)
+
+    def fits(self, event: WireEvent) -> bool:
+        """True if ``event`` can join without exceeding a limit (an empty batch takes any)."""
+        events = self.events
+        return not events or (
+            len(events) < self.max_count and self.size + len(event.json) + 1 <= self.max_bytes
+        )
+
+    def add(self, event: WireEvent) -> None:
+        """Append ``event`` (check ``fits`` first)."""
+        self.size += len(event.json) + (1 if self.events else 0)
+        self.events.append(event)
+
+    @property
+    def full(self) -> bool:
+        """True when no further event can join."""
+        return len(self.events) >= self.max_count or self.size >= self.max_bytes
+
+
+def batches(events: Iterable[WireEvent], max_count: int, max_bytes: int) -> Iterator[List[WireEvent]]:
+    """Cut ``events`` into consecutive batches within both limits."""
+    batch = Batch(max_count, max_bytes)
+    for event in events:
+        if not batch.fits(event):
+            yield batch.events
+            batch = Batch(max_count, max_bytes)
+        batch.add(event)
+    if batch:
+        yield batch.events

@@ -1,0 +1,800 @@
+"""The engine: one queue, one worker thread, one exporter, and the books of every task.
+
+Modelled on OpenTelemetry's ``BatchProcessor``: one class owns its queue, its worker, its
+exporter (through ``Delivery``), its counters, its flush and shutdown, and its fork
+reset. The handlers, the queue pair, the structlog processor, ``configure()`` and the
+``push`` command are thin adapters over it.
+
+A task flows one way. A producer's ``submit`` puts the item on a ``SimpleQueue`` (no lock,
+no thread started, reentrant). The worker expands it into a wire event (``_event``),
+gathers events in a ``Batch``, and hands each batch to ``Delivery`` (retry, back-off,
+circuit) and its exporter; what cannot be delivered goes to the spool; when idle the
+worker replays the spool. Flush and stop are markers in the same FIFO queue, so a flush
+waits exactly for what was logged before it.
+
+Each task taken off the queue is resolved exactly once (sent, rejected, spooled or
+dropped with a reason), so ``enqueued == sent + rejected + dropped + queued + spooled``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import queue as queue_module
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from . import _capture, _diag, _lifecycle
+from ._batch import Batch, batches
+from ._config import Options
+from ._delivery import Books, Delivery, Resolution
+from ._event import encode, event_budget, wire
+from ._export import WireEvent, destination_of
+from ._http import HTTPExporter
+from ._item import snapshot_of
+from ._spool import Spool
+from ._store import LocalStoreExporter
+
+#: Seconds the worker waits for an item when it has nothing else to do.
+IDLE_WAIT = 1.0
+#: After a storage error, seconds before the spool is read again.
+SPOOL_PAUSE = 5.0
+#: At exit, past the deadline by this much, tasks are counted as lost instead of spooled.
+EXIT_GRACE = 0.5
+#: Internal errors in a row after which the worker gives up (leaving tasks counted as queued).
+MAX_CRASHES = 100
+
+
+_serials = itertools.count()
+
+
+def default_exporter(options: Options) -> Any:
+    """The HTTP exporter with credentials, the local store without."""
+    if options.online:
+        assert options.api_key is not None
+        return HTTPExporter(options.endpoint, options.api_key)
+    return LocalStoreExporter(options.store_path())
+
+
+def count_value(counter: itertools.count[int]) -> int:
+    """The next value of an ``itertools.count`` without advancing it.
+
+    ``next()`` on a count is atomic under the GIL, which makes it the cheapest counter a
+    logging call can bump from any thread without a lock; its repr is the only way to
+    read it.
+    """
+    return int(repr(counter)[6:-1])
+
+
+class _Marker:
+    __slots__ = ("done", "ok")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = False
+
+
+class _Flush(_Marker):
+    __slots__ = ()
+
+
+class _Stop(_Marker):
+    __slots__ = ("deadline", "at_exit")
+
+    def __init__(self, deadline: float, at_exit: bool) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.at_exit = at_exit
+
+
+class _Held:
+    """Events the worker holds (a batch being filled or sent); settled once, by the
+    worker or, when it is stuck at the shutdown deadline, by the thread that rescues it."""
+
+    __slots__ = ("batch", "_token")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self._token = [True]
+
+    def claim(self) -> bool:
+        """True for the first caller only (``list.pop`` is atomic)."""
+        try:
+            self._token.pop()
+        except IndexError:
+            return False
+        return True
+
+    @property
+    def settled(self) -> bool:
+        return not self._token
+
+
+class Engine:
+    """Ships tasks for one configuration; see the module docstring.
+
+    Args:
+        options: the resolved options.
+        exporter: where batches go (default: phospho's API with credentials, the local
+            store without).
+        name: the worker thread's name.
+    """
+
+    def __init__(self, options: Options, exporter: Any = None, *, name: str = "phospho-logging-worker") -> None:
+        self.options = options
+        self.exporter = exporter if exporter is not None else default_exporter(options)
+        self.destination = destination_of(self.exporter)
+        #: No text function to run on the caller's thread: the short paths apply.
+        self.plain = options.input_to_str is None and options.output_to_str is None
+        self.spool: Optional[Spool] = (
+            Spool(options.store_path(), options.project_id, options.max_spool_tasks)
+            if options.online and options.project_id else None
+        )
+        self._name = name
+        #: Creation order (the newest open engine is the default for the structlog processor).
+        self.serial = next(_serials)
+        self._forward: Optional[Callable[[logging.LogRecord], None]] = None
+        self._max_queue = options.max_queue_size
+        self._budget = event_budget(options.max_batch_bytes)
+        self._capturing = False
+        self._closed = False
+        self._fresh()
+        _lifecycle.register(self)
+        if _capture.active():
+            self.capture(True)
+        if self.spool is not None:
+            _lifecycle.wake(self)  # the spool of an earlier run is replayed in the background now
+
+    def _fresh(self) -> None:
+        """Queue, counters, thread state: at creation, and again in a forked child."""
+        self._queue: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
+        # What producers did is counted where it is cheapest: tasks put on the queue are
+        # counted by the worker when it takes them (what is still there is in the queue's
+        # size, less the flush and stop markers), so a logging call bumps no counter.
+        self._markers_put = itertools.count()  # flush and stop markers put on the queue
+        self._refused = itertools.count()  # the queue was full
+        self._late = itertools.count()  # logged after the exit drain
+        self._ignored = itertools.count()  # task-looking records made by our own I/O
+        self._said: Dict[str, bool] = {}
+        self.books = Books()
+        self._stopping = threading.Event()
+        self._deadline: Optional[float] = None
+        self.delivery = Delivery(self.exporter, self.options, self.books, stopping=self._stopping,
+                                 deadline=self._get_deadline, around_export=_lifecycle.own_io)
+        self._running = False
+        self._thread: Optional[threading.Thread] = None
+        self._start_lock = threading.Lock()
+        self.stopped = False
+        self._stop: Optional[_Stop] = None
+        self._building: Optional[_Held] = None
+        self._flight: Optional[_Held] = None
+        self._barrier_losses = 0
+        self._replay_due = self.spool is not None
+        self._replay_after = 0.0
+        self._reclaimed = False
+
+    def __repr__(self) -> str:
+        return f"<phospho_logging engine -> {self.destination}>"
+
+    def _get_deadline(self) -> Optional[float]:
+        return self._deadline
+
+    # -- the producer side: any thread, signal handler or finalizer ----------------------
+
+    def submit(self, item: Any) -> None:
+        """Put one item on the queue. Never blocks, raises, takes a lock or starts a thread."""
+        q = self._queue
+        if q.qsize() >= self._max_queue:
+            next(self._refused)
+            self._say_once("queue_full", "the task queue is full (max_queue_size=%d); tasks are being dropped and "
+                           "counted in stats()['dropped_by_reason']['queue_full']", self._max_queue)
+            return
+        q.put(item)
+        if not self._running:
+            _lifecycle.wake(self)
+
+    def ignore_own_io(self) -> None:
+        """Count a task-carrying record made by the library's own I/O: it is not the
+        application's task, and shipping it could loop (``stats()["ignored_own_io"]``)."""
+        next(self._ignored)
+        self._say_once("own_io", "a task was logged from inside phospho_logging's own I/O (an exporter, or a "
+                       "handler the listener passes records to); it is not shipped, to avoid a loop")
+
+    def _submit_after_exit(self, item: Any) -> None:
+        next(self._late)
+        if not self._said.get("late"):
+            self._said["late"] = True
+            try:  # at interpreter teardown: no logging machinery, one plain line
+                sys.stderr.write("phospho-logging: a task was logged after the exit drain; it and any later "
+                                 "ones are not kept\n")
+            except Exception:  # noqa: BLE001, S110 - stderr may be gone
+                pass
+
+    def _say_once(self, key: str, message: str, *args: object) -> None:
+        if not self._said.get(key):
+            self._said[key] = True
+            _lifecycle.report(key, message, *args)
+
+    def capture(self, on: bool) -> None:
+        """While a capture is active, ``submit`` builds the event at once (``_capture``)."""
+        self._capturing = on
+        self._select_submit()
+
+    def close_for_exit(self) -> None:
+        """After the exit drain: later tasks are counted as lost at exit, and said once."""
+        self._closed = True
+        self._select_submit()
+
+    def _select_submit(self) -> None:
+        if self._closed:
+            self.submit = self._submit_after_exit  # type: ignore[method-assign]
+        elif self._capturing:
+            self.submit = _capture.submitter(self.options)  # type: ignore[method-assign,assignment]
+        else:
+            self.__dict__.pop("submit", None)
+
+    # -- control: configure, flush, shutdown, exit ----------------------------------------
+
+    def forward_to(self, forward: Optional[Callable[[logging.LogRecord], None]]) -> None:
+        """Pass every record taken off the queue to ``forward`` too (a listener's other handlers)."""
+        self._forward = forward
+
+    def start(self) -> None:
+        """Start the worker unless it runs (the control thread calls this)."""
+        with self._start_lock:
+            if self._running or self._closed:
+                return
+            thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._running = True
+            try:
+                thread.start()
+            except RuntimeError:  # interpreter shutdown: the exit path drains on its own thread
+                self._running = False
+                return
+            self._thread = thread
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until everything submitted before the call is delivered or spooled.
+
+        True when it was and nothing was dropped or rejected since the previous flush;
+        False on timeout or loss (``stats()`` says which). ``None`` waits for the whole
+        retry budget; ``0`` only asks the worker to send what it holds.
+        """
+        if not self._running and self._queue.qsize() == 0 and not self._holding():
+            return self._barrier_ok()  # idle: nothing to wait for
+        marker = _Flush()
+        self._put_marker(marker)  # markers bypass the bound: a flush is never refused
+        if not self._running:
+            _lifecycle.wake(self)
+        limit = self.retry_budget() if timeout is None else max(0.0, timeout)
+        return marker.done.wait(limit) and marker.ok
+
+    def retry_budget(self) -> float:
+        """The longest a batch can take to be delivered or spooled."""
+        o = self.options
+        return o.flush_interval + o.max_retry_time + o.timeout + 1.0
+
+    def shutdown(self, timeout: Optional[float] = None, wait: bool = True) -> bool:
+        """Deliver what is queued within ``timeout`` (default ``shutdown_timeout``), spool
+        the rest; tasks that still arrive later are delivered too. With ``wait=False`` the
+        deadline is set and the call returns at once. True if everything was settled in time."""
+        limit = self.options.shutdown_timeout if timeout is None else max(0.0, timeout)
+        with self._start_lock:
+            first = not self.stopped
+            self.stopped = True
+        if not first:
+            return self._join(self._stop) if wait else False
+        self._deadline = time.monotonic() + limit
+        self._stopping.set()
+        if not self._running and self._queue.qsize() == 0 and not self._holding():
+            return True  # never used, or idle: a late task wakes a worker that ends when done
+        stop = self._stop = _Stop(self._deadline, at_exit=False)
+        self._put_marker(stop)
+        if not self._running:
+            _lifecycle.wake(self)
+        return self._join(stop) if wait else False
+
+    def _put_marker(self, marker: _Marker) -> None:
+        next(self._markers_put)
+        self._queue.put(marker)
+
+    def needs_exit(self) -> bool:
+        """True unless the exit drain already ran for this engine."""
+        return not self._closed
+
+    def begin_exit(self) -> None:
+        """Interpreter exit: set the deadline and put the exit marker (all engines at once)."""
+        self._deadline = min(self._deadline or float("inf"), time.monotonic() + self.options.shutdown_timeout)
+        self.stopped = True
+        self._stopping.set()
+        self._stop = _Stop(self._deadline, at_exit=True)
+        self._put_marker(self._stop)
+
+    def end_exit(self) -> None:
+        """Wait for the exit drain until the deadline (draining here if no worker runs),
+        rescue what a stuck worker holds, and say what became of the tasks."""
+        stop = self._stop
+        with self._start_lock:
+            drain_here = not self._running
+            if drain_here:
+                self._running = True  # no worker may start now: this thread is the worker
+        if drain_here:
+            try:
+                self._loop()
+            finally:
+                self._running = False
+        else:
+            self._join(stop)
+        self.close_for_exit()
+        self._report_exit()
+
+    def _join(self, stop: Optional[_Stop]) -> bool:
+        """Wait for ``stop`` until the deadline; if the worker is stuck (in a request that
+        does not answer), keep what it holds from this thread. True if it ended in time."""
+        deadline = self._deadline
+        if stop is None or deadline is None:
+            return True
+        reserve = min(0.25, 0.2 * self.options.shutdown_timeout)
+        if stop.done.wait(max(0.0, deadline - reserve - time.monotonic())):
+            return True
+        self._rescue(at_exit=stop.at_exit)
+        return stop.done.wait(max(0.0, deadline - time.monotonic()))
+
+    # -- the worker ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        crashes = 0
+        while True:
+            try:
+                self._loop()
+            except BaseException as exc:  # noqa: BLE001 - a bug of ours: say it, keep going
+                self._abandon(exc)
+                crashes += 1
+                if crashes < MAX_CRASHES:
+                    continue  # what it held is kept; the queue goes on being drained
+            if self._park():
+                break
+        self._release()
+
+    def _park(self) -> bool:
+        """The worker ends: True, unless items arrived meanwhile (it then goes on).
+
+        ``_running`` is cleared before the queue is looked at: a producer that put an item
+        after the look sees ``_running`` False and wakes a new worker.
+        """
+        with self._start_lock:
+            self._running = False
+            if self._queue.qsize() == 0:
+                return True
+            self._running = True
+            return False
+
+    def _release(self) -> None:
+        try:
+            self.exporter.close()
+            if self.spool is not None:
+                self.spool.close()
+        except Exception:  # noqa: BLE001, S110 - nothing left to do with them
+            pass
+
+    def _loop(self) -> None:
+        """Take items until the engine is stopped and nothing is left."""
+        q = self._queue
+        held = self._hold()
+        due = 0.0
+        while True:
+            batch = held.batch
+            if batch:
+                timeout = due - time.monotonic()
+            elif self.stopped:
+                timeout = 0.0
+            elif self._replay_due and time.monotonic() >= self._replay_after and not self.delivery.circuit.is_open():
+                timeout = 0.0
+            else:
+                timeout = IDLE_WAIT
+            try:
+                item = q.get(True, timeout) if timeout > 0 else q.get_nowait()
+            except queue_module.Empty:
+                if batch:
+                    held = self._send(held)
+                elif self.stopped:
+                    return
+                elif self._replay_due:
+                    try:
+                        self._replay()
+                    except Exception as exc:  # noqa: BLE001 - replay is best-effort; the worker goes on
+                        self._replay_after = time.monotonic() + SPOOL_PAUSE
+                        _diag.warn_once("replay_error", "replaying the spool failed: %r", exc)
+                continue
+            kind = type(item)
+            if kind is _Flush or kind is _Stop:
+                self.books.markers_taken += 1
+                if batch:
+                    held = self._send(held)
+                if kind is _Stop:
+                    if item.at_exit:
+                        self._exit_sweep(item)
+                        return
+                    self._barrier(item)
+                    continue
+                self._barrier(item)
+                continue
+            event = self._encode(item)
+            if event is None:
+                continue
+            if not batch:
+                due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
+            elif not batch.fits(event):
+                held = self._send(held)
+                batch = held.batch
+                due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
+            batch.add(event)
+            self.books.taken += 1
+            if batch.full:
+                held = self._send(held)
+
+    def _hold(self) -> _Held:
+        held = self._building = _Held(Batch(self.options.max_batch_size, self.options.max_batch_bytes))
+        return held
+
+    def _holding(self) -> int:
+        """Events taken off the queue and not settled yet."""
+        count = 0
+        for held in (self._building, self._flight):
+            if held is not None and not held.settled:
+                count += len(held.batch)
+        return count
+
+    def _encode(self, item: Any) -> Optional[WireEvent]:
+        """The wire event of a queue item (None if it carries no task); a task that cannot
+        be built is counted as dropped here."""
+        try:
+            if self._forward is not None and isinstance(item, logging.LogRecord):
+                with _lifecycle.own_io():
+                    self._forward(item)
+            snapshot = snapshot_of(item)
+            if snapshot is None:
+                with self.books.lock:
+                    self.books.passed += 1  # a record passed on to other handlers only
+                return None
+            o = self.options
+            event = encode(snapshot, project_id=o.project_id, version_id=o.version_id,
+                           max_field_chars=o.max_field_chars, max_bytes=self._budget)
+            if snapshot.problems:
+                self._count_problems(snapshot.problems)
+            if event is None:
+                self._drop_taken("too_large", f"a task is larger than max_batch_bytes={o.max_batch_bytes} even "
+                                              "when truncated")
+            return event
+        except Exception as exc:  # noqa: BLE001 - a bug here must not stop the worker
+            self._drop_taken("internal_error", f"could not build a task: {exc!r}")
+            return None
+
+    def _count_problems(self, problems: List[str]) -> None:
+        counts = self.books.problems
+        for tag in problems:
+            seen = counts.get(tag, 0)
+            counts[tag] = seen + 1
+            if not seen:
+                _diag.warn_once(
+                    "problem:" + tag,
+                    "a task had to be adjusted (%s); it was sent best-effort, marked in "
+                    "metadata['phospho_logging_problems'] and counted in stats()['problems']",
+                    tag,
+                )
+
+    def _drop_taken(self, reason: str, message: str) -> None:
+        self._drop(1, reason, message, taken=1)
+
+    def _drop(self, n: int, reason: str, message: str, taken: int = 0) -> None:
+        with self.books.lock:
+            self.books.taken += taken
+            self.books.add(self.books.dropped, reason, n)
+            self.books.last_error = message
+        _diag.warn_once("dropped:" + reason, "%d task(s) not delivered: %s", n, message)
+
+    def _send(self, held: _Held) -> _Held:
+        """Deliver (or keep) the events ``held``; returns a new, empty holder."""
+        self._flight = held
+        self._building = None
+        nxt = self._hold()
+        events = held.batch.events
+        with self.books.lock:
+            self.books.batches += 1
+        stored = self._durable_copy(events)
+        try:
+            results = self.delivery.attempt(events)
+        except Exception as exc:  # noqa: BLE001 - never lose a batch to a bug of ours
+            results = [Resolution("failed", list(events), "internal_error", f"delivery failed: {exc!r}")]
+        if held.claim():  # else rescued at the shutdown deadline meanwhile
+            self._settle(results, stored)
+        self._flight = None
+        return nxt
+
+    def _durable_copy(self, events: List[WireEvent]) -> bool:
+        """With ``durable=True``, the batch is in the spool before the first attempt."""
+        if not self.options.durable or self.spool is None:
+            return False
+        try:
+            with _lifecycle.own_io():
+                self.spool.put([e.task_id for e in events], [e.json for e in events], leased=True)
+        except Exception as exc:  # noqa: BLE001 - the batch is still sent, without its copy
+            _diag.warn_once("durable_spool", "cannot write the spool %s (%s): tasks are sent without their "
+                              "durable copy", self.spool.path, exc)
+            return False
+        return True
+
+    def _settle(self, results: List[Resolution], stored: bool) -> None:
+        """Count each event once, and update the spool to match."""
+        books = self.books
+        for r in results:
+            n = len(r.events)
+            if r.kind == "sent":
+                with books.lock:
+                    books.sent += n
+            elif r.kind == "rejected":
+                with books.lock:
+                    books.rejected += n
+                    books.add(books.rejected_by_reason, r.reason, n)
+                _diag.warn_once("rejected:" + r.reason[:60],
+                                  "phospho rejected %d task(s): %s (counted in stats()['rejected_by_reason'])",
+                                  n, r.reason)
+            else:
+                self._keep(r.events, r.reason, r.message, stored)
+                continue
+            if stored:
+                self._spool_call("remove", [e.task_id for e in r.events])
+
+    def _keep(self, events: List[WireEvent], reason: str, message: str, stored: bool = False) -> None:
+        """Events that could not be delivered: into the spool, or dropped with a reason."""
+        n = len(events)
+        with self.books.lock:
+            self.books.last_error = message
+        if reason in ("http_401", "http_403", "http_404"):
+            _diag.warn_once(f"config:{reason}", "%s. Check PHOSPHO_API_KEY and PHOSPHO_PROJECT_ID "
+                              "(`phospho-logging check` tests them); tasks are kept in the spool meanwhile and "
+                              "sent once the key works", message)
+        spool = self.spool
+        late = self._deadline is not None and _lifecycle.state != "running" and \
+            time.monotonic() > self._deadline + EXIT_GRACE
+        if spool is None or late:
+            self._drop(n, "shutdown_deadline" if late else reason, message)
+            return
+        if stored:
+            self._spool_call("unlease", [e.task_id for e in events])
+        else:
+            try:
+                with _lifecycle.own_io():
+                    _, evicted = spool.put([e.task_id for e in events], [e.json for e in events])
+            except Exception as exc:  # noqa: BLE001 - a full disk must not stop the worker
+                self._drop(n, "spool_error", f"cannot write the spool {spool.path}: {exc}")
+                return
+            if evicted:
+                with self.books.lock:
+                    self.books.spool_evicted += evicted
+                _diag.warn_once("spool_full", "the spool holds max_spool_tasks=%d; its oldest tasks were "
+                                  "dropped (counted in stats()['spool_evicted'])", spool.max_tasks)
+        with self.books.lock:
+            self.books.spooled += n
+            self.books.add(self.books.spooled_by_reason, reason, n)
+        self._replay_due = True
+        if reason not in ("http_401", "http_403", "http_404"):
+            _diag.warn_once("spooled:" + reason, "%d task(s) kept in the spool %s for a later try: %s",
+                              n, spool.path, message)
+
+    def _spool_call(self, method: str, task_ids: List[str]) -> None:
+        assert self.spool is not None
+        try:
+            with _lifecycle.own_io():
+                getattr(self.spool, method)(task_ids)
+        except Exception as exc:  # noqa: BLE001 - the rows stay; their lease runs out
+            _diag.warn_once("spool_error", "cannot update the spool %s: %s", self.spool.path, exc)
+
+    def _barrier(self, marker: _Marker) -> None:
+        marker.ok = self._barrier_ok()
+        marker.done.set()
+
+    def _barrier_ok(self) -> bool:
+        losses = self._losses()
+        ok = losses == self._barrier_losses
+        self._barrier_losses = losses
+        return ok
+
+    def _losses(self) -> int:
+        return self.books.losses() + count_value(self._refused) + count_value(self._late)
+
+    def _abandon(self, exc: BaseException) -> None:
+        """After an internal error in the loop: what the worker held is kept, not lost."""
+        _diag.warn_once("worker_error", "internal error in the worker, which goes on: %r", exc)
+        for held in (self._flight, self._building):
+            if held is not None and held.claim():
+                self._keep(held.batch.events, "internal_error", f"internal error: {exc!r}")
+        self._flight = self._building = None
+
+    # -- replay ---------------------------------------------------------------------------
+
+    def _replay(self) -> None:
+        """Send up to one batch of spooled tasks, oldest first."""
+        spool = self.spool
+        if spool is None:
+            self._replay_due = False
+            return
+        try:
+            with _lifecycle.own_io():
+                if not self._reclaimed:
+                    self._reclaimed = True
+                    spool.reclaim_dead()
+                rows = spool.claim(self.options.max_batch_size)
+        except Exception as exc:  # noqa: BLE001 - a locked or broken spool: try again later
+            self._replay_after = time.monotonic() + SPOOL_PAUSE
+            _diag.warn_once("spool_error", "cannot read the spool %s: %s", spool.path, exc)
+            return
+        if not rows:
+            self._replay_due = False
+            return
+        row_of = {}
+        events = []
+        for row_id, encoded in rows:
+            event = replayed_event(encoded)
+            row_of[event.task_id] = row_id
+            events.append(event)
+        failed = False
+        for chunk in batches(events, self.options.max_batch_size, self.options.max_batch_bytes):
+            for r in self.delivery.attempt(chunk):
+                ids = [row_of[e.task_id] for e in r.events if e.task_id in row_of]
+                if r.kind == "failed":
+                    failed = True
+                    self._spool_call("release", ids)  # type: ignore[arg-type]
+                    continue
+                with self.books.lock:
+                    if r.kind == "sent":
+                        self.books.replayed += len(ids)
+                    else:
+                        self.books.replay_rejected += len(ids)
+                        self.books.add(self.books.rejected_by_reason, r.reason, len(ids))
+                self._spool_call("ack", ids)  # type: ignore[arg-type]
+        if failed:
+            self._replay_after = time.monotonic() + SPOOL_PAUSE
+
+    # -- exit and rescue ------------------------------------------------------------------
+
+    def _exit_sweep(self, stop: _Stop) -> None:
+        """After the exit marker: close the door, then take what arrived before it closed
+        (bounded by what is there now, however fast other threads log)."""
+        self.close_for_exit()
+        q = self._queue
+        held = self._hold()
+        for _ in range(q.qsize()):
+            try:
+                item = q.get_nowait()
+            except queue_module.Empty:
+                break
+            if isinstance(item, _Marker):
+                self.books.markers_taken += 1
+                self._barrier(item)
+                continue
+            event = self._encode(item)
+            if event is None:
+                continue
+            if not held.batch.fits(event):
+                held = self._send(held)
+            held.batch.add(event)
+            self.books.taken += 1
+        if held.batch:
+            self._send(held)
+        self._building = None
+        self._barrier(stop)
+
+    def _rescue(self, at_exit: bool) -> None:
+        """The worker is stuck past the deadline: keep what it holds, and what is queued
+        (as much as is there now), from this thread."""
+        kept: List[WireEvent] = []
+        for held in (self._flight, self._building):
+            if held is not None and held.claim():
+                kept += held.batch.events
+        if at_exit:
+            self.close_for_exit()
+        q = self._queue
+        for _ in range(q.qsize()):
+            try:
+                item = q.get_nowait()
+            except queue_module.Empty:
+                break
+            if isinstance(item, _Marker):
+                with self.books.lock:
+                    self.books.markers_taken += 1
+                item.done.set()
+                continue
+            event = self._encode(item)
+            if event is not None:
+                with self.books.lock:
+                    self.books.taken += 1
+                kept.append(event)
+        for chunk in batches(kept, 1000, 1 << 60):
+            self._keep(chunk, "shutdown_deadline", "shutdown_timeout reached with tasks unsent")
+
+    def _report_exit(self) -> None:
+        books = self.books
+        lost = books.dropped.get("shutdown_deadline", 0)
+        if lost:
+            _diag.warn_once("exit_lost", "%d task(s) could not be delivered or kept before shutdown_timeout "
+                              "ran out", lost)
+        if self.spool is not None and books.spooled:
+            try:
+                waiting = self.spool.count()
+            except Exception:  # noqa: BLE001 - only a message depends on it
+                return
+            if waiting:
+                _diag.warn_once("spooled_at_exit:" + str(id(self)),
+                                "%d task(s) wait in the spool %s: they are sent on the next start with a working "
+                                "backend, or now with `phospho-logging push`", waiting, self.spool.path)
+
+    # -- statistics -------------------------------------------------------------------------
+
+    def stats(self) -> Dict[str, Any]:
+        """The counters; ``enqueued == sent + rejected + dropped + queued + spooled``."""
+        b = self.books
+        with b.lock:
+            dropped = dict(b.dropped)
+            taken, markers_taken = b.taken, b.markers_taken
+            snapshot = {
+                "destination": self.destination,
+                "sent": b.sent,
+                "rejected": b.rejected,
+                "spooled": b.spooled,
+                "replayed": b.replayed,
+                "replay_rejected": b.replay_rejected,
+                "spool_evicted": b.spool_evicted,
+                "rejected_by_reason": dict(b.rejected_by_reason),
+                "spooled_by_reason": dict(b.spooled_by_reason),
+                "problems": dict(b.problems),
+                "batches": b.batches,
+                "requests": b.requests,
+                "retries": b.retries,
+                "last_error": b.last_error,
+            }
+        producer_drops = {
+            "queue_full": count_value(self._refused),
+            "logged_after_exit": count_value(self._late),
+        }
+        for reason, n in producer_drops.items():
+            if n:
+                dropped[reason] = dropped.get(reason, 0) + n
+        in_queue = self._queue.qsize() - (count_value(self._markers_put) - markers_taken)
+        enqueued = sum(producer_drops.values()) + taken + in_queue
+        queued = in_queue + self._holding()
+        snapshot.update(
+            enqueued=enqueued,
+            dropped=sum(dropped.values()),
+            queued=queued,
+            dropped_by_reason=dropped,
+            ignored_own_io=count_value(self._ignored),
+            circuit_open=self.delivery.circuit.is_open(),
+            worker_alive=self._running,
+        )
+        return snapshot
+
+    # -- fork -------------------------------------------------------------------------------
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a new queue, counters and locks, no worker (one starts with
+        the first task); the parent's queued tasks stay the parent's to send."""
+        reset = getattr(self.exporter, "reset_after_fork", None)
+        if callable(reset):
+            reset()
+        self._fresh()
+        self._replay_due = False  # the parent replays its spool; the child only adds to it
+
+
+def replayed_event(encoded: bytes) -> WireEvent:
+    """A stored event (a spool or local store row) back as a ``WireEvent``."""
+    try:
+        data = json.loads(encoded)
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):
+        data = {"task_id": "", **(data if isinstance(data, dict) else {})}
+    return wire(data, encoded)

@@ -1,0 +1,193 @@
+"""What crosses the queue: a task as the caller's thread snapshotted it.
+
+``Snapshot`` is the one item type, read by name everywhere. The two commonest calls (a
+plain record, a plain structlog event) put a smaller plain tuple on the queue instead,
+a third of a ``Snapshot``'s cost; those compact forms are built and read in this module
+only (``plain_record``, ``plain_event_dict``, ``snapshot_of``). A record a queue handler
+copies for other handlers carries its snapshot as an attribute (``carry``).
+
+Task ids are made here too: the caller's side makes them (the structlog processor hands
+one back) as well as the worker's.
+"""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import os
+import random
+import time
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+
+from ._serialize import JSON
+
+#: Attributes every LogRecord has, read off a real one so new ones (3.12's ``taskName``)
+#: are never mistaken for user extras; plus those that formatters add later.
+STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+#: The attributes ``LogRecord.__init__`` sets. Extras come after them in a record's
+#: ``__dict__``, so a scan for extras can walk it backwards and stop at the first of these.
+INIT_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+#: Record attributes that are never task fields.
+IGNORED = STANDARD_ATTRS | {"input_to_str", "output_to_str"}
+#: The attribute of a record copy that carries its snapshot.
+SNAPSHOT_ATTR = "_phospho_logging_snapshot"
+
+
+class LogInfo(NamedTuple):
+    """Where a task was logged; None where unknown."""
+
+    logger: Optional[str] = None
+    level: Optional[str] = None
+    message: JSON = None
+    file: Optional[str] = None
+    line: Optional[int] = None
+    function: Optional[str] = None
+    exception: Optional[str] = None
+
+
+NO_LOG = LogInfo()
+
+
+class Snapshot(NamedTuple):
+    """A task copied out of a record or event dict at the logging call.
+
+    Attributes:
+        fields: the raw task fields: ``marshal`` bytes (builtin types only, copied in one
+            C call), or a JSON-safe dict.
+        input_text, output_text: text from a custom ``input_to_str``/``output_to_str``.
+        input_type, output_type: type names of the original input/output (None: read
+            them off the fields).
+        problems: what had to be adjusted, as tags.
+        created: when it was logged (Unix seconds).
+        log: logger, level, message, source location, traceback.
+        from_event_dict: a structlog event dict: its fields are in the caller's order and
+            still hold ``event``/``logger``/``level``; a record's are listed last-first.
+        task_id: an id chosen on the caller's thread, if any.
+    """
+
+    fields: Union[bytes, Dict[str, JSON]]
+    input_text: Optional[str]
+    output_text: Optional[str]
+    input_type: Optional[str]
+    output_type: Optional[str]
+    problems: List[str]
+    created: float
+    log: LogInfo
+    from_event_dict: bool
+    task_id: Optional[str]
+
+
+def make_snapshot(
+    fields: Union[bytes, Dict[str, JSON]],
+    *,
+    input_text: Optional[str] = None,
+    output_text: Optional[str] = None,
+    input_type: Optional[str] = None,
+    output_type: Optional[str] = None,
+    problems: Optional[List[str]] = None,
+    created: Optional[float] = None,
+    log: LogInfo = NO_LOG,
+    from_event_dict: bool = False,
+    task_id: Optional[str] = None,
+) -> Snapshot:
+    """A ``Snapshot`` by name, with a problems list of its own and ``created`` now by default."""
+    return Snapshot(
+        fields, input_text, output_text, input_type, output_type, [] if problems is None else problems,
+        time.time() if created is None else created, log, from_event_dict, task_id,
+    )
+
+
+_tuple_new = tuple.__new__
+_marshal_dumps = marshal.dumps
+_time = time.time
+
+
+def plain_record(record: logging.LogRecord) -> Optional[Tuple[Any, ...]]:
+    """The compact item for the commonest record, or None if it needs ``_snapshot``.
+
+    The commonest record: a ``str`` message without %-arguments or traceback, string
+    extras without per-record text functions, builtin types only (the caller checks there
+    is no bound context and no text function of its own). The hot path of the handlers,
+    kept short on purpose.
+    """
+    fields: Dict[str, Any] = {}
+    for key, value in reversed(record.__dict__.items()):
+        if key in IGNORED:
+            if key in INIT_ATTRS:
+                break
+            if key == "input_to_str" or key == "output_to_str":
+                return None
+            continue
+        if type(key) is not str or not key:
+            return None  # extra={1: ...} or {"": ...}: the general path names the key
+        if key[0] != "_":
+            fields[key] = value
+    msg = record.msg
+    if "input" not in fields or record.args or record.exc_info or type(msg) is not str:
+        return None
+    try:
+        frozen = _marshal_dumps(fields)
+    except Exception:  # noqa: BLE001 - foreign types: the general path makes them JSON-safe
+        return None
+    return (frozen, record.created, record.name, record.levelname, msg, record.pathname, record.lineno,
+            record.funcName)
+
+
+def plain_event_dict(event_dict: Any, method_name: str, task_id: str) -> Optional[Tuple[Any, ...]]:
+    """The compact item for a structlog event dict of builtin types, or None."""
+    try:
+        frozen = _marshal_dumps(event_dict)
+    except Exception:  # noqa: BLE001 - foreign types, or text functions given on the event
+        return None
+    return (frozen, _time(), method_name, task_id)
+
+
+def carry(record: logging.LogRecord, snapshot: Snapshot) -> None:
+    """Make a record (a queue handler's copy for other handlers) carry its snapshot."""
+    record.__dict__[SNAPSHOT_ATTR] = snapshot
+
+
+def carried(record: logging.LogRecord) -> Optional[Snapshot]:
+    """The snapshot a record copy carries, if any."""
+    return record.__dict__.get(SNAPSHOT_ATTR)
+
+
+def snapshot_of(item: Any) -> Optional[Snapshot]:
+    """The ``Snapshot`` of any queue item (a compact form is expanded here, on the
+    worker); None for an item that carries no task (a record passed on only)."""
+    kind = type(item)
+    if kind is Snapshot:
+        return item  # type: ignore[no-any-return]
+    if kind is tuple:
+        if len(item) == 8:
+            frozen, created, name, level, msg, path, line, function = item
+            return _tuple_new(Snapshot, (  # type: ignore[no-any-return]
+                frozen, None, None, None, None, [], created,
+                _tuple_new(LogInfo, (name, level, msg, path, line, function, None)), False, None,
+            ))
+        frozen, created, method_name, task_id = item
+        return _tuple_new(Snapshot, (  # type: ignore[no-any-return]
+            frozen, None, None, None, None, [], created, _tuple_new(LogInfo, (None, method_name) + (None,) * 5),
+            True, task_id,
+        ))
+    if isinstance(item, logging.LogRecord):
+        return carried(item)
+    return None
+
+
+# Task ids are random, drawn from a private generator: uuid4() costs a system call per id,
+# and the module-level `random` may be seeded by the app (two runs would then reuse ids,
+# and the server skips ids it knows). Reseeded in a forked child (``reseed``), for the
+# same reason.
+_id_random = random.Random()
+_getrandbits = _id_random.getrandbits
+
+
+def new_task_id() -> str:
+    """A task id in the phospho SDK's format: ``task_`` and 32 random hex digits."""
+    return "task_" + _getrandbits(128).to_bytes(16, "big").hex()
+
+
+def reseed() -> None:
+    """New task ids in a forked child (the parent's generator state was copied)."""
+    _id_random.seed(os.urandom(32))
