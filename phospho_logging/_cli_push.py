@@ -186,10 +186,8 @@ class Pusher:
             self.sent["store"] += len(delivered)
             # Rejected tasks are not recorded: the next push tries them again (a quota resets).
             with self.db.transaction() as conn:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO pushed (destination, task_id, pushed_at) VALUES (?, ?, ?)",
-                    [(self.options.project_id, event.task_id, time.time()) for event in delivered],
-                )
+                _store.insert_rows(conn, "INSERT OR IGNORE INTO pushed (destination, task_id, pushed_at) VALUES",
+                                   [(self.options.project_id, event.task_id, time.time()) for event in delivered])
             if self.error is not None:
                 break
         return int(rows[-1][0])

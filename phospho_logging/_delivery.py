@@ -13,6 +13,7 @@ them retries on its own.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -51,18 +52,32 @@ class Resolution(NamedTuple):
     result: Optional[ExportResult] = None
 
 
+def count_value(counter: itertools.count[int]) -> int:
+    """The next value of an ``itertools.count`` without advancing it.
+
+    ``next()`` on a count is atomic under the GIL, which makes it the cheapest counter
+    several threads can bump without a lock (a logging call, the worker and the thread
+    that rescues it at exit); its repr is the only way to read it.
+    """
+    return int(repr(counter)[6:-1])
+
+
 class Books:
     """Counts of what happened to tasks after they left the queue.
 
-    Written by the worker (and, at exit, by the thread that rescues a stuck worker), each
-    write under ``lock``; producers never touch it.
+    Written by the worker (and, at exit, by the thread that rescues a stuck worker): the
+    per-item counts are ``itertools.count`` (bumped with ``next``), the others are written
+    under ``lock``; producers never touch them.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.taken = 0
-        self.passed = 0
-        self.markers_taken = 0
+        #: Tasks taken off the queue (settled, or held in a batch).
+        self.taken = itertools.count()
+        #: Records taken off the queue that carried no task (passed on to other handlers).
+        self.passed = itertools.count()
+        #: Flush and stop markers taken off the queue.
+        self.markers_taken = itertools.count()
         self.sent = 0
         self.rejected = 0
         self.spooled = 0

@@ -25,12 +25,12 @@ import queue as queue_module
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from . import _capture, _diag, _lifecycle
 from ._batch import Batch, batches
 from ._config import Options
-from ._delivery import Books, Delivery, Resolution
+from ._delivery import Books, Delivery, Resolution, count_value
 from ._event import encode, event_budget, wire
 from ._export import WireEvent, destination_of
 from ._http import HTTPExporter
@@ -44,6 +44,8 @@ IDLE_WAIT = 1.0
 SPOOL_PAUSE = 5.0
 #: At exit, past the deadline by this much, tasks are counted as lost instead of spooled.
 EXIT_GRACE = 0.5
+#: Tasks kept per write when the exiting thread rescues a stuck worker.
+RESCUE_CHUNK = 1000
 #: Internal errors in a row after which the worker gives up (leaving tasks counted as queued).
 MAX_CRASHES = 100
 
@@ -57,16 +59,6 @@ def default_exporter(options: Options) -> Any:
         assert options.api_key is not None
         return HTTPExporter(options.endpoint, options.api_key)
     return LocalStoreExporter(options.store_path())
-
-
-def count_value(counter: itertools.count[int]) -> int:
-    """The next value of an ``itertools.count`` without advancing it.
-
-    ``next()`` on a count is atomic under the GIL, which makes it the cheapest counter a
-    logging call can bump from any thread without a lock; its repr is the only way to
-    read it.
-    """
-    return int(repr(counter)[6:-1])
 
 
 class _Marker:
@@ -411,7 +403,7 @@ class Engine:
                 continue
             kind = type(item)
             if kind is _Flush or kind is _Stop:
-                self.books.markers_taken += 1
+                next(self.books.markers_taken)
                 if batch:
                     held = self._send(held)
                 if kind is _Stop:
@@ -432,7 +424,7 @@ class Engine:
                 batch = held.batch
                 due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
             batch.add(event)
-            self.books.taken += 1
+            next(self.books.taken)
             if batch.full:
                 held = self._send(held)
 
@@ -457,8 +449,7 @@ class Engine:
                     self._forward(item)
             snapshot = snapshot_of(item)
             if snapshot is None:
-                with self.books.lock:
-                    self.books.passed += 1  # a record passed on to other handlers only
+                next(self.books.passed)  # a record passed on to other handlers only
                 return None
             o = self.options
             event = encode(snapshot, project_id=o.project_id, version_id=o.version_id,
@@ -487,13 +478,15 @@ class Engine:
                 )
 
     def _drop_taken(self, reason: str, message: str) -> None:
-        self._drop(1, reason, message, taken=1)
+        next(self.books.taken)
+        self._drop(1, reason, message)
 
-    def _drop(self, n: int, reason: str, message: str, taken: int = 0) -> None:
+    def _drop(self, n: int, reason: str, message: str) -> None:
         with self.books.lock:
-            self.books.taken += taken
             self.books.add(self.books.dropped, reason, n)
             self.books.last_error = message
+        if reason == "shutdown_deadline" and _lifecycle.state != "running":
+            return  # the exit report says how many, once
         _diag.warn_once("dropped:" + reason, "%d task(s) not delivered: %s", n, message)
 
     def _send(self, held: _Held) -> _Held:
@@ -558,10 +551,14 @@ class Engine:
                               "(`phospho-logging check` tests them); tasks are kept in the spool meanwhile and "
                               "sent once the key works", message)
         spool = self.spool
-        late = self._deadline is not None and _lifecycle.state != "running" and \
-            time.monotonic() > self._deadline + EXIT_GRACE
-        if spool is None or late:
-            self._drop(n, "shutdown_deadline" if late else reason, message)
+        if self._past_grace():
+            self._drop(n, "shutdown_deadline", message)
+            return
+        if spool is None:
+            if reason == "shutdown_deadline" and isinstance(self.exporter, LocalStoreExporter):
+                self._store_now(events, message)  # offline, the store is the spool: no network to wait for
+            else:
+                self._drop(n, reason, message)
             return
         if stored:
             self._spool_call("unlease", [e.task_id for e in events])
@@ -584,6 +581,21 @@ class Engine:
         if reason not in ("http_401", "http_403", "http_404"):
             _diag.warn_once("spooled:" + reason, "%d task(s) kept in the spool %s for a later try: %s",
                               n, spool.path, message)
+
+    def _store_now(self, events: List[WireEvent], message: str) -> None:
+        """Offline, at the shutdown deadline: write to the local store without a deadline of
+        its own (it is local and fast; the exit grace still bounds it)."""
+        try:
+            with _lifecycle.own_io():
+                result = self.exporter.export(events, self.options.timeout)
+        except Exception as exc:  # noqa: BLE001 - counted below like any failure
+            result = None
+            message = f"cannot write the local store: {exc!r}"
+        if result is not None and result.ok:
+            with self.books.lock:
+                self.books.sent += len(events)
+        else:
+            self._drop(len(events), "shutdown_deadline", result.error if result is not None else message)
 
     def _spool_call(self, method: str, task_ids: List[str]) -> None:
         assert self.spool is not None
@@ -662,59 +674,73 @@ class Engine:
     # -- exit and rescue ------------------------------------------------------------------
 
     def _exit_sweep(self, stop: _Stop) -> None:
-        """After the exit marker: close the door, then take what arrived before it closed
-        (bounded by what is there now, however fast other threads log)."""
+        """After the exit marker: close the door, then take what arrived before it closed."""
         self.close_for_exit()
-        q = self._queue
         held = self._hold()
-        for _ in range(q.qsize()):
-            try:
-                item = q.get_nowait()
-            except queue_module.Empty:
-                break
-            if isinstance(item, _Marker):
-                self.books.markers_taken += 1
-                self._barrier(item)
-                continue
-            event = self._encode(item)
-            if event is None:
-                continue
+        for event in self._sweep(answer=True):
             if not held.batch.fits(event):
                 held = self._send(held)
             held.batch.add(event)
-            self.books.taken += 1
         if held.batch:
             self._send(held)
         self._building = None
         self._barrier(stop)
 
     def _rescue(self, at_exit: bool) -> None:
-        """The worker is stuck past the deadline: keep what it holds, and what is queued
-        (as much as is there now), from this thread."""
-        kept: List[WireEvent] = []
+        """The worker is stuck past the deadline: keep what it holds, then what is queued,
+        from this thread, oldest first, a chunk at a time."""
+        reason, message = "shutdown_deadline", "shutdown_timeout reached with tasks unsent"
         for held in (self._flight, self._building):
-            if held is not None and held.claim():
-                kept += held.batch.events
+            if held is not None and held.claim() and held.batch:
+                self._keep(held.batch.events, reason, message)
         if at_exit:
             self.close_for_exit()
+        chunk: List[WireEvent] = []
+        for event in self._sweep(answer=False):
+            chunk.append(event)
+            if len(chunk) >= RESCUE_CHUNK:
+                self._keep(chunk, reason, message)
+                chunk = []
+        if chunk:
+            self._keep(chunk, reason, message)
+
+    def _sweep(self, answer: bool) -> Iterator[WireEvent]:
+        """The events of what is on the queue now, and no more however fast others log.
+
+        Markers are answered (``answer``: as a flush would be; else just released). Past
+        the exit deadline and its grace, tasks are counted as lost without being built.
+        """
         q = self._queue
+        lost = 0
         for _ in range(q.qsize()):
             try:
                 item = q.get_nowait()
             except queue_module.Empty:
                 break
             if isinstance(item, _Marker):
-                with self.books.lock:
-                    self.books.markers_taken += 1
-                item.done.set()
+                next(self.books.markers_taken)
+                if answer:
+                    self._barrier(item)
+                else:
+                    item.done.set()
+                continue
+            if self._past_grace():
+                if snapshot_of(item) is None:
+                    next(self.books.passed)
+                else:
+                    next(self.books.taken)
+                    lost += 1
                 continue
             event = self._encode(item)
             if event is not None:
-                with self.books.lock:
-                    self.books.taken += 1
-                kept.append(event)
-        for chunk in batches(kept, 1000, 1 << 60):
-            self._keep(chunk, "shutdown_deadline", "shutdown_timeout reached with tasks unsent")
+                next(self.books.taken)
+                yield event
+        if lost:
+            self._drop(lost, "shutdown_deadline", "shutdown_timeout ran out before these tasks could be kept")
+
+    def _past_grace(self) -> bool:
+        deadline = self._deadline
+        return deadline is not None and _lifecycle.state != "running" and time.monotonic() > deadline + EXIT_GRACE
 
     def _report_exit(self) -> None:
         books = self.books
@@ -739,7 +765,7 @@ class Engine:
         b = self.books
         with b.lock:
             dropped = dict(b.dropped)
-            taken, markers_taken = b.taken, b.markers_taken
+            taken, markers_taken = count_value(b.taken), count_value(b.markers_taken)
             snapshot = {
                 "destination": self.destination,
                 "sent": b.sent,

@@ -18,7 +18,7 @@ from . import _context, _lifecycle
 from ._config import Options, TextFunction, resolve
 from ._engine import Engine
 from ._item import Snapshot, carried, plain_record
-from ._lifecycle import OWN_IO
+from ._lifecycle import OWN_IO, made_by_own_io
 from ._snapshot import snapshot_record
 from ._store import LocalStoreExporter
 
@@ -111,7 +111,7 @@ class TaskIntake:
         route = self._route
         if route.short:
             try:
-                if record.thread in OWN_IO:
+                if record.thread in OWN_IO and made_by_own_io(record):
                     route.engine.ignore_own_io()  # type: ignore[union-attr]
                     return False
                 if _context_get() is None:
@@ -145,7 +145,7 @@ class TaskIntake:
 
     def _take(self, record: logging.LogRecord, route: Route) -> None:
         engine = route.engine
-        if record.thread in OWN_IO:
+        if record.thread in OWN_IO and made_by_own_io(record):
             if engine is not None:
                 engine.ignore_own_io()
             return

@@ -13,22 +13,27 @@
   engines (the parent's queued tasks stay the parent's to send).
 * ``OWN_IO`` holds the threads that are inside the library's own I/O (an export, the
   spool, handlers a listener passes records on to): a task-carrying record made there is
-  ignored (and counted), so a logger that catches our own traffic cannot loop.
+  ignored (and counted), so a logger that catches our own traffic cannot loop. A record
+  made by a finalizer the garbage collector runs meanwhile is not ours: it is shipped
+  (``IN_GC`` holds the threads inside a collection, from ``gc.callbacks``).
 """
 
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import queue
 import threading
 import weakref
-from typing import Any, Callable, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import _diag, _item, _store
 
 #: Threads inside the library's own I/O, by ident.
 OWN_IO: Set[int] = set()
+#: Threads inside a garbage collection (its finalizers may log), by ident.
+IN_GC: Set[int] = set()
 
 _engines: weakref.WeakSet[Any] = weakref.WeakSet()
 _control: Optional[queue.SimpleQueue[Any]] = None
@@ -37,6 +42,19 @@ _exit_hook = False
 _before_exit: List[Callable[[], None]] = []
 #: "running", then "exiting" while ``at_exit`` drains, then "exited".
 state = "running"
+
+
+def made_by_own_io(record: Any) -> bool:
+    """True for a record made inside the library's own I/O (not by a finalizer the garbage
+    collector ran meanwhile). Call it only when ``record.thread in OWN_IO``."""
+    return record.thread not in IN_GC
+
+
+def _gc_phase(phase: str, info: Dict[str, Any]) -> None:
+    if phase == "start":
+        IN_GC.add(threading.get_ident())
+    else:
+        IN_GC.discard(threading.get_ident())
 
 
 class own_io:
@@ -64,6 +82,7 @@ def register(engine: Any) -> None:
             # handlers.
             atexit.register(at_exit)
             _register_multiprocessing_exit()
+            gc.callbacks.append(_gc_phase)
             _exit_hook = True
         _start_control()
     if state != "running":
@@ -188,6 +207,7 @@ def _after_fork_in_child() -> None:
     _item.reseed()
     _diag.reset_after_fork()
     OWN_IO.clear()
+    IN_GC.clear()
     _control = None
     _control_lock = threading.Lock()
     found = list(_engines)

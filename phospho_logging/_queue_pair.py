@@ -26,7 +26,8 @@ from typing import Any, Dict, Optional
 
 from . import _capture, _context, _diag, _lifecycle
 from ._config import Options, resolve
-from ._engine import Engine, count_value
+from ._delivery import count_value
+from ._engine import Engine
 from ._handlers import PhosphoHandler, Route, TaskIntake, report_error
 from ._item import Snapshot, carried, carry
 from ._snapshot import carries_task, snapshot_record

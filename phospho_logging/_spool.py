@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
-from ._store import Database
+from ._store import Database, insert_rows, where_in
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -78,13 +78,11 @@ class Spool:
         pid = os.getpid()
         rows = [(self.destination, tid, now, lease, pid, enc) for tid, enc in zip(task_ids, encoded)]
         with self._transaction() as conn:
-            before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO outbox (destination, task_id, spooled_at, lease_until, owner, event) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+            stored = insert_rows(
+                conn,
+                "INSERT OR IGNORE INTO outbox (destination, task_id, spooled_at, lease_until, owner, event) VALUES",
                 rows,
             )
-            stored = conn.total_changes - before
             (count,) = conn.execute("SELECT COUNT(*) FROM outbox WHERE destination = ?", (self.destination,)).fetchone()
             evicted = 0
             if count > self.max_tasks:
@@ -104,38 +102,33 @@ class Spool:
                 (self.destination, now, limit),
             ).fetchall()
             if rows:
-                conn.executemany(
-                    "UPDATE outbox SET lease_until = ?, owner = ? WHERE id = ?",
-                    [(now + LEASE, os.getpid(), row[0]) for row in rows],
-                )
+                where_in(conn, "UPDATE outbox SET lease_until = ?, owner = ? WHERE id IN ({})",
+                         [row[0] for row in rows], (now + LEASE, os.getpid()))
         return [(row[0], bytes(row[1])) for row in rows]
 
     def ack(self, row_ids: Sequence[int]) -> None:
         """Forget rows that were delivered (or finally rejected)."""
         if row_ids:
             with self._transaction() as conn:
-                conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in row_ids])
+                where_in(conn, "DELETE FROM outbox WHERE id IN ({})", row_ids)
 
     def remove(self, task_ids: Sequence[str]) -> None:
         """Forget the rows of these task ids (a durable batch that was delivered)."""
         with self._transaction() as conn:
-            conn.executemany(
-                "DELETE FROM outbox WHERE destination = ? AND task_id = ?", [(self.destination, t) for t in task_ids]
-            )
+            where_in(conn, "DELETE FROM outbox WHERE destination = ? AND task_id IN ({})", task_ids,
+                     (self.destination,))
 
     def unlease(self, task_ids: Sequence[str]) -> None:
         """Make rows of these task ids replayable at once."""
         with self._transaction() as conn:
-            conn.executemany(
-                "UPDATE outbox SET lease_until = 0 WHERE destination = ? AND task_id = ?",
-                [(self.destination, t) for t in task_ids],
-            )
+            where_in(conn, "UPDATE outbox SET lease_until = 0 WHERE destination = ? AND task_id IN ({})", task_ids,
+                     (self.destination,))
 
     def release(self, row_ids: Sequence[int]) -> None:
         """Give leased rows back, for a later attempt."""
         if row_ids:
             with self._transaction() as conn:
-                conn.executemany("UPDATE outbox SET lease_until = 0 WHERE id = ?", [(i,) for i in row_ids])
+                where_in(conn, "UPDATE outbox SET lease_until = 0 WHERE id IN ({})", row_ids)
 
     def reclaim_dead(self) -> int:
         """Release leases held by processes that no longer exist (killed mid-send, say),
@@ -147,10 +140,8 @@ class Spool:
         dead = [pid for pid in owners if not _alive(pid)]
         if dead:
             with self._transaction() as conn:
-                conn.executemany(
-                    "UPDATE outbox SET lease_until = 0 WHERE destination = ? AND owner = ?",
-                    [(self.destination, pid) for pid in dead],
-                )
+                where_in(conn, "UPDATE outbox SET lease_until = 0 WHERE destination = ? AND owner IN ({})", dead,
+                         (self.destination,))
         return len(dead)
 
     def count(self) -> int:

@@ -24,7 +24,7 @@ from . import _capture, _context
 from ._config import Options
 from ._export import ExportResult, WireEvent
 from ._handlers import PhosphoHandler
-from ._lifecycle import OWN_IO
+from ._lifecycle import OWN_IO, made_by_own_io
 from ._queue_pair import PhosphoQueueHandler
 from ._snapshot import carries_task, snapshot_record
 from ._testserver import PhosphoTestServer, RecordedRequest
@@ -109,7 +109,8 @@ class _CaptureHandler(logging.Handler):
         self._seen: weakref.WeakSet[logging.LogRecord] = weakref.WeakSet()
 
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
-        if not carries_task(record) or record.thread in OWN_IO or record in self._seen or _reaches_ours(record):
+        if not carries_task(record) or (record.thread in OWN_IO and made_by_own_io(record)) or record in self._seen \
+                or _reaches_ours(record):
             return False
         self._seen.add(record)
         o = self._options

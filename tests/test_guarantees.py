@@ -1,0 +1,531 @@
+"""The engine's guarantees, each a named test (issue "One engine").
+
+A test that runs into a hang fails: every child process runs under a timeout, every wait
+in this process is bounded.
+"""
+
+from __future__ import annotations
+
+import ast
+import gc
+import json
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import phospho_logging
+from phospho_logging import ExportResult
+from phospho_logging.testing import InMemoryExporter, PhosphoTestServer
+
+from .test_exit import child_env, server_env
+
+PACKAGE = Path(__file__).resolve().parent.parent / "phospho_logging"
+log = logging.getLogger("phospho")
+
+
+def balanced(stats: Dict[str, Any]) -> bool:
+    return stats["enqueued"] == stats["sent"] + stats["rejected"] + stats["dropped"] + stats["queued"] + stats["spooled"]
+
+
+def run_child(code: str, env: Dict[str, str], timeout: float = 90, args: List[str] = ()) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter; a hang fails the test (TimeoutExpired)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=child_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def stored_inputs(local_dir: Path) -> List[str]:
+    conn = sqlite3.connect(str(local_dir / "tasks.sqlite3"))
+    try:
+        return [json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM tasks")]
+    finally:
+        conn.close()
+
+
+SETUP = """
+    import json, logging, logging.config, os, sys, phospho_logging
+    mode = sys.argv[1]
+    options = json.loads(os.environ.get("CHILD_OPTIONS", "{}"))
+    if mode == "configure":
+        phospho_logging.configure(**options)
+    else:
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False,
+            "handlers": {"p": {"class": "phospho_logging.PhosphoHandler", **options}},
+            "loggers": {"phospho": {"level": "INFO", "handlers": ["p"]}}})
+    log = logging.getLogger("phospho")
+"""
+MODES = ["configure", "dictconfig"]
+
+
+class TestNeverDeadlocks:
+    """A logging call never deadlocks and never raises, whatever calls it."""
+
+    SIGNAL_CHILD = SETUP + """
+    import signal
+    fired = [0]
+
+    def on_alarm(signum, frame):
+        fired[0] += 1
+        log.info("from the handler", extra={"input": f"alarm-{fired[0]}"})
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    n = int(os.environ["CHILD_N"])
+    for i in range(n):
+        log.info("main", extra={"input": f"main-{i}"})
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    flushed = phospho_logging.flush(timeout=60)
+    print(json.dumps({"fired": fired[0], "flushed": flushed, "stats": phospho_logging.stats()}), flush=True)
+    """
+
+    @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+    @pytest.mark.parametrize("mode", MODES)
+    def test_signal_handler_that_logs(self, tmp_path: Path, mode: str) -> None:
+        """SIGALRM every 1 ms, its handler logging a task, while the main thread logs:
+        the process finishes and every task of both is stored."""
+        result = run_child(self.SIGNAL_CHILD, {"PHOSPHO_LOCAL_DIR": str(tmp_path), "CHILD_N": "30000"}, args=[mode])
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["fired"] > 0 and report["flushed"] is True
+        inputs = stored_inputs(tmp_path)
+        assert len(inputs) == len(set(inputs)) == 30000 + report["fired"]
+
+    @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+    @pytest.mark.parametrize("mode", MODES)
+    def test_signal_handler_that_logs_into_a_full_queue(self, tmp_path: Path, mode: str) -> None:
+        """The same with a queue that is full most of the time (the first drop is reported
+        from the handler too): no hang, and every task is stored or counted as dropped."""
+        env = {"PHOSPHO_LOCAL_DIR": str(tmp_path), "CHILD_N": "30000",
+               "CHILD_OPTIONS": json.dumps({"max_queue_size": 50})}
+        result = run_child(self.SIGNAL_CHILD, env, args=[mode])
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        stats = report["stats"]
+        assert stats["dropped_by_reason"].get("queue_full", 0) > 0 and "task queue is full" in result.stderr
+        assert len(stored_inputs(tmp_path)) + stats["dropped"] == 30000 + report["fired"] == stats["enqueued"]
+
+    @pytest.mark.parametrize("mode", MODES)
+    def test_sigterm_handler_that_logs_and_exits(self, tmp_path: Path, mode: str) -> None:
+        """The everyday form: a SIGTERM handler logs a task and exits; the process ends on
+        time and the handler's task is stored with the others."""
+        code = textwrap.dedent(SETUP) + textwrap.dedent("""
+        import signal
+
+        def on_term(signum, frame):
+            log.info("stopping", extra={"input": "sigterm"})
+            sys.exit(0)
+
+        signal.signal(signal.SIGTERM, on_term)
+        print("ready", flush=True)
+        i = 0
+        while True:
+            log.info("main", extra={"input": f"main-{i}"})
+            i += 1
+        """)
+        proc = subprocess.Popen([sys.executable, "-c", code, mode], text=True,
+                                env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            time.sleep(0.3)  # let it log for a while (not a wait for a thread)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, err
+        assert "sigterm" in stored_inputs(tmp_path)
+
+    def test_del_that_logs_at_interpreter_teardown(self, tmp_path: Path) -> None:
+        """A ``__del__`` that logs while the interpreter tears down: the process exits, and
+        the late task is counted and said once (no thread is started that could never run)."""
+        code = """
+        import logging, phospho_logging
+
+        class Late:
+            log = logging.getLogger("phospho")
+
+            def __del__(self):
+                self.log.info("bye", extra={"input": "from __del__"})
+
+        phospho_logging.configure()
+        logging.getLogger("phospho").info("t", extra={"input": "normal"})
+        keep = [Late() for _ in range(3)]  # freed when the module is torn down, after atexit
+        """
+        result = run_child(code, {"PHOSPHO_LOCAL_DIR": str(tmp_path)}, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert stored_inputs(tmp_path) == ["normal"]
+        assert result.stderr.count("logged after the exit drain") == 1
+
+    def test_atexit_hooks_that_log(self, tmp_path: Path) -> None:
+        """atexit hooks that log: one registered after configure() runs before the exit
+        drain (its task is stored); one registered before it runs after (counted, said once)."""
+        code = """
+        import atexit, logging, phospho_logging
+        log = logging.getLogger("phospho")
+        atexit.register(lambda: log.info("t", extra={"input": "after the drain"}))
+        phospho_logging.configure()
+        atexit.register(lambda: log.info("t", extra={"input": "before the drain"}))
+        """
+        result = run_child(code, {"PHOSPHO_LOCAL_DIR": str(tmp_path)}, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert stored_inputs(tmp_path) == ["before the drain"]
+        assert result.stderr.count("logged after the exit drain") == 1
+
+    def test_finalizers_run_by_the_collector_on_the_worker_are_delivered(self) -> None:
+        """Tasks logged by finalizers the garbage collector runs on the worker thread (even
+        inside its own I/O) are not the library's own: every one is delivered."""
+        exporter = InMemoryExporter()
+        pipeline = phospho_logging.configure(exporter=exporter, max_batch_size=50)
+        threads: set = set()
+
+        class Cyclic:
+            def __init__(self) -> None:
+                self.me = self
+
+            def __del__(self) -> None:
+                threads.add(threading.current_thread().name)
+                log.info("fin", extra={"input": "finalizer"})
+
+        old = gc.get_threshold()
+        gc.set_threshold(50, 5, 5)
+        try:
+            for i in range(20_000):
+                Cyclic()
+                log.info("t", extra={"input": f"t{i}"})
+            # A collection on the worker may still be running its finalizers: collect and
+            # flush until every one has logged (bounded).
+            deadline = time.monotonic() + 60
+            while len(exporter.events) < 40_000 and time.monotonic() < deadline:
+                gc.collect()
+                assert pipeline.flush(timeout=60)
+        finally:
+            gc.set_threshold(*old)
+        inputs = [e["input"] for e in exporter.events]
+        assert inputs.count("finalizer") == 20_000 and len(inputs) == 40_000
+        assert any(name != threading.current_thread().name for name in threads)  # some ran on the worker
+        assert balanced(pipeline.stats()) and pipeline.stats()["ignored_own_io"] == 0
+
+    def test_records_made_by_our_own_io_are_ignored_and_counted(self) -> None:
+        """A task logged from inside an export (an exporter of the user's that logs) is not
+        shipped, so it cannot loop; it is counted apart and said once."""
+
+        class Chatty(InMemoryExporter):
+            def export(self, events: Any, timeout: float) -> ExportResult:
+                log.info("exporting", extra={"input": "from inside the export"})
+                return super().export(events, timeout)
+
+        exporter = Chatty()
+        pipeline = phospho_logging.configure(exporter=exporter)
+        for i in range(3):
+            log.info("t", extra={"input": f"t{i}"})
+            assert pipeline.flush(timeout=10)
+        stats = pipeline.stats()
+        assert [e["input"] for e in exporter.events] == ["t0", "t1", "t2"]
+        assert stats["ignored_own_io"] == 3 and balanced(stats) and stats["enqueued"] == 3
+
+    def test_threads_log_while_the_engine_starts_stops_and_forks(self) -> None:
+        """Many threads logging while engines are made, flushed and shut down: no call
+        raises or blocks for long."""
+        exporter = InMemoryExporter()
+        stop = threading.Event()
+        errors: List[BaseException] = []
+        slowest = [0.0]
+
+        def work(k: int) -> None:
+            i = 0
+            while not stop.is_set():
+                start = time.perf_counter()
+                try:
+                    log.info("t", extra={"input": f"{k}-{i}"})
+                except BaseException as exc:  # noqa: BLE001 - surfaced below
+                    errors.append(exc)
+                slowest[0] = max(slowest[0], time.perf_counter() - start)
+                i += 1
+
+        threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(5):
+                pipeline = phospho_logging.configure(exporter=exporter)
+                pipeline.flush(timeout=5)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert not errors and not any(t.is_alive() for t in threads)
+        assert slowest[0] < 5.0
+        assert phospho_logging.flush(timeout=30)
+
+
+class TestExitOnTime:
+    """Exit ends within shutdown_timeout + 1 s whatever other threads keep logging."""
+
+    DAEMON_CHILD = """
+    import json, logging, os, sys, threading, time, phospho_logging
+    phospho_logging.configure(shutdown_timeout=2)
+    log = logging.getLogger("phospho")
+
+    def forever():
+        i = 0
+        while True:
+            log.info("t", extra={"input": f"daemon-{i}"})
+            i += 1
+
+    for i in range(1000):
+        log.info("t", extra={"input": f"main-{i}"})
+    threading.Thread(target=forever, daemon=True).start()
+    time.sleep(0.2)  # the daemon thread logs meanwhile (not a wait for it)
+    print("exit now", flush=True)
+    """
+
+    def _exit(self, env: Dict[str, str]) -> tuple:
+        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(self.DAEMON_CHILD)], text=True,
+                                env=child_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "exit now"
+            start = time.monotonic()
+            _, err = proc.communicate(timeout=60)
+            return time.monotonic() - start, proc.returncode, err
+        finally:
+            proc.kill()
+
+    def test_daemon_thread_logging_at_exit_offline(self, tmp_path: Path) -> None:
+        """Offline: exit on time; what was logged before exit is stored; later tasks are
+        counted and said once."""
+        seconds, code, err = self._exit({"PHOSPHO_LOCAL_DIR": str(tmp_path)})
+        assert code == 0, err
+        assert seconds < 2 + 1.0, seconds
+        inputs = stored_inputs(tmp_path)
+        assert {f"main-{i}" for i in range(1000)} <= set(inputs)
+        assert len(inputs) == len(set(inputs))
+        assert err.count("logged after the exit drain") == 1
+
+    @pytest.mark.parametrize("fault", ["ok", "hang", "refused"])
+    def test_daemon_thread_logging_at_exit_online(self, tmp_path: Path, fault: str) -> None:
+        """Online, with the backend up, hung or gone: exit on time, and every task logged
+        before exit began is delivered or in the spool."""
+        with PhosphoTestServer() as server:
+            if fault == "hang":
+                server.hang_next(10**6)
+            env = dict(server_env(server), PHOSPHO_LOCAL_DIR=str(tmp_path))
+            if fault == "refused":
+                server.stop()
+            seconds, code, err = self._exit(env)
+            delivered = {t["input"] for t in server.tasks}
+        assert code == 0, err
+        assert seconds < 2 + 1.0, seconds
+        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
+        try:
+            spooled = {json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM outbox")}
+        finally:
+            conn.close()
+        assert {f"main-{i}" for i in range(1000)} <= delivered | spooled
+
+    def test_exit_drain_honours_max_batch_bytes(self, tmp_path: Path) -> None:
+        """Tasks drained at exit (no flush, no running worker) go out within max_batch_bytes."""
+        with PhosphoTestServer() as server:
+            code = """
+            import logging, phospho_logging
+            phospho_logging.configure(max_batch_bytes=10_000, flush_interval=60)
+            for i in range(100):
+                logging.getLogger("phospho").info("t", extra={"input": f"{i}-" + "x" * 1000})
+            """
+            result = run_child(code, dict(server_env(server), PHOSPHO_LOCAL_DIR=str(tmp_path)), timeout=30)
+            assert result.returncode == 0, result.stderr
+            assert len(server.tasks) == 100
+            assert max(r.body_bytes for r in server.requests) <= 10_000
+
+
+class TestExtraKeys:
+    """Every extra key the stdlib accepts works."""
+
+    def test_non_string_and_empty_keys(self) -> None:
+        """extra={1: ...} and extra={"": ...} become text metadata keys, listed as problems."""
+        exporter = InMemoryExporter()
+        pipeline = phospho_logging.configure(exporter=exporter)
+        log.info("t", extra={"input": "q", 1: "one", "": "empty", (2, 3): "pair"})
+        assert pipeline.flush(timeout=10)
+        [event] = exporter.events
+        metadata = event["metadata"]
+        assert (metadata["1"], metadata["(empty key)"], metadata["(2, 3)"]) == ("one", "empty", "pair")
+        assert {"extra_key_not_str", "extra_key_empty"} <= set(metadata["phospho_logging_problems"])
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.dictionaries(st.one_of(st.text(max_size=4), st.integers(), st.none(), st.booleans(), st.floats(),
+                                     st.tuples(st.integers())), st.one_of(st.text(max_size=5), st.integers()),
+                           max_size=5))
+    def test_any_keys_never_raise(self, extra: Dict[Any, Any]) -> None:
+        """Whatever keys ``extra`` has (those logging accepts), the call does not raise and
+        the task is captured."""
+        from phospho_logging.testing import capture_tasks
+
+        extra = {k: v for k, v in extra.items() if k not in ("message", "asctime") and not (
+            isinstance(k, str) and k in logging.LogRecord("", 0, "", 0, "", (), None).__dict__)}
+        extra["input"] = "q"
+        with capture_tasks() as tasks:
+            log.info("t", extra=extra)
+        assert [t["input"] for t in tasks] == ["q"]
+
+
+class TestWorkerSurvives:
+    """The worker survives any exception from storage or the exporter; the books balance."""
+
+    def test_exporter_that_raises_then_recovers(self) -> None:
+        """Exceptions from the exporter are failed attempts: retried, then delivered."""
+        exporter = InMemoryExporter([RuntimeError("boom"), OSError("disk"), ValueError("odd")])
+        pipeline = phospho_logging.configure(exporter=exporter, max_attempts=5)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=20)
+        stats = pipeline.stats()
+        assert [e["input"] for e in exporter.events] == ["q"] and stats["retries"] == 3 and balanced(stats)
+
+    def test_exporter_that_always_raises(self, tmp_path: Path, diag: List[str]) -> None:
+        """An exporter that always raises: each task spooled (with credentials) and counted,
+        the worker goes on; later tasks are handled too."""
+        exporter = InMemoryExporter([RuntimeError("boom")] * 100)
+        pipeline = phospho_logging.configure(exporter=exporter, api_key="k", project_id="p",
+                                             local_dir=str(tmp_path), max_attempts=2, max_batch_size=1)
+        for i in range(4):
+            log.info("t", extra={"input": f"q{i}"})
+        assert pipeline.flush(timeout=30)
+        stats = pipeline.stats()
+        assert stats["spooled"] == 4 and stats["worker_alive"] and balanced(stats)
+        assert any("the exporter raised RuntimeError: boom" in m for m in diag)
+
+    def test_exporter_that_returns_nonsense(self) -> None:
+        """An exporter that returns something else than an ExportResult: a failed attempt,
+        without a spool dropped with a reason; flush says so."""
+        class Odd(InMemoryExporter):
+            def export(self, events: Any, timeout: float) -> Any:
+                return "fine"
+
+        pipeline = phospho_logging.configure(exporter=Odd(), max_attempts=1)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=10) is False
+        stats = pipeline.stats()
+        assert stats["dropped"] == 1 and balanced(stats) and "ExportResult" in stats["last_error"]
+
+    @pytest.mark.parametrize("durable", [False, True], ids=["plain", "durable"])
+    def test_unwritable_spool(self, tmp_path: Path, server: PhosphoTestServer, durable: bool) -> None:
+        """A spool that cannot be written (its file is a directory): delivered tasks count
+        as sent only, undeliverable ones as dropped with a reason; the books balance and
+        flush() is True exactly when nothing was lost."""
+        (tmp_path / "tasks.sqlite3").mkdir()
+        pipeline = phospho_logging.configure(api_key=server.api_key, project_id=server.project_id,
+                                             base_url=server.url, local_dir=str(tmp_path), durable=durable)
+        for i in range(10):
+            log.info("t", extra={"input": f"q{i}"})
+        assert pipeline.flush(timeout=10) is True
+        stats = pipeline.stats()
+        assert (stats["sent"], stats["dropped"]) == (10, 0) and balanced(stats)
+        server.fail_next(401)  # not retried: kept in the spool, which cannot be written
+        log.info("t", extra={"input": "refused"})
+        assert pipeline.flush(timeout=10) is False
+        stats = pipeline.stats()
+        assert stats["dropped_by_reason"] == {"spool_error": 1} and balanced(stats)
+
+    def test_replay_storage_error_does_not_stop_the_worker(self, tmp_path: Path, server: PhosphoTestServer) -> None:
+        """The spool cannot be read at start (a storage error during replay): the worker
+        says so once, stays alive, and ships later tasks."""
+        (tmp_path / "tasks.sqlite3").mkdir()
+        pipeline = phospho_logging.configure(api_key=server.api_key, project_id=server.project_id,
+                                             base_url=server.url, local_dir=str(tmp_path))
+        for i in range(5):
+            log.info("t", extra={"input": f"q{i}"})
+        assert pipeline.flush(timeout=10)
+        stats = pipeline.stats()
+        assert stats["worker_alive"] and stats["sent"] == 5 and balanced(stats)
+        assert sorted(t["input"] for t in server.tasks) == [f"q{i}" for i in range(5)]
+
+    def test_books_balance_through_every_outcome(self, tmp_path: Path) -> None:
+        """Delivered, rejected one by one, retried, split, spooled: each task counted once."""
+        exporter = InMemoryExporter([
+            ExportResult.delivered({0: "Quota exceeded"}),
+            ExportResult.retry("busy", status=503),
+            ExportResult("invalid", error="bad batch", status=422),
+            ExportResult("auth", error="no", status=401),
+        ])
+        pipeline = phospho_logging.configure(exporter=exporter, api_key="k", project_id="p",
+                                             local_dir=str(tmp_path), max_batch_size=4)
+        for i in range(12):
+            log.info("t", extra={"input": f"q{i}"})
+        pipeline.flush(timeout=20)
+        stats = pipeline.stats()
+        assert balanced(stats) and stats["queued"] == 0
+        assert stats["rejected"] >= 1 and stats["sent"] + stats["rejected"] + stats["spooled"] == 12
+
+
+class TestReconfigure:
+    """configure() again while threads log loses nothing."""
+
+    @pytest.mark.parametrize("round_", range(3))
+    def test_reconfigure_while_four_threads_log(self, server: PhosphoTestServer, creds: dict, round_: int) -> None:
+        """4 threads log while configure() is called 3 times in about a second: every task
+        arrives exactly once, and flush() is True."""
+        stop = threading.Event()
+        logged: List[List[str]] = [[] for _ in range(4)]
+
+        def work(k: int) -> None:
+            mine = logged[k]
+            i = 0
+            while not stop.is_set() and i < 50_000:
+                text = f"{round_}-{k}-{i}"
+                log.info("t", extra={"input": text})
+                mine.append(text)
+                i += 1
+
+        phospho_logging.configure(**creds, max_queue_size=1_000_000)
+        threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            for _ in range(3):
+                stop.wait(0.3)  # a moment of logging between reconfigurations
+                phospho_logging.configure(**creds, max_queue_size=1_000_000)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        assert not any(t.is_alive() for t in threads)
+        assert phospho_logging.flush(timeout=120)
+        sent = [text for mine in logged for text in mine]
+        assert server.wait_for_tasks(len(sent), timeout=60)
+        assert sorted(t["input"] for t in server.tasks) == sorted(sent)
+        assert server.duplicates == 0
+
+
+class TestModules:
+    def test_no_module_imports_a_private_name_of_another(self) -> None:
+        """What modules share is their public internal API: no ``from ._x import _y``."""
+        found = []
+        for path in sorted(PACKAGE.glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level >= 1 and node.module:
+                    found += [f"{path.name}: {alias.name}" for alias in node.names
+                              if alias.name.startswith("_") and not alias.name.startswith("__")]
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                        and node.value.id.startswith("_") and node.attr.startswith("_") \
+                        and not node.attr.startswith("__"):
+                    found.append(f"{path.name}: {node.value.id}.{node.attr}")
+        assert found == []
+
+    def test_no_reach_into_logging_privates(self) -> None:
+        """No ``logging._lock``, ``logging._handlers`` and the like."""
+        found = []
+        for path in sorted(PACKAGE.glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                        and node.value.id == "logging" and node.attr.startswith("_"):
+                    found.append(f"{path.name}: logging.{node.attr}")
+        assert found == []
