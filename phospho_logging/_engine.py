@@ -43,7 +43,10 @@ IDLE_WAIT = 1.0
 #: After a storage error, seconds before the spool is read again.
 SPOOL_PAUSE = 5.0
 #: At exit, past the deadline by this much, tasks are counted as lost instead of spooled.
-EXIT_GRACE = 0.5
+EXIT_GRACE = 0.25
+#: A worker that took nothing for this long at the shutdown deadline is stuck (in a
+#: request that does not answer): the stopping thread keeps what it holds.
+STUCK_AFTER = 0.1
 #: Tasks kept per write when the exiting thread rescues a stuck worker.
 RESCUE_CHUNK = 1000
 #: Internal errors in a row after which the worker gives up (leaving tasks counted as queued).
@@ -167,6 +170,8 @@ class Engine:
         self._replay_due = self.spool is not None
         self._replay_after = 0.0
         self._reclaimed = False
+        self._abandoned = False  # the exit grace ran out: what is left stays unbuilt
+        self._beats = 0  # bumped by the worker as it goes (a stuck worker's stays still)
 
     def __repr__(self) -> str:
         return f"<phospho_logging engine -> {self.destination}>"
@@ -321,7 +326,7 @@ class Engine:
         else:
             self._join(stop)
         self.close_for_exit()
-        self._report_exit()
+        self._report_exit(finished=stop is not None and stop.done.is_set())
 
     def _join(self, stop: Optional[_Stop]) -> bool:
         """Wait for ``stop`` until the deadline; if the worker is stuck (in a request that
@@ -332,6 +337,13 @@ class Engine:
         reserve = min(0.25, 0.2 * self.options.shutdown_timeout)
         if stop.done.wait(max(0.0, deadline - reserve - time.monotonic())):
             return True
+        beats = self._beats
+        if stop.done.wait(min(STUCK_AFTER, max(0.0, deadline - time.monotonic()))):
+            return True
+        if self._beats != beats:
+            # Slow, not stuck (a busy application thread holds the interpreter): the worker
+            # keeps what it holds itself, and stops at the exit grace.
+            return stop.done.wait(max(0.0, deadline + (EXIT_GRACE if stop.at_exit else 0.0) - time.monotonic()))
         self._rescue(at_exit=stop.at_exit)
         return stop.done.wait(max(0.0, deadline - time.monotonic()))
 
@@ -347,7 +359,7 @@ class Engine:
                 crashes += 1
                 if crashes < MAX_CRASHES:
                     continue  # what it held is kept; the queue goes on being drained
-            if self._park():
+            if self._abandoned or self._park():
                 break
         self._release()
 
@@ -373,10 +385,15 @@ class Engine:
             pass
 
     def _loop(self) -> None:
-        """Take items until the engine is stopped and nothing is left."""
+        """The one batching loop: take items until the engine is stopped and nothing is
+        left. Batches go out when full, after ``flush_interval``, at a flush marker, at a
+        stop marker and, once stopped, as soon as the queue is empty. At the exit marker
+        the engine closes (later logging calls are only counted); what arrived before is
+        drained, and past the exit deadline counted as lost without being built."""
         q = self._queue
         held = self._hold()
         due = 0.0
+        exiting: Optional[_Stop] = None
         while True:
             batch = held.batch
             if batch:
@@ -393,6 +410,9 @@ class Engine:
                 if batch:
                     held = self._send(held)
                 elif self.stopped:
+                    self._building = None
+                    if exiting is not None:
+                        self._barrier(exiting)
                     return
                 elif self._replay_due:
                     try:
@@ -406,14 +426,19 @@ class Engine:
                 next(self.books.markers_taken)
                 if batch:
                     held = self._send(held)
-                if kind is _Stop:
-                    if item.at_exit:
-                        self._exit_sweep(item)
-                        return
+                if kind is _Stop and item.at_exit:
+                    self.close_for_exit()
+                    exiting = item
+                else:
                     self._barrier(item)
-                    continue
-                self._barrier(item)
                 continue
+            if exiting is not None and time.monotonic() >= exiting.deadline:
+                # Out of time at exit: keep the rest in bulk (the spool, or offline the
+                # store), oldest first, until the grace runs out; the report counts the rest.
+                self._rescue(at_exit=True, first=item)
+                self._barrier(exiting)
+                return
+            self._beats += 1
             event = self._encode(item)
             if event is None:
                 continue
@@ -502,6 +527,7 @@ class Engine:
             results = self.delivery.attempt(events)
         except Exception as exc:  # noqa: BLE001 - never lose a batch to a bug of ours
             results = [Resolution("failed", list(events), "internal_error", f"delivery failed: {exc!r}")]
+        self._beats += 1
         if held.claim():  # else rescued at the shutdown deadline meanwhile
             self._settle(results, stored)
         self._flight = None
@@ -673,22 +699,10 @@ class Engine:
 
     # -- exit and rescue ------------------------------------------------------------------
 
-    def _exit_sweep(self, stop: _Stop) -> None:
-        """After the exit marker: close the door, then take what arrived before it closed."""
-        self.close_for_exit()
-        held = self._hold()
-        for event in self._sweep(answer=True):
-            if not held.batch.fits(event):
-                held = self._send(held)
-            held.batch.add(event)
-        if held.batch:
-            self._send(held)
-        self._building = None
-        self._barrier(stop)
-
-    def _rescue(self, at_exit: bool) -> None:
-        """The worker is stuck past the deadline: keep what it holds, then what is queued,
-        from this thread, oldest first, a chunk at a time."""
+    def _rescue(self, at_exit: bool, first: Any = None) -> None:
+        """Out of time: keep what the worker holds, then ``first`` (an item just taken) and
+        what is queued, oldest first, a chunk at a time. From the stopping thread when the
+        worker is stuck, or from the worker itself at exit."""
         reason, message = "shutdown_deadline", "shutdown_timeout reached with tasks unsent"
         for held in (self._flight, self._building):
             if held is not None and held.claim() and held.batch:
@@ -696,7 +710,12 @@ class Engine:
         if at_exit:
             self.close_for_exit()
         chunk: List[WireEvent] = []
-        for event in self._sweep(answer=False):
+        if first is not None:
+            event = self._encode(first)
+            if event is not None:
+                next(self.books.taken)
+                chunk.append(event)
+        for event in self._sweep():
             chunk.append(event)
             if len(chunk) >= RESCUE_CHUNK:
                 self._keep(chunk, reason, message)
@@ -704,14 +723,10 @@ class Engine:
         if chunk:
             self._keep(chunk, reason, message)
 
-    def _sweep(self, answer: bool) -> Iterator[WireEvent]:
-        """The events of what is on the queue now, and no more however fast others log.
-
-        Markers are answered (``answer``: as a flush would be; else just released). Past
-        the exit deadline and its grace, tasks are counted as lost without being built.
-        """
+    def _sweep(self) -> Iterator[WireEvent]:
+        """The events of what is on the queue now, and no more however fast others log
+        (markers are released; past the exit deadline tasks are counted, not built)."""
         q = self._queue
-        lost = 0
         for _ in range(q.qsize()):
             try:
                 item = q.get_nowait()
@@ -719,44 +734,43 @@ class Engine:
                 break
             if isinstance(item, _Marker):
                 next(self.books.markers_taken)
-                if answer:
-                    self._barrier(item)
-                else:
-                    item.done.set()
-                continue
-            if self._past_grace():
-                if snapshot_of(item) is None:
-                    next(self.books.passed)
-                else:
+                item.done.set()
+            elif self._past_grace():
+                self._abandoned = True
+                self._queue.put(item)  # left for the exit report to count, with the rest
+                return
+            else:
+                event = self._encode(item)
+                if event is not None:
                     next(self.books.taken)
-                    lost += 1
-                continue
-            event = self._encode(item)
-            if event is not None:
-                next(self.books.taken)
-                yield event
-        if lost:
-            self._drop(lost, "shutdown_deadline", "shutdown_timeout ran out before these tasks could be kept")
+                    yield event
 
     def _past_grace(self) -> bool:
         deadline = self._deadline
         return deadline is not None and _lifecycle.state != "running" and time.monotonic() > deadline + EXIT_GRACE
 
-    def _report_exit(self) -> None:
+    def _report_exit(self, finished: bool) -> None:
         books = self.books
         lost = books.dropped.get("shutdown_deadline", 0)
+        if not finished:
+            lost += max(0, self.stats()["queued"])  # left when the exit grace ran out
         if lost:
             _diag.warn_once("exit_lost", "%d task(s) could not be delivered or kept before shutdown_timeout "
                               "ran out", lost)
-        if self.spool is not None and books.spooled:
+        if self.spool is None or not books.spooled:
+            return
+        if finished:  # the worker is done with the spool: how many wait there is exact
             try:
                 waiting = self.spool.count()
             except Exception:  # noqa: BLE001 - only a message depends on it
-                return
-            if waiting:
-                _diag.warn_once("spooled_at_exit:" + str(id(self)),
-                                "%d task(s) wait in the spool %s: they are sent on the next start with a working "
-                                "backend, or now with `phospho-logging push`", waiting, self.spool.path)
+                waiting = books.spooled
+            where = "wait in"
+        else:
+            waiting, where = books.spooled, "of this run were put in"
+        if waiting:
+            _diag.warn_once("spooled_at_exit:" + str(id(self)),
+                            "%d task(s) %s the spool %s: they are sent on the next start with a working "
+                            "backend, or now with `phospho-logging push`", waiting, where, self.spool.path)
 
     # -- statistics -------------------------------------------------------------------------
 

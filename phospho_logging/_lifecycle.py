@@ -73,17 +73,9 @@ class own_io:
 def register(engine: Any) -> None:
     """Track an engine for exit, fork and the module-level ``flush``/``stats``, and make
     sure the control thread runs (called when an engine is made, never by a logging call)."""
-    global _exit_hook
     _engines.add(engine)
     with _control_lock:
-        if not _exit_hook:
-            # After logging's own atexit hook (registered when logging was imported), so
-            # that ours runs first: the queues drain before logging.shutdown() closes the
-            # handlers.
-            atexit.register(at_exit)
-            _register_multiprocessing_exit()
-            gc.callbacks.append(_gc_phase)
-            _exit_hook = True
+        _install_hooks()
         _start_control()
     if state != "running":
         engine.close_for_exit()  # made while exiting: nothing would drain it
@@ -96,8 +88,23 @@ def engines() -> List[Any]:
 
 def before_exit(callback: Callable[[], None]) -> None:
     """Run ``callback`` at exit before the engines drain (open streams log their tasks)."""
-    if callback not in _before_exit:
-        _before_exit.append(callback)
+    with _control_lock:
+        _install_hooks()
+        if callback not in _before_exit:
+            _before_exit.append(callback)
+
+
+def _install_hooks() -> None:
+    """The exit hook and the collector's callback, once (call with ``_control_lock``)."""
+    global _exit_hook
+    if _exit_hook:
+        return
+    # After logging's own atexit hook (registered when logging was imported), so that ours
+    # runs first: the queues drain before logging.shutdown() closes the handlers.
+    atexit.register(at_exit)
+    _register_multiprocessing_exit()
+    gc.callbacks.append(_gc_phase)
+    _exit_hook = True
 
 
 def _start_control() -> None:

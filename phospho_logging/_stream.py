@@ -8,7 +8,6 @@ garbage-collected, still open at exit, or raising (see ``_recorder``).
 
 from __future__ import annotations
 
-import atexit
 import logging
 import time
 import weakref
@@ -54,10 +53,7 @@ _exit_hook: List[bool] = []
 def _track(stream: Any) -> None:
     if not _exit_hook:
         _exit_hook.append(True)
-        # At exit, open streams log their tasks before the pipelines drain: from our own
-        # exit hook, and from atexit too in case no pipeline was ever started.
-        before_exit(finish_live_streams)
-        atexit.register(finish_live_streams)
+        before_exit(finish_live_streams)  # at exit, open streams log their tasks before the engines drain
     _live.add(stream)
 
 
