@@ -32,9 +32,9 @@ from ._cli_commands import (
 )
 from ._config import Options
 from ._delivery import Books, Delivery, Resolution
-from ._engine import replayed_event
 from ._export import WireEvent
 from ._http import HTTPExporter
+from ._settle import replayed_event
 from ._spool import Spool
 
 _PUSHED = """

@@ -163,12 +163,23 @@ def flush(timeout: Optional[float] = None) -> bool:
 
 
 def shutdown(timeout: Optional[float] = None) -> None:
-    """Shut the configured pipeline down (see ``Pipeline.shutdown``)."""
+    """Detach the configured pipeline, then deliver what every engine of the process
+    holds (``configure()``'s and the handlers' of a dictConfig) within ``timeout`` (default:
+    each engine's ``shutdown_timeout``), all at once, and stop them.
+
+    Call it before ``os._exit()`` (which skips every exit hook); at a normal exit the same
+    happens by itself.
+    """
     global installed
     with _lock:
         pipeline, installed = installed, None
-    if pipeline is not None:
-        pipeline.shutdown(timeout)
+    if pipeline is not None and pipeline.handler.engine is pipeline.engine:
+        pipeline.logger.removeHandler(pipeline.handler)
+    engines = [e for e in _lifecycle.engines() if e.needs_exit()]
+    for engine in engines:
+        engine.shutdown(timeout, wait=False)
+    for engine in engines:
+        engine.shutdown(timeout)
 
 
 def stats() -> Dict[str, Any]:

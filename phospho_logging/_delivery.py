@@ -72,12 +72,12 @@ class Books:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        #: Tasks taken off the queue (settled, or held in a batch).
-        self.taken = itertools.count()
-        #: Records taken off the queue that carried no task (passed on to other handlers).
+        #: Items taken off the queue (markers apart), counted the moment they are taken.
+        self.got = itertools.count()
+        #: Of those, records that carried no task (passed on to other handlers only).
         self.passed = itertools.count()
         #: Flush and stop markers taken off the queue.
-        self.markers_taken = itertools.count()
+        self.markers_got = itertools.count()
         self.sent = 0
         self.rejected = 0
         self.spooled = 0
@@ -94,7 +94,8 @@ class Books:
         self.last_error: Optional[str] = None
 
     def resolved(self) -> int:
-        """Tasks of this run accounted for: sent, rejected, spooled or dropped."""
+        """Tasks of this run settled by the worker: sent, rejected, spooled or dropped
+        (call with ``lock`` held)."""
         return self.sent + self.rejected + self.spooled + sum(self.dropped.values())
 
     def losses(self) -> int:

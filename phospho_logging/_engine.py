@@ -19,7 +19,6 @@ dropped with a reason), so ``enqueued == sent + rejected + dropped + queued + sp
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import queue as queue_module
 import sys
@@ -28,20 +27,19 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from . import _capture, _diag, _lifecycle
-from ._batch import Batch, batches
+from ._batch import Batch
 from ._config import Options
 from ._delivery import Books, Delivery, Resolution, count_value
-from ._event import encode, event_budget, wire
+from ._event import encode, event_budget
 from ._export import WireEvent, destination_of
 from ._http import HTTPExporter
 from ._item import snapshot_of
+from ._settle import SPOOL_PAUSE, Settler
 from ._spool import Spool
 from ._store import LocalStoreExporter
 
 #: Seconds the worker waits for an item when it has nothing else to do.
 IDLE_WAIT = 1.0
-#: After a storage error, seconds before the spool is read again.
-SPOOL_PAUSE = 5.0
 #: At exit, past the deadline by this much, tasks are counted as lost instead of spooled.
 EXIT_GRACE = 0.25
 #: A worker that took nothing for this long at the shutdown deadline is stuck (in a
@@ -167,9 +165,7 @@ class Engine:
         self._building: Optional[_Held] = None
         self._flight: Optional[_Held] = None
         self._barrier_losses = 0
-        self._replay_due = self.spool is not None
-        self._replay_after = 0.0
-        self._reclaimed = False
+        self.settler = Settler(self.options, self.exporter, self.books, self.spool, self._past_grace)
         self._abandoned = False  # the exit grace ran out: what is left stays unbuilt
         self._beats = 0  # bumped by the worker as it goes (a stuck worker's stays still)
 
@@ -234,6 +230,10 @@ class Engine:
             self.__dict__.pop("submit", None)
 
     # -- control: configure, flush, shutdown, exit ----------------------------------------
+
+    def limit_queue(self, size: int) -> None:
+        """Hold at most ``size`` tasks waiting (a queue handler's own bound, if smaller)."""
+        self._max_queue = min(self._max_queue, size)
 
     def forward_to(self, forward: Optional[Callable[[logging.LogRecord], None]]) -> None:
         """Pass every record taken off the queue to ``forward`` too (a listener's other handlers)."""
@@ -326,7 +326,8 @@ class Engine:
         else:
             self._join(stop)
         self.close_for_exit()
-        self._report_exit(finished=stop is not None and stop.done.is_set())
+        finished = stop is not None and stop.done.is_set()
+        self.settler.report_exit(finished, 0 if finished else max(0, self.stats()["queued"]), self)
 
     def _join(self, stop: Optional[_Stop]) -> bool:
         """Wait for ``stop`` until the deadline; if the worker is stuck (in a request that
@@ -400,7 +401,8 @@ class Engine:
                 timeout = due - time.monotonic()
             elif self.stopped:
                 timeout = 0.0
-            elif self._replay_due and time.monotonic() >= self._replay_after and not self.delivery.circuit.is_open():
+            elif self.settler.replay_due and time.monotonic() >= self.settler.replay_after \
+                    and not self.delivery.circuit.is_open():
                 timeout = 0.0
             else:
                 timeout = IDLE_WAIT
@@ -414,16 +416,16 @@ class Engine:
                     if exiting is not None:
                         self._barrier(exiting)
                     return
-                elif self._replay_due:
+                elif self.settler.replay_due:
                     try:
-                        self._replay()
+                        self.settler.replay(self.delivery)
                     except Exception as exc:  # noqa: BLE001 - replay is best-effort; the worker goes on
-                        self._replay_after = time.monotonic() + SPOOL_PAUSE
+                        self.settler.replay_after = time.monotonic() + SPOOL_PAUSE
                         _diag.warn_once("replay_error", "replaying the spool failed: %r", exc)
                 continue
             kind = type(item)
             if kind is _Flush or kind is _Stop:
-                next(self.books.markers_taken)
+                next(self.books.markers_got)
                 if batch:
                     held = self._send(held)
                 if kind is _Stop and item.at_exit:
@@ -432,6 +434,7 @@ class Engine:
                 else:
                     self._barrier(item)
                 continue
+            next(self.books.got)
             if exiting is not None and time.monotonic() >= exiting.deadline:
                 # Out of time at exit: keep the rest in bulk (the spool, or offline the
                 # store), oldest first, until the grace runs out; the report counts the rest.
@@ -449,7 +452,6 @@ class Engine:
                 batch = held.batch
                 due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
             batch.add(event)
-            next(self.books.taken)
             if batch.full:
                 held = self._send(held)
 
@@ -480,39 +482,15 @@ class Engine:
             event = encode(snapshot, project_id=o.project_id, version_id=o.version_id,
                            max_field_chars=o.max_field_chars, max_bytes=self._budget)
             if snapshot.problems:
-                self._count_problems(snapshot.problems)
+                self.settler.count_problems(snapshot.problems)
             if event is None:
-                self._drop_taken("too_large", f"a task is larger than max_batch_bytes={o.max_batch_bytes} even "
+                self.settler.drop(1, "too_large", f"a task is larger than max_batch_bytes={o.max_batch_bytes} even "
                                               "when truncated")
             return event
         except Exception as exc:  # noqa: BLE001 - a bug here must not stop the worker
-            self._drop_taken("internal_error", f"could not build a task: {exc!r}")
+            self.settler.drop(1, "internal_error", f"could not build a task: {exc!r}")
             return None
 
-    def _count_problems(self, problems: List[str]) -> None:
-        counts = self.books.problems
-        for tag in problems:
-            seen = counts.get(tag, 0)
-            counts[tag] = seen + 1
-            if not seen:
-                _diag.warn_once(
-                    "problem:" + tag,
-                    "a task had to be adjusted (%s); it was sent best-effort, marked in "
-                    "metadata['phospho_logging_problems'] and counted in stats()['problems']",
-                    tag,
-                )
-
-    def _drop_taken(self, reason: str, message: str) -> None:
-        next(self.books.taken)
-        self._drop(1, reason, message)
-
-    def _drop(self, n: int, reason: str, message: str) -> None:
-        with self.books.lock:
-            self.books.add(self.books.dropped, reason, n)
-            self.books.last_error = message
-        if reason == "shutdown_deadline" and _lifecycle.state != "running":
-            return  # the exit report says how many, once
-        _diag.warn_once("dropped:" + reason, "%d task(s) not delivered: %s", n, message)
 
     def _send(self, held: _Held) -> _Held:
         """Deliver (or keep) the events ``held``; returns a new, empty holder."""
@@ -522,114 +500,16 @@ class Engine:
         events = held.batch.events
         with self.books.lock:
             self.books.batches += 1
-        stored = self._durable_copy(events)
+        stored = self.settler.durable_copy(events)
         try:
             results = self.delivery.attempt(events)
         except Exception as exc:  # noqa: BLE001 - never lose a batch to a bug of ours
             results = [Resolution("failed", list(events), "internal_error", f"delivery failed: {exc!r}")]
         self._beats += 1
         if held.claim():  # else rescued at the shutdown deadline meanwhile
-            self._settle(results, stored)
+            self.settler.settle(results, stored)
         self._flight = None
         return nxt
-
-    def _durable_copy(self, events: List[WireEvent]) -> bool:
-        """With ``durable=True``, the batch is in the spool before the first attempt."""
-        if not self.options.durable or self.spool is None:
-            return False
-        try:
-            with _lifecycle.own_io():
-                self.spool.put([e.task_id for e in events], [e.json for e in events], leased=True)
-        except Exception as exc:  # noqa: BLE001 - the batch is still sent, without its copy
-            _diag.warn_once("durable_spool", "cannot write the spool %s (%s): tasks are sent without their "
-                              "durable copy", self.spool.path, exc)
-            return False
-        return True
-
-    def _settle(self, results: List[Resolution], stored: bool) -> None:
-        """Count each event once, and update the spool to match."""
-        books = self.books
-        for r in results:
-            n = len(r.events)
-            if r.kind == "sent":
-                with books.lock:
-                    books.sent += n
-            elif r.kind == "rejected":
-                with books.lock:
-                    books.rejected += n
-                    books.add(books.rejected_by_reason, r.reason, n)
-                _diag.warn_once("rejected:" + r.reason[:60],
-                                  "phospho rejected %d task(s): %s (counted in stats()['rejected_by_reason'])",
-                                  n, r.reason)
-            else:
-                self._keep(r.events, r.reason, r.message, stored)
-                continue
-            if stored:
-                self._spool_call("remove", [e.task_id for e in r.events])
-
-    def _keep(self, events: List[WireEvent], reason: str, message: str, stored: bool = False) -> None:
-        """Events that could not be delivered: into the spool, or dropped with a reason."""
-        n = len(events)
-        with self.books.lock:
-            self.books.last_error = message
-        if reason in ("http_401", "http_403", "http_404"):
-            _diag.warn_once(f"config:{reason}", "%s. Check PHOSPHO_API_KEY and PHOSPHO_PROJECT_ID "
-                              "(`phospho-logging check` tests them); tasks are kept in the spool meanwhile and "
-                              "sent once the key works", message)
-        spool = self.spool
-        if self._past_grace():
-            self._drop(n, "shutdown_deadline", message)
-            return
-        if spool is None:
-            if reason == "shutdown_deadline" and isinstance(self.exporter, LocalStoreExporter):
-                self._store_now(events, message)  # offline, the store is the spool: no network to wait for
-            else:
-                self._drop(n, reason, message)
-            return
-        if stored:
-            self._spool_call("unlease", [e.task_id for e in events])
-        else:
-            try:
-                with _lifecycle.own_io():
-                    _, evicted = spool.put([e.task_id for e in events], [e.json for e in events])
-            except Exception as exc:  # noqa: BLE001 - a full disk must not stop the worker
-                self._drop(n, "spool_error", f"cannot write the spool {spool.path}: {exc}")
-                return
-            if evicted:
-                with self.books.lock:
-                    self.books.spool_evicted += evicted
-                _diag.warn_once("spool_full", "the spool holds max_spool_tasks=%d; its oldest tasks were "
-                                  "dropped (counted in stats()['spool_evicted'])", spool.max_tasks)
-        with self.books.lock:
-            self.books.spooled += n
-            self.books.add(self.books.spooled_by_reason, reason, n)
-        self._replay_due = True
-        if reason not in ("http_401", "http_403", "http_404"):
-            _diag.warn_once("spooled:" + reason, "%d task(s) kept in the spool %s for a later try: %s",
-                              n, spool.path, message)
-
-    def _store_now(self, events: List[WireEvent], message: str) -> None:
-        """Offline, at the shutdown deadline: write to the local store without a deadline of
-        its own (it is local and fast; the exit grace still bounds it)."""
-        try:
-            with _lifecycle.own_io():
-                result = self.exporter.export(events, self.options.timeout)
-        except Exception as exc:  # noqa: BLE001 - counted below like any failure
-            result = None
-            message = f"cannot write the local store: {exc!r}"
-        if result is not None and result.ok:
-            with self.books.lock:
-                self.books.sent += len(events)
-        else:
-            self._drop(len(events), "shutdown_deadline", result.error if result is not None else message)
-
-    def _spool_call(self, method: str, task_ids: List[str]) -> None:
-        assert self.spool is not None
-        try:
-            with _lifecycle.own_io():
-                getattr(self.spool, method)(task_ids)
-        except Exception as exc:  # noqa: BLE001 - the rows stay; their lease runs out
-            _diag.warn_once("spool_error", "cannot update the spool %s: %s", self.spool.path, exc)
 
     def _barrier(self, marker: _Marker) -> None:
         marker.ok = self._barrier_ok()
@@ -649,53 +529,8 @@ class Engine:
         _diag.warn_once("worker_error", "internal error in the worker, which goes on: %r", exc)
         for held in (self._flight, self._building):
             if held is not None and held.claim():
-                self._keep(held.batch.events, "internal_error", f"internal error: {exc!r}")
+                self.settler.keep(held.batch.events, "internal_error", f"internal error: {exc!r}")
         self._flight = self._building = None
-
-    # -- replay ---------------------------------------------------------------------------
-
-    def _replay(self) -> None:
-        """Send up to one batch of spooled tasks, oldest first."""
-        spool = self.spool
-        if spool is None:
-            self._replay_due = False
-            return
-        try:
-            with _lifecycle.own_io():
-                if not self._reclaimed:
-                    self._reclaimed = True
-                    spool.reclaim_dead()
-                rows = spool.claim(self.options.max_batch_size)
-        except Exception as exc:  # noqa: BLE001 - a locked or broken spool: try again later
-            self._replay_after = time.monotonic() + SPOOL_PAUSE
-            _diag.warn_once("spool_error", "cannot read the spool %s: %s", spool.path, exc)
-            return
-        if not rows:
-            self._replay_due = False
-            return
-        row_of = {}
-        events = []
-        for row_id, encoded in rows:
-            event = replayed_event(encoded)
-            row_of[event.task_id] = row_id
-            events.append(event)
-        failed = False
-        for chunk in batches(events, self.options.max_batch_size, self.options.max_batch_bytes):
-            for r in self.delivery.attempt(chunk):
-                ids = [row_of[e.task_id] for e in r.events if e.task_id in row_of]
-                if r.kind == "failed":
-                    failed = True
-                    self._spool_call("release", ids)  # type: ignore[arg-type]
-                    continue
-                with self.books.lock:
-                    if r.kind == "sent":
-                        self.books.replayed += len(ids)
-                    else:
-                        self.books.replay_rejected += len(ids)
-                        self.books.add(self.books.rejected_by_reason, r.reason, len(ids))
-                self._spool_call("ack", ids)  # type: ignore[arg-type]
-        if failed:
-            self._replay_after = time.monotonic() + SPOOL_PAUSE
 
     # -- exit and rescue ------------------------------------------------------------------
 
@@ -706,71 +541,46 @@ class Engine:
         reason, message = "shutdown_deadline", "shutdown_timeout reached with tasks unsent"
         for held in (self._flight, self._building):
             if held is not None and held.claim() and held.batch:
-                self._keep(held.batch.events, reason, message)
+                self.settler.keep(held.batch.events, reason, message)
         if at_exit:
             self.close_for_exit()
         chunk: List[WireEvent] = []
         if first is not None:
             event = self._encode(first)
             if event is not None:
-                next(self.books.taken)
                 chunk.append(event)
         for event in self._sweep():
             chunk.append(event)
             if len(chunk) >= RESCUE_CHUNK:
-                self._keep(chunk, reason, message)
+                self.settler.keep(chunk, reason, message)
                 chunk = []
         if chunk:
-            self._keep(chunk, reason, message)
+            self.settler.keep(chunk, reason, message)
 
     def _sweep(self) -> Iterator[WireEvent]:
         """The events of what is on the queue now, and no more however fast others log
         (markers are released; past the exit deadline tasks are counted, not built)."""
         q = self._queue
         for _ in range(q.qsize()):
+            if self._past_grace():
+                self._abandoned = True  # what is left is counted by the exit report
+                return
             try:
                 item = q.get_nowait()
             except queue_module.Empty:
                 break
             if isinstance(item, _Marker):
-                next(self.books.markers_taken)
+                next(self.books.markers_got)
                 item.done.set()
-            elif self._past_grace():
-                self._abandoned = True
-                self._queue.put(item)  # left for the exit report to count, with the rest
-                return
-            else:
-                event = self._encode(item)
-                if event is not None:
-                    next(self.books.taken)
-                    yield event
+                continue
+            next(self.books.got)
+            event = self._encode(item)
+            if event is not None:
+                yield event
 
     def _past_grace(self) -> bool:
         deadline = self._deadline
         return deadline is not None and _lifecycle.state != "running" and time.monotonic() > deadline + EXIT_GRACE
-
-    def _report_exit(self, finished: bool) -> None:
-        books = self.books
-        lost = books.dropped.get("shutdown_deadline", 0)
-        if not finished:
-            lost += max(0, self.stats()["queued"])  # left when the exit grace ran out
-        if lost:
-            _diag.warn_once("exit_lost", "%d task(s) could not be delivered or kept before shutdown_timeout "
-                              "ran out", lost)
-        if self.spool is None or not books.spooled:
-            return
-        if finished:  # the worker is done with the spool: how many wait there is exact
-            try:
-                waiting = self.spool.count()
-            except Exception:  # noqa: BLE001 - only a message depends on it
-                waiting = books.spooled
-            where = "wait in"
-        else:
-            waiting, where = books.spooled, "of this run were put in"
-        if waiting:
-            _diag.warn_once("spooled_at_exit:" + str(id(self)),
-                            "%d task(s) %s the spool %s: they are sent on the next start with a working "
-                            "backend, or now with `phospho-logging push`", waiting, where, self.spool.path)
 
     # -- statistics -------------------------------------------------------------------------
 
@@ -779,7 +589,8 @@ class Engine:
         b = self.books
         with b.lock:
             dropped = dict(b.dropped)
-            taken, markers_taken = count_value(b.taken), count_value(b.markers_taken)
+            got, passed, markers_got = count_value(b.got), count_value(b.passed), count_value(b.markers_got)
+            settled = b.resolved()
             snapshot = {
                 "destination": self.destination,
                 "sent": b.sent,
@@ -803,9 +614,11 @@ class Engine:
         for reason, n in producer_drops.items():
             if n:
                 dropped[reason] = dropped.get(reason, 0) + n
-        in_queue = self._queue.qsize() - (count_value(self._markers_put) - markers_taken)
-        enqueued = sum(producer_drops.values()) + taken + in_queue
-        queued = in_queue + self._holding()
+        # Each count is read once, without stopping anyone: a task taken off the queue
+        # between two reads can show in two places for an instant, never in none.
+        in_queue = self._queue.qsize() - (count_value(self._markers_put) - markers_got)
+        enqueued = sum(producer_drops.values()) + got - passed + in_queue
+        queued = got - passed - settled + in_queue
         snapshot.update(
             enqueued=enqueued,
             dropped=sum(dropped.values()),
@@ -826,15 +639,4 @@ class Engine:
         if callable(reset):
             reset()
         self._fresh()
-        self._replay_due = False  # the parent replays its spool; the child only adds to it
-
-
-def replayed_event(encoded: bytes) -> WireEvent:
-    """A stored event (a spool or local store row) back as a ``WireEvent``."""
-    try:
-        data = json.loads(encoded)
-    except ValueError:
-        data = {}
-    if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):
-        data = {"task_id": "", **(data if isinstance(data, dict) else {})}
-    return wire(data, encoded)
+        self.settler.replay_due = False  # the parent replays its spool; the child only adds to it

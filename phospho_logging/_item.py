@@ -111,17 +111,18 @@ def plain_record(record: logging.LogRecord) -> Optional[Tuple[Any, ...]]:
     kept short on purpose.
     """
     fields: Dict[str, Any] = {}
-    for key, value in reversed(record.__dict__.items()):
-        if key in IGNORED:
-            if key in INIT_ATTRS:
-                break
-            if key == "input_to_str" or key == "output_to_str":
-                return None
-            continue
-        if type(key) is not str or not key:
-            return None  # extra={1: ...} or {"": ...}: the general path names the key
-        if key[0] != "_":
-            fields[key] = value
+    try:
+        for key, value in reversed(record.__dict__.items()):
+            if key in IGNORED:
+                if key in INIT_ATTRS:
+                    break
+                if key == "input_to_str" or key == "output_to_str":
+                    return None
+                continue
+            if key[0] != "_":
+                fields[key] = value
+    except (TypeError, IndexError):
+        return None  # extra={1: ...} or {"": ...}: the general path names the key
     msg = record.msg
     if "input" not in fields or record.args or record.exc_info or type(msg) is not str:
         return None

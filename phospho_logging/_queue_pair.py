@@ -168,6 +168,9 @@ class PhosphoQueueHandler(TaskIntake, logging.handlers.QueueHandler):
             )
         self._listener = listener
         if isinstance(listener, PhosphoQueueListener):
+            maxsize = getattr(self.queue, "maxsize", 0) or 0
+            if maxsize > 0:  # a bound given with the queue (dictConfig's "queue" key) applies
+                listener.engine.limit_queue(maxsize)
             o = listener.engine.options
             self._bind_route(listener.engine, self._own.input_to_str or o.input_to_str,
                              self._own.output_to_str or o.output_to_str, records=bool(listener.others))

@@ -110,7 +110,7 @@ def extras(
     fields: Dict[str, Any] = {}
     for key, value in items:
         if type(key) is not str:
-            problems.append("extra_key_not_str")
+            problems.append("key_coerced")
             try:
                 key = str(key)
             except Exception:  # noqa: BLE001 - a user __str__

@@ -249,25 +249,38 @@ class TestNativeQueueShape:
         queue: Optional[Dict[str, Any]],
         listener: Optional[str],
     ) -> None:
-        """dictConfig builds but never starts the listener; the first task starts it."""
+        """dictConfig builds but never starts the listener: none needs starting. The
+        stdlib default listener is replaced by ours (same queue, same handlers), and the
+        handler hands its tasks to the engine without a thread reading the queue."""
         shape = "native" if listener is None else "native-listener"
         log = dict_config(make_config(shape, queue=queue, flush_interval="0.05", max_batch_size=3), configured)
         (handler,) = configured
         assert isinstance(handler, PhosphoQueueHandler)
         built = handler.listener
-        assert built is not None
-        assert isinstance(built, PhosphoQueueListener) == (listener is not None)
-        assert getattr(built, "_thread", None) is None  # nobody called listener.start()
+        assert isinstance(built, PhosphoQueueListener)
         if queue is not None:
             assert handler.queue.maxsize == 1000  # type: ignore[attr-defined]
         inputs = [f"native-{i}" for i in range(7)]
         for text in inputs:
             log.info("answered", extra={"input": text, "output": "ok"})
         assert_delivered_once(server_creds, inputs)
-        assert getattr(built, "_thread", None) is not None
-        if isinstance(built, PhosphoQueueListener):
-            assert built.flush(10)
-            assert built.stats()["sent"] == len(inputs)
+        assert getattr(built, "_thread", None) is None  # nobody called listener.start(), nothing needed it
+        assert built.flush(10)
+        assert built.stats()["sent"] == len(inputs)
+
+    @needs_native
+    def test_the_queue_bound_applies(self, server_creds: PhosphoTestServer,
+                                     configured: List[logging.Handler]) -> None:
+        """A bounded ``queue`` given to dictConfig bounds the tasks waiting to be sent."""
+        server_creds.hang_next(1)
+        log = dict_config(make_config("native", queue={"()": "queue.Queue", "maxsize": 5}, max_batch_size=1,
+                                      flush_interval="0.01", timeout="2"), configured)
+        log.info("t", extra={"input": "first"})
+        assert server_creds.wait_for_requests(1, timeout=10)  # the worker is stuck in that request
+        for i in range(20):
+            log.info("t", extra={"input": f"q{i}"})
+        stats = configured[0].stats()  # type: ignore[attr-defined]
+        assert stats["dropped_by_reason"]["queue_full"] == 15
 
 
 EXIT_SCRIPT = """

@@ -1,0 +1,259 @@
+"""Where each task ends up once the worker has tried to deliver it.
+
+``Settler`` writes the outcome of every batch into the books, exactly once per task
+(sent, rejected, spooled, or dropped with a reason), keeps what could not be delivered in
+the spool (offline at the shutdown deadline, in the local store), makes the ``durable``
+copy before a batch is sent, and replays the spool through the same delivery policy.
+Every storage error is caught here, counted and said once: the worker never dies of one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from . import _diag, _lifecycle
+from ._batch import batches
+from ._config import Options
+from ._delivery import Books, Delivery, Resolution
+from ._event import wire
+from ._export import WireEvent
+from ._spool import Spool
+from ._store import LocalStoreExporter
+
+#: After a storage error or a failed replay, seconds before the spool is read again.
+SPOOL_PAUSE = 5.0
+_CONFIG_REASONS = ("http_401", "http_403", "http_404")
+
+
+def replayed_event(encoded: bytes) -> WireEvent:
+    """A stored event (a spool or local store row) back as a ``WireEvent``."""
+    try:
+        data = json.loads(encoded)
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):
+        data = {"task_id": "", **(data if isinstance(data, dict) else {})}
+    return wire(data, encoded)
+
+
+class Settler:
+    """The books and the spool of one engine; see the module docstring.
+
+    Args:
+        options: the engine's options.
+        exporter: the engine's exporter (offline, the local store keeps what the
+            deadline leaves).
+        books: the engine's books.
+        spool: the spool (with credentials), or None.
+        past_grace: True once the exit deadline and its grace are over: then nothing is
+            written any more, only counted.
+    """
+
+    def __init__(self, options: Options, exporter: Any, books: Books, spool: Optional[Spool],
+                 past_grace: Callable[[], bool]) -> None:
+        self.options = options
+        self.exporter = exporter
+        self.books = books
+        self.spool = spool
+        self._past_grace = past_grace
+        #: The spool may hold tasks to replay (of an earlier run, or spooled since).
+        self.replay_due = spool is not None
+        #: No replay before this time (``time.monotonic()``): after an error, a pause.
+        self.replay_after = 0.0
+        self._reclaimed = False
+
+    # -- one batch ------------------------------------------------------------------------
+
+    def durable_copy(self, events: List[WireEvent]) -> bool:
+        """With ``durable=True``, put the batch in the spool before its first attempt."""
+        if not self.options.durable or self.spool is None:
+            return False
+        try:
+            with _lifecycle.own_io():
+                self.spool.put([e.task_id for e in events], [e.json for e in events], leased=True)
+        except Exception as exc:  # noqa: BLE001 - the batch is still sent, without its copy
+            _diag.warn_once("durable_spool", "cannot write the spool %s (%s): tasks are sent without their "
+                            "durable copy", self.spool.path, exc)
+            return False
+        return True
+
+    def settle(self, results: List[Resolution], stored: bool) -> None:
+        """Count each event of a batch once, and update the spool to match (``stored``: the
+        batch has a durable copy there)."""
+        books = self.books
+        for r in results:
+            n = len(r.events)
+            if r.kind == "sent":
+                with books.lock:
+                    books.sent += n
+            elif r.kind == "rejected":
+                with books.lock:
+                    books.rejected += n
+                    books.add(books.rejected_by_reason, r.reason, n)
+                _diag.warn_once("rejected:" + r.reason[:60],
+                                "phospho rejected %d task(s): %s (counted in stats()['rejected_by_reason'])",
+                                n, r.reason)
+            else:
+                self.keep(r.events, r.reason, r.message, stored)
+                continue
+            if stored:
+                self._spool_call("remove", [e.task_id for e in r.events])
+
+    def keep(self, events: List[WireEvent], reason: str, message: str, stored: bool = False) -> None:
+        """Events that could not be delivered: into the spool, or dropped with a reason."""
+        n = len(events)
+        with self.books.lock:
+            self.books.last_error = message
+        if reason in _CONFIG_REASONS:
+            _diag.warn_once(f"config:{reason}", "%s. Check PHOSPHO_API_KEY and PHOSPHO_PROJECT_ID "
+                            "(`phospho-logging check` tests them); tasks are kept in the spool meanwhile and "
+                            "sent once the key works", message)
+        spool = self.spool
+        if self._past_grace():
+            self.drop(n, "shutdown_deadline", message)
+            return
+        if spool is None:
+            if reason == "shutdown_deadline" and isinstance(self.exporter, LocalStoreExporter):
+                self._store_now(events, message)  # offline, the store is the spool: no network to wait for
+            else:
+                self.drop(n, reason, message)
+            return
+        if stored:
+            self._spool_call("unlease", [e.task_id for e in events])
+        else:
+            try:
+                with _lifecycle.own_io():
+                    _, evicted = spool.put([e.task_id for e in events], [e.json for e in events])
+            except Exception as exc:  # noqa: BLE001 - a full disk must not stop the worker
+                self.drop(n, "spool_error", f"cannot write the spool {spool.path}: {exc}")
+                return
+            if evicted:
+                with self.books.lock:
+                    self.books.spool_evicted += evicted
+                _diag.warn_once("spool_full", "the spool holds max_spool_tasks=%d; its oldest tasks were "
+                                "dropped (counted in stats()['spool_evicted'])", spool.max_tasks)
+        with self.books.lock:
+            self.books.spooled += n
+            self.books.add(self.books.spooled_by_reason, reason, n)
+        self.replay_due = True
+        if reason not in _CONFIG_REASONS:
+            _diag.warn_once("spooled:" + reason, "%d task(s) kept in the spool %s for a later try: %s",
+                            n, spool.path, message)
+
+    def _store_now(self, events: List[WireEvent], message: str) -> None:
+        """Offline, at the shutdown deadline: write to the local store without a deadline of
+        its own (it is local and fast; the exit grace still bounds it)."""
+        try:
+            with _lifecycle.own_io():
+                result = self.exporter.export(events, self.options.timeout)
+        except Exception as exc:  # noqa: BLE001 - counted below like any failure
+            result = None
+            message = f"cannot write the local store: {exc!r}"
+        if result is not None and result.ok:
+            with self.books.lock:
+                self.books.sent += len(events)
+        else:
+            self.drop(len(events), "shutdown_deadline", result.error if result is not None else message)
+
+    def drop(self, n: int, reason: str, message: str) -> None:
+        """Count ``n`` tasks as lost, with a reason; say so (rate-limited)."""
+        with self.books.lock:
+            self.books.add(self.books.dropped, reason, n)
+            self.books.last_error = message
+        if reason == "shutdown_deadline" and _lifecycle.state != "running":
+            return  # the exit report says how many, once
+        _diag.warn_once("dropped:" + reason, "%d task(s) not delivered: %s", n, message)
+
+    def count_problems(self, problems: List[str]) -> None:
+        """Count what had to be adjusted in a task; say each kind once."""
+        counts = self.books.problems
+        for tag in problems:
+            seen = counts.get(tag, 0)
+            counts[tag] = seen + 1
+            if not seen:
+                _diag.warn_once(
+                    "problem:" + tag,
+                    "a task had to be adjusted (%s); it was sent best-effort, marked in "
+                    "metadata['phospho_logging_problems'] and counted in stats()['problems']",
+                    tag,
+                )
+
+    def _spool_call(self, method: str, keys: List[Any]) -> None:
+        assert self.spool is not None
+        try:
+            with _lifecycle.own_io():
+                getattr(self.spool, method)(keys)
+        except Exception as exc:  # noqa: BLE001 - the rows stay; their lease runs out
+            _diag.warn_once("spool_error", "cannot update the spool %s: %s", self.spool.path, exc)
+
+    # -- replay ---------------------------------------------------------------------------
+
+    def replay(self, delivery: Delivery) -> None:
+        """Send up to one batch of spooled tasks, oldest first, with the delivery policy."""
+        spool = self.spool
+        if spool is None:
+            self.replay_due = False
+            return
+        try:
+            with _lifecycle.own_io():
+                if not self._reclaimed:
+                    self._reclaimed = True
+                    spool.reclaim_dead()
+                rows = spool.claim(self.options.max_batch_size)
+        except Exception as exc:  # noqa: BLE001 - a locked or broken spool: try again later
+            self.replay_after = time.monotonic() + SPOOL_PAUSE
+            _diag.warn_once("spool_error", "cannot read the spool %s: %s", spool.path, exc)
+            return
+        if not rows:
+            self.replay_due = False
+            return
+        row_of: Dict[str, int] = {}
+        events = []
+        for row_id, encoded in rows:
+            event = replayed_event(encoded)
+            row_of[event.task_id] = row_id
+            events.append(event)
+        failed = False
+        for chunk in batches(events, self.options.max_batch_size, self.options.max_batch_bytes):
+            for r in delivery.attempt(chunk):
+                ids = [row_of[e.task_id] for e in r.events if e.task_id in row_of]
+                if r.kind == "failed":
+                    failed = True
+                    self._spool_call("release", ids)
+                    continue
+                with self.books.lock:  # a replay settles tasks of earlier runs: apart from this run's
+                    if r.kind == "sent":
+                        self.books.replayed += len(ids)
+                    else:
+                        self.books.replay_rejected += len(ids)
+                        self.books.add(self.books.rejected_by_reason, r.reason, len(ids))
+                self._spool_call("ack", ids)
+        if failed:
+            self.replay_after = time.monotonic() + SPOOL_PAUSE
+
+    # -- exit -----------------------------------------------------------------------------
+
+    def report_exit(self, finished: bool, unsettled: int, owner: object) -> None:
+        """Say, once, what exit could not deliver: ``unsettled`` tasks left behind when the
+        grace ran out (the drain did not finish), and what waits in the spool."""
+        books = self.books
+        lost = books.dropped.get("shutdown_deadline", 0) + unsettled
+        if lost:
+            _diag.warn_once("exit_lost", "%d task(s) could not be delivered or kept before shutdown_timeout "
+                            "ran out", lost)
+        if self.spool is None or not books.spooled:
+            return
+        if finished:  # the worker is done with the spool: how many wait there is exact
+            try:
+                waiting = self.spool.count()
+            except Exception:  # noqa: BLE001 - only a message depends on it
+                waiting = books.spooled
+            where = "wait in"
+        else:
+            waiting, where = books.spooled, "of this run were put in"
+        if waiting:
+            _diag.warn_once("spooled_at_exit:" + str(id(owner)),
+                            "%d task(s) %s the spool %s: they are sent on the next start with a working "
+                            "backend, or now with `phospho-logging push`", waiting, where, self.spool.path)
