@@ -20,8 +20,10 @@ from ._handlers import notice_offline
 from ._queue_pair import PhosphoQueueHandler
 
 _lock = threading.Lock()  # configure() and shutdown() only, never a logging call
-#: The pipeline of the last ``configure()`` (read directly on the structlog hot path).
+#: The pipeline of the last ``configure()``, and its engine (read directly on the structlog
+#: hot path).
 installed: Optional[Pipeline] = None
+installed_engine: Optional[Engine] = None
 
 
 class Pipeline:
@@ -93,7 +95,7 @@ def configure(
     Returns:
         The pipeline handle, with ``flush``, ``shutdown`` and ``stats``.
     """
-    global installed
+    global installed, installed_engine
     target = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger or None)
     resolved = resolve(dict(options, api_key=api_key, project_id=project_id, base_url=base_url, local_dir=local_dir))
     engine = Engine(resolved, exporter)
@@ -109,6 +111,7 @@ def configure(
             if previous is not None:
                 previous.logger.removeHandler(previous.handler)
         installed = pipeline = Pipeline(target, handler, engine)
+        installed_engine = engine
     if previous is not None:
         previous.engine.shutdown(wait=False)
     if target.level == logging.NOTSET and target is not logging.getLogger():
@@ -170,9 +173,9 @@ def shutdown(timeout: Optional[float] = None) -> None:
     Call it before ``os._exit()`` (which skips every exit hook); at a normal exit the same
     happens by itself.
     """
-    global installed
+    global installed, installed_engine
     with _lock:
-        pipeline, installed = installed, None
+        pipeline, installed, installed_engine = installed, None, None
     if pipeline is not None and pipeline.handler.engine is pipeline.engine:
         pipeline.logger.removeHandler(pipeline.handler)
     engines = [e for e in _lifecycle.engines() if e.needs_exit()]

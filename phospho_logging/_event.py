@@ -226,14 +226,18 @@ def encode(
     return wire(event, encoded)
 
 
+_tuple_new = tuple.__new__
+
+
 def wire(event: Dict[str, JSON], encoded: bytes) -> WireEvent:
     """The ``WireEvent`` of an event dict and its encoding."""
     created = event.get("client_created_at")
     session = event.get("session_id")
-    return WireEvent(
-        str(event["task_id"]), session if type(session) is str else None, created if type(created) is int else 0,
-        encoded,
-    )
+    task_id = event["task_id"]
+    return _tuple_new(WireEvent, (  # type: ignore[no-any-return]
+        task_id if type(task_id) is str else str(task_id), session if type(session) is str else None,
+        created if type(created) is int else 0, encoded,
+    ))
 
 
 def event_budget(max_batch_bytes: int) -> int:

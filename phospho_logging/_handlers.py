@@ -85,6 +85,7 @@ class TaskIntake:
     """
 
     _route: Route
+    _short_engine: Optional[Engine]
     filters: Any
 
     def _bind_route(
@@ -100,6 +101,8 @@ class TaskIntake:
             and output_to_str is None and not self.filters
         )
         self._route = Route(engine, input_to_str, output_to_str, short, records)
+        # The short path reads this alone: a record sees the old engine or the new one.
+        self._short_engine = engine if short else None
 
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
         """Snapshot a task-carrying record and submit it; ignore the others (one dict
@@ -108,16 +111,16 @@ class TaskIntake:
             if type(record.msg) is dict and "input" in record.msg:
                 return self._handle_general(record)  # a structlog event dict
             return False
-        route = self._route
-        if route.short:
+        engine = self._short_engine
+        if engine is not None:
             try:
-                if record.thread in OWN_IO and made_by_own_io(record):
-                    route.engine.ignore_own_io()  # type: ignore[union-attr]
-                    return False
                 if _context_get() is None:
                     item = plain_record(record)
                     if item is not None:
-                        route.engine.submit(item)  # type: ignore[union-attr]
+                        if record.thread in OWN_IO and made_by_own_io(record):
+                            engine.ignore_own_io()
+                            return False
+                        engine.submit(item)
                         return True
             except Exception as exc:  # noqa: BLE001 - never raise into the application
                 report_error(exc)

@@ -137,6 +137,7 @@ class PhosphoQueueHandler(TaskIntake, logging.handlers.QueueHandler):
         self._refused = itertools.count()
         self._listener: Optional[logging.handlers.QueueListener] = None
         self._route = Route(None, own.input_to_str, own.output_to_str, False, True)
+        self._short_engine = None
         super().__init__(queue if queue is not None else queue_module.SimpleQueue())
 
     # -- where tasks go -------------------------------------------------------------------

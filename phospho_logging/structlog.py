@@ -61,6 +61,7 @@ class PhosphoProcessor:
         output_to_str: Optional[Callable[[Any], str]] = None,
     ) -> None:
         self._pipeline = pipeline
+        self._engine = pipeline.engine if pipeline is not None else None
         own = resolve({"input_to_str": input_to_str, "output_to_str": output_to_str}, environ={})
         self._input_to_str = own.input_to_str
         self._output_to_str = own.output_to_str
@@ -76,8 +77,9 @@ class PhosphoProcessor:
             task_id = event_dict.get("task_id")
             if type(task_id) is not str or not task_id:
                 task_id = new_task_id()
-            pipeline = self._pipeline or _configure.installed
-            engine = pipeline.engine if pipeline is not None else _configure.default_engine()
+            engine = self._engine or _configure.installed_engine
+            if engine is None:
+                engine = _configure.default_engine()  # a dictConfig handler's, if any
             if engine is not None and engine.plain and self._plain and _context_get() is None \
                     and "exc_info" not in event_dict:
                 # The commonest event, on the shortest path: one marshal copy, submitted.

@@ -51,6 +51,14 @@ def test_python_snippet_runs(section: str, tmp_path: Path) -> None:
         assert [e["input"] for e in latest(tmp_path / "tasks.sqlite3")] == ["What is 2+2?"]
 
 
+def test_testing_snippet_runs(tmp_path: Path) -> None:
+    """The testing section's first snippet (capture, in-memory exporter) runs as pasted."""
+    code = blocks("python")["Testing your code"][0]
+    result = subprocess.run([sys.executable, "-c", code], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}),
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
 def test_dictconfig_yaml_snippet(tmp_path: Path) -> None:
     """The dictConfig section's YAML, loaded with yaml.safe_load, ships a task."""
     yaml_text = blocks("yaml")["dictConfig"][0]
