@@ -121,6 +121,8 @@ def plain_record(record: logging.LogRecord) -> Optional[Tuple[Any, ...]]:
                 continue
             if key[0] != "_":
                 fields[key] = value
+            elif key == SNAPSHOT_ATTR:
+                return None  # a queue handler's copy: the snapshot it carries is the task
     except (TypeError, IndexError):
         return None  # extra={1: ...} or {"": ...}: the general path names the key
     msg = record.msg

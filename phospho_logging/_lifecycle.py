@@ -192,9 +192,14 @@ _multiprocessing_hook = _MultiprocessingHook()
 def _register_multiprocessing_exit() -> None:
     if not hasattr(os, "fork"):
         return
+    import multiprocessing
     import multiprocessing.util as util
 
     util.register_after_fork(_multiprocessing_hook, _multiprocessing_hook)
+    if multiprocessing.parent_process() is not None:
+        # Already a multiprocessing child (its first engine made after it started): its
+        # own exit hook must run ours too.
+        _multiprocessing_hook(None)
 
 
 # -- fork ---------------------------------------------------------------------------

@@ -97,3 +97,37 @@ class TestExit:
         assert result.returncode == 0, result.stderr
         assert time.monotonic() - start < 10
         assert "kept in the spool" in result.stderr
+
+
+class TestMultiprocessing:
+    def test_child_that_configures_after_it_started(self, tmp_path: Path) -> None:
+        """A multiprocessing child (fork) that configures only once it runs: its tasks are
+        stored when it ends, though multiprocessing ends children with os._exit()."""
+        if not hasattr(os, "fork"):
+            return
+        code = """
+            import logging, multiprocessing, phospho_logging
+
+            def work(n):
+                phospho_logging.configure()
+                for i in range(n):
+                    logging.getLogger("phospho").info("t", extra={"input": f"child-{i}"})
+
+            if __name__ == "__main__":
+                ctx = multiprocessing.get_context("fork")
+                p = ctx.Process(target=work, args=(50,))
+                p.start()
+                p.join(60)
+                assert p.exitcode == 0, p.exitcode
+        """
+        result = run(code, {"PHOSPHO_LOCAL_DIR": str(tmp_path)})
+        assert result.returncode == 0, result.stderr
+        import json
+        import sqlite3
+
+        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
+        try:
+            inputs = sorted(json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM tasks"))
+        finally:
+            conn.close()
+        assert inputs == sorted(f"child-{i}" for i in range(50))

@@ -356,6 +356,29 @@ class TestHandlers:
             lg.removeHandler(handler)
             sender.close()
 
+    def test_stdlib_listener_keeps_what_the_caller_snapshotted(self) -> None:
+        """Behind a stdlib listener, the task is the one snapshotted on the caller's thread:
+        its bound context and the queue handler's own text function are kept."""
+        q: queue.Queue[Any] = queue.Queue()
+        exporter = InMemoryExporter()
+        sender = PhosphoHandler(exporter=exporter)
+        listener = logging.handlers.QueueListener(q, sender)
+        handler = PhosphoQueueHandler(q, input_to_str=lambda value: "TEXT")
+        lg = logging.getLogger("phospho.stdlib.context")
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        listener.start()
+        try:
+            with phospho_logging.context(session_id="ctx-session"):
+                lg.info("t", extra={"input": "q"})
+            listener.stop()
+            assert sender.flush(timeout=10)
+            [event] = exporter.events
+            assert (event["input"], event["session_id"]) == ("TEXT", "ctx-session")
+        finally:
+            lg.removeHandler(handler)
+            sender.close()
+
     def test_listener_forwards_records_to_other_handlers(self, server: PhosphoTestServer, creds: dict) -> None:
         """Other handlers given to PhosphoQueueListener still receive the records."""
         seen = []
