@@ -8,16 +8,15 @@ logging call itself does not change: no flag is checked on its path.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable, Dict, List, Optional
 
 from . import _lifecycle
 from ._config import Options
-from ._event import build_event
+from ._event import encode, event_budget
 from ._item import Snapshot, snapshot_of
 
 _sinks: List[List[Dict[str, Any]]] = []
-_lock = threading.RLock()  # a stream finished by the garbage collector may deliver while we hold it
+_lock = _lifecycle.ProcessLock()  # reentrant: a stream finished by the collector may deliver meanwhile
 
 
 def active() -> bool:
@@ -46,10 +45,13 @@ def pop(sink: List[Dict[str, Any]]) -> None:
 
 
 def deliver(snapshot: Snapshot, options: Options) -> None:
-    """Build the event as the worker would and add it to every active capture."""
-    event = build_event(
-        snapshot, project_id=options.project_id, version_id=options.version_id, max_field_chars=options.max_field_chars
-    )
+    """Build the event exactly as the worker would (cut to fit a request of
+    ``max_batch_bytes``) and add it to every active capture."""
+    wire = encode(snapshot, project_id=options.project_id, version_id=options.version_id,
+                  max_field_chars=options.max_field_chars, max_bytes=event_budget(options.max_batch_bytes))
+    if wire is None:
+        return  # too large even when truncated: the worker would not send it either
+    event = wire.data()
     with _lock:
         for sink in _sinks:
             sink.append(event)

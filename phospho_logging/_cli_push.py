@@ -32,9 +32,9 @@ from ._cli_commands import (
 )
 from ._config import Options
 from ._delivery import Books, Delivery, Resolution
+from ._event import event_budget, fitted, stored_event
 from ._export import WireEvent
 from ._http import HTTPExporter
-from ._settle import replayed_event
 from ._spool import Spool
 
 _PUSHED = """
@@ -102,6 +102,7 @@ class Pusher:
         self.exporter = HTTPExporter(options.endpoint, options.api_key or "")
         self.books = Books()
         self.delivery = Delivery(self.exporter, options, self.books)
+        self._budget = event_budget(options.max_batch_bytes)
 
     @property
     def retries(self) -> int:
@@ -151,11 +152,15 @@ class Pusher:
             return False
         row_of: Dict[str, int] = {}
         events: List[WireEvent] = []
+        finished: List[int] = []
         for row_id, encoded in rows:
-            event = replayed_event(encoded)
+            event = fitted(stored_event(encoded), self.options.max_field_chars, self._budget)
+            if event is None:  # cannot be cut to max_batch_bytes: rejected, as the server would
+                self._reject_too_large()
+                finished.append(row_id)
+                continue
             row_of[event.task_id] = row_id
             events.append(event)
-        finished: List[int] = []
         try:
             for batch in batches(events, self.options.max_batch_size, self.options.max_batch_bytes):
                 delivered, rejected = self._deliver(batch)
@@ -180,7 +185,13 @@ class Pusher:
         )
         if not rows:
             return 0
-        events = [replayed_event(row[2].encode("utf-8")) for row in rows]
+        events = []
+        for row in rows:
+            event = fitted(stored_event(row[2].encode("utf-8")), self.options.max_field_chars, self._budget)
+            if event is None:
+                self._reject_too_large()
+            else:
+                events.append(event)
         for batch in batches(events, self.options.max_batch_size, self.options.max_batch_bytes):
             delivered, _ = self._deliver(batch)
             self.sent["store"] += len(delivered)
@@ -191,6 +202,10 @@ class Pusher:
             if self.error is not None:
                 break
         return int(rows[-1][0])
+
+    def _reject_too_large(self) -> None:
+        reason = "too large to send even when truncated"
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def _deliver(self, events: List[WireEvent]) -> Tuple[List[WireEvent], List[WireEvent]]:
         """Send one batch with the library's delivery policy: (delivered, rejected) events.

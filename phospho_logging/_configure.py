@@ -9,7 +9,6 @@ never neither; the old one delivers what it had and ends.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any, Dict, List, Optional, Union
 
@@ -19,7 +18,7 @@ from ._engine import Engine
 from ._handlers import notice_offline
 from ._queue_pair import PhosphoQueueHandler
 
-_lock = threading.Lock()  # configure() and shutdown() only, never a logging call
+_lock = _lifecycle.ProcessLock()  # configure() and shutdown() only, never a logging call
 #: The pipeline of the last ``configure()``, and its engine (read directly on the structlog
 #: hot path).
 installed: Optional[Pipeline] = None
@@ -48,7 +47,12 @@ class Pipeline:
 
     def shutdown(self, timeout: Optional[float] = None) -> None:
         """Detach from the logger, deliver what is queued within ``timeout`` (default
-        ``shutdown_timeout``), and stop the worker. Later tasks on the logger are ignored."""
+        ``shutdown_timeout``), and stop the worker. Tasks logged afterwards on the logger
+        are not shipped (``configure()`` again to resume)."""
+        global installed, installed_engine
+        with _lock:
+            if installed is self:
+                installed = installed_engine = None
         if self.handler.engine is self.engine:
             self.logger.removeHandler(self.handler)
         self.engine.shutdown(timeout)
@@ -156,6 +160,7 @@ def flush(timeout: Optional[float] = None) -> bool:
     them delivered everything."""
     engines = [e for e in _lifecycle.engines() if e.needs_exit()]
     if not engines:
+        _lifecycle.quiesce(1.0 if timeout is None else min(1.0, timeout))  # messages of logging calls
         return True
     budget = max(e.retry_budget() for e in engines) if timeout is None else max(0.0, timeout)
     deadline = time.monotonic() + budget

@@ -139,6 +139,10 @@ class Circuit:
             )
 
 
+class Busy(Exception):
+    """The exporter is busy with another engine's batch for longer than a request may take."""
+
+
 def _never() -> Optional[float]:
     return None
 
@@ -152,7 +156,9 @@ class Delivery:
         books: counts requests and retries.
         stopping: set when the owner is shutting down: back-off waits end at once.
         deadline: the shutdown deadline (``time.monotonic()``), or None.
-        around_export: a context manager entered around each export (the own-I/O flag).
+        around_export: called with the request's timeout, a context manager entered around
+            each export (the exporter's lock, the own-I/O flag); it raises ``Busy`` when the
+            exporter stays busy that long.
     """
 
     def __init__(
@@ -163,7 +169,7 @@ class Delivery:
         *,
         stopping: Optional[threading.Event] = None,
         deadline: Callable[[], Optional[float]] = _never,
-        around_export: Optional[Callable[[], Any]] = None,
+        around_export: Optional[Callable[[float], Any]] = None,
     ) -> None:
         self.exporter = exporter
         self.options = options
@@ -215,12 +221,12 @@ class Delivery:
                 return
             if kind in ("auth", "not_found"):
                 self.circuit.trip(CONFIG_ERROR_COOLDOWN, quiet=True)
-                out.append(Resolution("failed", events, f"http_{result.status}", result.error, result))
+                out.append(Resolution("failed", events, _reason(result), result.error, result))
                 return
             if result.retry_after is not None and result.retry_after > MAX_RETRY_AFTER_WAIT:
                 # The server asked for a long pause: keep the worker free for new tasks.
                 self.circuit.trip(result.retry_after)
-                out.append(Resolution("failed", events, f"http_{result.status}", result.error, result))
+                out.append(Resolution("failed", events, _reason(result), result.error, result))
                 return
             attempt += 1
             if kind == "retry" and attempt < self.options.max_attempts and time.monotonic() < give_up_at:
@@ -229,8 +235,7 @@ class Delivery:
                 self._backoff(attempt, result.retry_after, give_up_at)
                 continue
             self.circuit.failure()
-            reason = f"http_{result.status}" if result.status else "unreachable"
-            out.append(Resolution("failed", events, reason, result.error, result))
+            out.append(Resolution("failed", events, _reason(result), result.error, result))
             return
 
     def _shrink(self, event: WireEvent, give_up_at: float, out: List[Resolution]) -> None:
@@ -259,8 +264,10 @@ class Delivery:
             if self._around is None:
                 result = self.exporter.export(events, timeout)
             else:
-                with self._around():
+                with self._around(timeout):
                     result = self.exporter.export(events, timeout)
+        except Busy as exc:
+            return ExportResult.retry(str(exc))
         except Exception as exc:  # noqa: BLE001 - an exporter bug is a failed attempt
             return ExportResult.retry(f"the exporter raised {type(exc).__name__}: {_text(exc)}")
         if not isinstance(result, ExportResult):
@@ -278,6 +285,13 @@ class Delivery:
         if deadline is not None:
             limit = min(limit, deadline - time.monotonic() - 0.1)
         self._stopping.wait(max(0.0, min(delay, limit)))
+
+
+def _reason(result: ExportResult) -> str:
+    """A short code for why a batch failed: ``http_503``, ``unreachable``, ``auth``..."""
+    if result.status:
+        return f"http_{result.status}"
+    return "unreachable" if result.kind == "retry" else result.kind
 
 
 def _text(exc: BaseException) -> str:

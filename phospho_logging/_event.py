@@ -9,6 +9,7 @@ receives. Whatever the input was, the event passes the backend's validation.
 
 from __future__ import annotations
 
+import json
 import logging
 import marshal
 import math
@@ -245,9 +246,34 @@ def event_budget(max_batch_bytes: int) -> int:
     return max(1, max_batch_bytes - ENVELOPE_BYTES)
 
 
+def stored_event(encoded: bytes) -> WireEvent:
+    """A stored event (a spool or local store row) back as a ``WireEvent``."""
+    try:
+        data = json.loads(encoded)
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):
+        data = {"task_id": "", **(data if isinstance(data, dict) else {})}
+    return wire(data, encoded)
+
+
+def fitted(event: WireEvent, max_field_chars: int, max_bytes: int) -> Optional[WireEvent]:
+    """``event`` if it fits ``max_bytes`` (a stored event, from when limits were larger),
+    else cut to fit; None if it cannot be."""
+    if len(event.json) <= max_bytes:
+        return event
+    return shrink(event, max_field_chars, max_bytes)
+
+
 def shrink(event: WireEvent, max_field_chars: int, max_bytes: int) -> Optional[WireEvent]:
-    """``event`` cut to ``max_bytes`` (after a 413 for one event), or None if it cannot be."""
-    data = event.data()
+    """``event`` cut to ``max_bytes`` (after a 413 for one event), or None if it cannot be
+    (or is not an event at all: a damaged stored row)."""
+    try:
+        data = event.data()
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
     metadata = data.get("metadata")
     if not isinstance(metadata, dict):
         data["metadata"] = metadata = {}

@@ -111,9 +111,10 @@ class Exporter(Protocol):
     treated as ``ExportResult.retry`` with the exception as its error. ``close`` releases
     connections; ``export`` may be called again after it (and must then reconnect).
 
-    An optional ``reset_after_fork()`` is called in a forked child, to drop (not close)
-    connections the parent owns. ``destination`` (optional) names where events go, for
-    messages and ``stats()``.
+    Optional: ``reset_after_fork()`` is called in a forked child, to drop (not close)
+    connections the parent owns; ``destination`` names where events go, for messages and
+    ``stats()``; ``local = True`` says the exporter writes to local storage, so at the
+    shutdown deadline the engine still writes what is left to it, within the exit grace.
     """
 
     def export(self, events: Sequence[WireEvent], timeout: float) -> ExportResult:

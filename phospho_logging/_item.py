@@ -22,8 +22,9 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 from ._serialize import JSON
 
 #: Attributes every LogRecord has, read off a real one so new ones (3.12's ``taskName``)
-#: are never mistaken for user extras; plus those that formatters add later.
-STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+#: are never mistaken for user extras (and on older Pythons, an extra of that name is
+#: the user's); plus those that formatters add later.
+STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 #: The attributes ``LogRecord.__init__`` sets. Extras come after them in a record's
 #: ``__dict__``, so a scan for extras can walk it backwards and stop at the first of these.
 INIT_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))

@@ -21,17 +21,18 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import os
 import queue
 import threading
 import weakref
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from . import _diag, _item, _store
 
-#: Threads inside the library's own I/O, by ident.
-OWN_IO: Set[int] = set()
+#: Threads inside the library's own I/O, by ident (with the depth of nesting).
+OWN_IO: Dict[int, int] = {}
 #: Threads inside a garbage collection (its finalizers may log), by ident.
 IN_GC: Set[int] = set()
 
@@ -58,16 +59,79 @@ def _gc_phase(phase: str, info: Dict[str, Any]) -> None:
 
 
 class own_io:
-    """A context manager that marks this thread as doing the library's own I/O."""
+    """A context manager that marks this thread as doing the library's own I/O (nestable)."""
 
     __slots__ = ("_ident",)
 
     def __enter__(self) -> None:
-        self._ident = threading.get_ident()
-        OWN_IO.add(self._ident)
+        self._ident = ident = threading.get_ident()
+        OWN_IO[ident] = OWN_IO.get(ident, 0) + 1
 
     def __exit__(self, *exc: object) -> None:
-        OWN_IO.discard(self._ident)
+        ident = self._ident
+        depth = OWN_IO.get(ident, 1) - 1
+        if depth:
+            OWN_IO[ident] = depth
+        else:
+            OWN_IO.pop(ident, None)
+
+
+#: One lock per exporter object, whichever engines use it: ``export`` is called from one
+#: thread at a time, as the Exporter protocol promises.
+_exporter_locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+
+
+def exporting(exporter: Any) -> Callable[[float], Any]:
+    """What ``Delivery`` enters around each export of ``exporter`` (given the request's
+    timeout): the exporter's lock (``Busy`` if another engine holds it longer) and the
+    own-I/O flag."""
+    with _control_lock:
+        try:
+            lock = _exporter_locks.get(exporter)
+            if lock is None:
+                lock = _exporter_locks[exporter] = threading.Lock()
+        except TypeError:  # an exporter that cannot be weakly referenced: a lock of its own
+            lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def around(timeout: float) -> Iterator[None]:
+        from ._delivery import Busy
+
+        if not lock.acquire(timeout=max(0.0, timeout)):
+            raise Busy(f"the exporter {exporter!r} stayed busy with another engine's batch for {timeout:g} s")
+        try:
+            with own_io():
+                yield
+        finally:
+            lock.release()
+
+    return around
+
+
+def shared(exporter: Any, engine: Any) -> bool:
+    """True if an engine other than ``engine`` uses ``exporter`` and has a worker running."""
+    return any(other is not engine and other.exporter is exporter and other.running for other in list(_engines))
+
+
+class ProcessLock:
+    """A lock for control calls (``configure()``, captures) that a forked child gets
+    anew: the parent's may have been held by another thread at the fork."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        _process_locks.add(self)
+
+    def reset(self) -> None:
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+_process_locks: weakref.WeakSet[ProcessLock] = weakref.WeakSet()
 
 
 def register(engine: Any) -> None:
@@ -84,6 +148,14 @@ def register(engine: Any) -> None:
 def engines() -> List[Any]:
     """Every live engine of this process."""
     return list(_engines)
+
+
+def spooled(path: Any, destination: str) -> None:
+    """Tasks were just spooled: every engine on that spool replays it when idle."""
+    for engine in list(_engines):
+        spool = engine.spool
+        if spool is not None and spool.path == path and spool.destination == destination:
+            engine.settler.replay_due = True
 
 
 def before_exit(callback: Callable[[], None]) -> None:
@@ -126,6 +198,8 @@ def _control_loop(requests: queue.SimpleQueue[Any]) -> None:
         try:
             if type(request) is tuple:
                 _diag.warn_once(request[0], request[1], *request[2])
+            elif type(request) is threading.Event:
+                request.set()
             else:
                 request.start()
         except Exception:  # noqa: BLE001, S110 - the control thread must outlive any request
@@ -137,6 +211,16 @@ def wake(engine: Any) -> None:
     requests = _control
     if requests is not None:
         requests.put(engine)
+
+
+def quiesce(timeout: float) -> None:
+    """Wait (at most ``timeout``) until the control thread has done what was asked of it
+    so far: messages reported by logging calls are out when ``flush()`` returns."""
+    requests = _control
+    if requests is not None and timeout > 0:
+        done = threading.Event()
+        requests.put(done)
+        done.wait(timeout)
 
 
 def report(key: str, message: str, *args: object) -> None:
@@ -166,13 +250,24 @@ def at_exit() -> None:
                 pass
         drained = [engine for engine in list(_engines) if engine.needs_exit()]
         for engine in drained:
-            engine.begin_exit()
+            _each(engine.begin_exit)
         for engine in drained:
-            engine.end_exit()
+            _each(engine.end_exit)
         for engine in list(_engines):
-            engine.close_for_exit()
+            _each(engine.close_for_exit)
     finally:
         state = "exited"
+
+
+def _each(step: Callable[[], None]) -> None:
+    """One engine's step of the exit drain: whatever happens, the others still drain."""
+    try:
+        step()
+    except BaseException as exc:  # noqa: BLE001 - even KeyboardInterrupt: exit goes on
+        try:
+            _diag.warn_once("exit_error", "an engine could not be drained at exit: %r", exc)
+        except Exception:  # noqa: BLE001, S110
+            pass
 
 
 class _MultiprocessingHook:
@@ -220,6 +315,9 @@ def _after_fork_in_child() -> None:
     _diag.reset_after_fork()
     OWN_IO.clear()
     IN_GC.clear()
+    _exporter_locks.clear()  # a lock held by a parent's thread would stay held here
+    for lock in list(_process_locks):
+        lock.reset()
     _control = None
     _control_lock = threading.Lock()
     found = list(_engines)

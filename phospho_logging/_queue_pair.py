@@ -22,13 +22,14 @@ import logging
 import logging.handlers
 import queue as queue_module
 import threading
+import weakref
 from typing import Any, Dict, Optional
 
 from . import _capture, _context, _diag, _lifecycle
 from ._config import Options, resolve
 from ._delivery import count_value
 from ._engine import Engine
-from ._handlers import PhosphoHandler, Route, TaskIntake, report_error
+from ._handlers import PhosphoHandler, Route, TaskIntake, apply_filters, report_error
 from ._item import Snapshot, carried, carry
 from ._snapshot import carries_task, snapshot_record
 
@@ -40,7 +41,8 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
 
     The signature is the stdlib's. The first ``PhosphoHandler`` among ``handlers`` gives
     the options and the engine (one is built from the environment if there is none);
-    other handlers receive every record, as with the stdlib listener.
+    other handlers receive every record, as with the stdlib listener. A
+    ``PhosphoQueueHandler`` on the same queue finds this listener by itself.
     """
 
     def __init__(self, queue: Any, *handlers: logging.Handler, respect_handler_level: bool = False) -> None:
@@ -52,6 +54,10 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
         if self.others:
             self.engine.forward_to(self._forward)
         self._relay_lock = threading.Lock()
+        try:
+            _listeners[queue] = weakref.ref(self)
+        except TypeError:  # a queue that cannot be weakly referenced: link the handler by hand
+            pass
 
     def _forward(self, record: logging.LogRecord) -> None:
         for handler in self.others:
@@ -62,11 +68,13 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
                     _diag.warn_once("forward_error", "handler %r failed: %r", handler, exc)
 
     def start(self) -> None:
-        """Relay records other producers put on ``queue`` into the engine (once)."""
+        """Relay records other producers put on ``queue`` into the engine (once). Our own
+        queue handler does not need it."""
         with self._relay_lock:
             if self._thread is None:  # type: ignore[has-type]
                 super().start()
-                _lifecycle.before_exit(self.stop)
+                self.engine.relay_by(self)
+                _lifecycle.before_exit(self._end_relay_at_exit)
 
     def handle(self, record: logging.LogRecord) -> None:
         """One record from the relay: its task (and the record, for other handlers) to the engine."""
@@ -84,15 +92,32 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
         except Exception as exc:  # noqa: BLE001 - the relay must go on
             report_error(exc)
 
-    def stop(self, timeout: Optional[float] = None) -> None:
-        """End the relay, then deliver what is queued within ``timeout`` (default
-        ``shutdown_timeout``)."""
+    def _end_relay(self, wait: float) -> None:
         with self._relay_lock:
             thread, self._thread = self._thread, None  # type: ignore[has-type]
         if thread is not None:
             self.enqueue_sentinel()
-            thread.join(self.engine.options.shutdown_timeout if timeout is None else timeout)
-        self.engine.shutdown(timeout)
+            thread.join(wait)
+
+    def _end_relay_at_exit(self) -> None:
+        """At exit, before the engines drain: what the relay took is in the engine's queue."""
+        self._end_relay(min(1.0, self.engine.options.shutdown_timeout / 4))
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """End the relay, then deliver what is queued within ``timeout`` (default
+        ``shutdown_timeout``). Called at interpreter exit (an ``atexit`` hook), it does not
+        wait: every engine drains at once, within one deadline."""
+        limit = self.engine.options.shutdown_timeout if timeout is None else timeout
+        self._end_relay(min(1.0, limit))
+        self.engine.shutdown(timeout, wait=threading.main_thread().is_alive())
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a relay of its own, if the parent's was running."""
+        running = self._thread is not None  # type: ignore[has-type]
+        self._thread = None
+        self._relay_lock = threading.Lock()
+        if running:
+            self.start()
 
     def flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until everything submitted before the call is delivered (``None``: the
@@ -104,12 +129,18 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
         return self.engine.stats()
 
 
+#: Our listeners by their queue: a queue handler that was not told its listener (the
+#: stdlib pattern before 3.12) finds it through the queue they share.
+_listeners: weakref.WeakKeyDictionary[Any, weakref.ref[PhosphoQueueListener]] = weakref.WeakKeyDictionary()
+
+
 class PhosphoQueueHandler(TaskIntake, logging.handlers.QueueHandler):
     """Snapshots task-carrying records on the caller's thread and hands them to the engine.
 
-    The signature is the stdlib's plus optional keywords. Records without an ``input``
-    are ignored at the cost of one dict lookup. A full queue drops the task and counts
-    it; the caller never blocks.
+    The signature is the stdlib's plus optional keywords. When only our ``PhosphoHandler``
+    listens, records without an ``input`` are ignored at the cost of one dict lookup; when
+    other handlers listen too, every record goes to them, as with the stdlib pair. A full
+    queue drops the task and counts it; the caller never blocks.
 
     Args:
         queue: the queue for a listener that is not ours (ignored otherwise: the engine
@@ -133,7 +164,6 @@ class PhosphoQueueHandler(TaskIntake, logging.handlers.QueueHandler):
         )
         self._own = own
         self._explicit_max = max_queue_size
-        self._offered = itertools.count()
         self._refused = itertools.count()
         self._listener: Optional[logging.handlers.QueueListener] = None
         self._route = Route(None, own.input_to_str, own.output_to_str, False, True)
@@ -178,24 +208,70 @@ class PhosphoQueueHandler(TaskIntake, logging.handlers.QueueHandler):
         else:
             self._bind_route(None, self._own.input_to_str, self._own.output_to_str, records=True)
 
+    def _bind_route(self, engine: Optional[Engine], input_to_str: Any = None, output_to_str: Any = None,
+                    records: bool = False) -> None:
+        super()._bind_route(engine, input_to_str, output_to_str, records)
+        if records:  # other handlers listen: they get every record, as from the stdlib pair
+            self.handle = self._handle_every_record  # type: ignore[method-assign]
+        else:
+            self.__dict__.pop("handle", None)
+
+    def _handle_every_record(self, record: logging.LogRecord) -> bool:
+        if carries_task(record):
+            return TaskIntake.handle(self, record)
+        try:
+            filtered = apply_filters(self, record)
+            if filtered is None:
+                return False
+            self._pass_on(logging.handlers.QueueHandler.prepare(self, filtered))
+            return True
+        except Exception as exc:  # noqa: BLE001 - never raise into the application
+            report_error(exc)
+            return False
+
     def _deliver(self, record: logging.LogRecord, snapshot: Snapshot, route: Route) -> None:
+        if route.engine is None and self._find_listener():
+            route = self._route
         engine = route.engine
         if engine is not None:
             engine.submit(self._copy(record, snapshot) if route.records else snapshot)
-            return
-        # A listener that is not ours: the stdlib contract, prepared copies on our queue.
-        if _capture.active():
+        elif _capture.active():
             _capture.deliver(snapshot, self._queue_options())
+        else:
+            self._pass_on(self._copy(record, snapshot))
+
+    def _pass_on(self, copy: logging.LogRecord) -> None:
+        """A prepared record to the engine, or (a listener that is not ours) to our queue,
+        as the stdlib handler does."""
+        if self._route.engine is None:
+            self._find_listener()
+        engine = self._route.engine
+        if engine is not None:
+            engine.submit(copy)
             return
-        next(self._offered)
         try:
             if self.queue.qsize() >= self._queue_bound():  # type: ignore[attr-defined]
                 raise queue_module.Full
-            self.enqueue(self._copy(record, snapshot))
+            self.enqueue(copy)
         except queue_module.Full:
             next(self._refused)
             _lifecycle.report("queue_full", "the task queue is full (max_queue_size=%d); tasks are being dropped "
                               "and counted in stats()['dropped_by_reason']['queue_full']", self._queue_bound())
+
+    def _find_listener(self) -> bool:
+        """Link to our listener on the same queue, if there is one (the stdlib pattern,
+        where the handler is never told its listener); True if now linked."""
+        if self._listener is not None:
+            return False
+        try:
+            ref = _listeners.get(self.queue)
+        except TypeError:  # a queue that cannot be weakly referenced
+            return False
+        found = ref() if ref is not None else None
+        if found is None:
+            return False
+        self.listener = found
+        return True
 
     def _queue_options(self) -> Options:
         sender = self._sender()

@@ -9,7 +9,6 @@ Every storage error is caught here, counted and said once: the worker never dies
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -17,25 +16,16 @@ from . import _diag, _lifecycle
 from ._batch import batches
 from ._config import Options
 from ._delivery import Books, Delivery, Resolution
-from ._event import wire
-from ._export import WireEvent
+from ._event import event_budget, fitted, stored_event
+from ._export import WireEvent, destination_of
 from ._spool import Spool
-from ._store import LocalStoreExporter
 
 #: After a storage error or a failed replay, seconds before the spool is read again.
 SPOOL_PAUSE = 5.0
-_CONFIG_REASONS = ("http_401", "http_403", "http_404")
-
-
-def replayed_event(encoded: bytes) -> WireEvent:
-    """A stored event (a spool or local store row) back as a ``WireEvent``."""
-    try:
-        data = json.loads(encoded)
-    except ValueError:
-        data = {}
-    if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):
-        data = {"task_id": "", **(data if isinstance(data, dict) else {})}
-    return wire(data, encoded)
+#: With nothing to replay, seconds before the spool is looked at again (another engine, or
+#: another process, may have spooled meanwhile).
+REPLAY_RECHECK = 30.0
+_CONFIG_REASONS = ("http_401", "http_403", "http_404", "auth", "not_found")
 
 
 class Settler:
@@ -52,16 +42,19 @@ class Settler:
     """
 
     def __init__(self, options: Options, exporter: Any, books: Books, spool: Optional[Spool],
-                 past_grace: Callable[[], bool]) -> None:
+                 past_grace: Callable[[], bool], time_left: Callable[[], Optional[float]]) -> None:
         self.options = options
         self.exporter = exporter
+        self.destination = destination_of(exporter)
         self.books = books
         self.spool = spool
         self._past_grace = past_grace
+        self._time_left = time_left
         #: The spool may hold tasks to replay (of an earlier run, or spooled since).
         self.replay_due = spool is not None
         #: No replay before this time (``time.monotonic()``): after an error, a pause.
         self.replay_after = 0.0
+        self._recheck_at = 0.0
         self._reclaimed = False
 
     # -- one batch ------------------------------------------------------------------------
@@ -72,7 +65,8 @@ class Settler:
             return False
         try:
             with _lifecycle.own_io():
-                self.spool.put([e.task_id for e in events], [e.json for e in events], leased=True)
+                self.spool.put([e.task_id for e in events], [e.json for e in events], leased=True,
+                               wait=self._time_left())
         except Exception as exc:  # noqa: BLE001 - the batch is still sent, without its copy
             _diag.warn_once("durable_spool", "cannot write the spool %s (%s): tasks are sent without their "
                             "durable copy", self.spool.path, exc)
@@ -93,8 +87,8 @@ class Settler:
                     books.rejected += n
                     books.add(books.rejected_by_reason, r.reason, n)
                 _diag.warn_once("rejected:" + r.reason[:60],
-                                "phospho rejected %d task(s): %s (counted in stats()['rejected_by_reason'])",
-                                n, r.reason)
+                                "%d task(s) rejected by %s: %s (counted in stats()['rejected_by_reason'])",
+                                n, self.destination, r.reason)
             else:
                 self.keep(r.events, r.reason, r.message, stored)
                 continue
@@ -112,11 +106,14 @@ class Settler:
                             "sent once the key works", message)
         spool = self.spool
         if self._past_grace():
-            self.drop(n, "shutdown_deadline", message)
+            if stored:  # the durable copy is in the spool already: replayed on the next start
+                self._count_spooled(n, reason)
+            else:
+                self.drop(n, "shutdown_deadline", message)
             return
         if spool is None:
-            if reason == "shutdown_deadline" and isinstance(self.exporter, LocalStoreExporter):
-                self._store_now(events, message)  # offline, the store is the spool: no network to wait for
+            if reason == "shutdown_deadline" and getattr(self.exporter, "local", False) is True:
+                self._store_now(events, message)  # a local exporter (the store) is its own spool
             else:
                 self.drop(n, reason, message)
             return
@@ -125,7 +122,8 @@ class Settler:
         else:
             try:
                 with _lifecycle.own_io():
-                    _, evicted = spool.put([e.task_id for e in events], [e.json for e in events])
+                    _, evicted = spool.put([e.task_id for e in events], [e.json for e in events],
+                                           wait=self._time_left())
             except Exception as exc:  # noqa: BLE001 - a full disk must not stop the worker
                 self.drop(n, "spool_error", f"cannot write the spool {spool.path}: {exc}")
                 return
@@ -134,20 +132,26 @@ class Settler:
                     self.books.spool_evicted += evicted
                 _diag.warn_once("spool_full", "the spool holds max_spool_tasks=%d; its oldest tasks were "
                                 "dropped (counted in stats()['spool_evicted'])", spool.max_tasks)
-        with self.books.lock:
-            self.books.spooled += n
-            self.books.add(self.books.spooled_by_reason, reason, n)
-        self.replay_due = True
+        self._count_spooled(n, reason)
         if reason not in _CONFIG_REASONS:
             _diag.warn_once("spooled:" + reason, "%d task(s) kept in the spool %s for a later try: %s",
                             n, spool.path, message)
 
+    def _count_spooled(self, n: int, reason: str) -> None:
+        with self.books.lock:
+            self.books.spooled += n
+            self.books.add(self.books.spooled_by_reason, reason, n)
+        self.replay_due = True
+        if self.spool is not None:  # another engine on this spool (after a handover) may be healthy
+            _lifecycle.spooled(self.spool.path, self.spool.destination)
+
     def _store_now(self, events: List[WireEvent], message: str) -> None:
-        """Offline, at the shutdown deadline: write to the local store without a deadline of
-        its own (it is local and fast; the exit grace still bounds it)."""
+        """At the shutdown deadline, with a local exporter (``local = True``: the local
+        store): write to it anyway, within the exit grace; it has no network to wait for."""
+        left = self._time_left()
         try:
             with _lifecycle.own_io():
-                result = self.exporter.export(events, self.options.timeout)
+                result = self.exporter.export(events, self.options.timeout if left is None else left)
         except Exception as exc:  # noqa: BLE001 - counted below like any failure
             result = None
             message = f"cannot write the local store: {exc!r}"
@@ -184,18 +188,35 @@ class Settler:
         assert self.spool is not None
         try:
             with _lifecycle.own_io():
-                getattr(self.spool, method)(keys)
+                getattr(self.spool, method)(keys, wait=self._time_left())
         except Exception as exc:  # noqa: BLE001 - the rows stay; their lease runs out
             _diag.warn_once("spool_error", "cannot update the spool %s: %s", self.spool.path, exc)
 
     # -- replay ---------------------------------------------------------------------------
 
+    def replay_ready(self) -> bool:
+        """True when the spool should be looked at now (the worker is otherwise idle)."""
+        if self.spool is None:
+            return False
+        now = time.monotonic()
+        if now < self.replay_after:
+            return False
+        if not self.replay_due and now >= self._recheck_at:
+            self.replay_due = True
+        return self.replay_due
+
     def replay(self, delivery: Delivery) -> None:
-        """Send up to one batch of spooled tasks, oldest first, with the delivery policy."""
+        """Send up to one batch of spooled tasks, oldest first, with the delivery policy.
+        Any error is counted and said; the spool is tried again after a pause."""
+        try:
+            self._replay(delivery)
+        except Exception as exc:  # noqa: BLE001 - replay is best-effort; the worker goes on
+            self.replay_after = time.monotonic() + SPOOL_PAUSE
+            _diag.warn_once("replay_error", "replaying the spool failed: %r", exc)
+
+    def _replay(self, delivery: Delivery) -> None:
         spool = self.spool
-        if spool is None:
-            self.replay_due = False
-            return
+        assert spool is not None
         try:
             with _lifecycle.own_io():
                 if not self._reclaimed:
@@ -208,13 +229,21 @@ class Settler:
             return
         if not rows:
             self.replay_due = False
+            self._recheck_at = time.monotonic() + REPLAY_RECHECK
             return
         row_of: Dict[str, int] = {}
         events = []
+        budget = event_budget(self.options.max_batch_bytes)
+        rejected: List[int] = []
         for row_id, encoded in rows:
-            event = replayed_event(encoded)
+            event = fitted(stored_event(encoded), self.options.max_field_chars, budget)
+            if event is None:
+                rejected.append(row_id)
+                continue
             row_of[event.task_id] = row_id
             events.append(event)
+        if rejected:  # stored when the limits were larger, and cannot be cut to these
+            self._replayed([], rejected, "too large to send even when truncated")
         failed = False
         for chunk in batches(events, self.options.max_batch_size, self.options.max_batch_bytes):
             for r in delivery.attempt(chunk):
@@ -222,16 +251,23 @@ class Settler:
                 if r.kind == "failed":
                     failed = True
                     self._spool_call("release", ids)
-                    continue
-                with self.books.lock:  # a replay settles tasks of earlier runs: apart from this run's
-                    if r.kind == "sent":
-                        self.books.replayed += len(ids)
-                    else:
-                        self.books.replay_rejected += len(ids)
-                        self.books.add(self.books.rejected_by_reason, r.reason, len(ids))
-                self._spool_call("ack", ids)
+                elif r.kind == "sent":
+                    self._replayed(ids, [], "")
+                else:
+                    self._replayed([], ids, r.reason)
         if failed:
             self.replay_after = time.monotonic() + SPOOL_PAUSE
+
+    def _replayed(self, sent: List[int], rejected: List[int], reason: str) -> None:
+        """Spooled tasks settled by a replay: counted apart from this run's tasks (they were
+        counted as spooled when they were spooled, or belong to an earlier run)."""
+        with self.books.lock:
+            self.books.replayed += len(sent)
+            self.books.replay_rejected += len(rejected)
+        if rejected:
+            _diag.warn_once("replay_rejected:" + reason[:60], "%d spooled task(s) rejected by %s: %s "
+                            "(counted in stats()['replay_rejected'])", len(rejected), self.destination, reason)
+        self._spool_call("ack", sent + rejected)
 
     # -- exit -----------------------------------------------------------------------------
 
@@ -247,7 +283,7 @@ class Settler:
             return
         if finished:  # the worker is done with the spool: how many wait there is exact
             try:
-                waiting = self.spool.count()
+                waiting = self.spool.count(wait=0.2)
             except Exception:  # noqa: BLE001 - only a message depends on it
                 waiting = books.spooled
             where = "wait in"

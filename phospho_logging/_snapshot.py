@@ -21,7 +21,7 @@ import traceback
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple, Union
 
 from ._extract import input_text
-from ._item import IGNORED, INIT_ATTRS, NO_LOG, LogInfo, Snapshot, make_snapshot
+from ._item import IGNORED, NO_LOG, LogInfo, Snapshot, make_snapshot, plain_record, snapshot_of
 from ._serialize import JSON, to_jsonable
 
 TextFunction = Callable[[Any], str]
@@ -131,33 +131,26 @@ def snapshot_record(
 ) -> Snapshot:
     """Copy the task out of a record. Never raises.
 
-    A record made by ``Logger.makeRecord`` with plain extras touches the extras only and
-    copies them in one call; bound context, text functions, odd keys and foreign types
-    take the general path.
+    The commonest record takes the handlers' short path (``_item.plain_record``); a
+    %-formatted message, a traceback or foreign types are still copied in one call; bound
+    context, text functions and odd keys take the general path.
     """
     attrs = record.__dict__
     if type(record.msg) is dict:
         return _snapshot_event_dict_record(record, input_to_str, output_to_str, context)
+    plain = not (context or input_to_str or output_to_str)
+    if plain:
+        item = plain_record(record)
+        if item is not None:
+            snapshot = snapshot_of(item)
+            assert snapshot is not None
+            return snapshot
     problems: List[str] = []
-    fields: Dict[str, Any] = {}
-    plain = True
-    # Walked backwards (cheap to stop early); build_event restores the caller's order.
-    for key, value in reversed(attrs.items()):
-        if key in IGNORED:
-            if key in INIT_ATTRS:
-                break
-            continue
-        if type(key) is not str or not key:
-            plain = False
-            break
-        if key[0] != "_":
-            fields[key] = value
+    fields = extras(attrs.items(), problems)
     log = _log_info(record, problems)
-    if not plain or context or "input" not in fields or "input_to_str" in attrs or "output_to_str" in attrs \
-            or input_to_str or output_to_str:
-        # Bound context, custom text functions or an unusual record layout: the general path.
+    if not plain or problems or "input" not in fields or "input_to_str" in attrs or "output_to_str" in attrs:
         return snapshot_fields(
-            extras(attrs.items(), problems),
+            fields,
             attrs.get("input_to_str") or input_to_str,
             attrs.get("output_to_str") or output_to_str,
             context,
@@ -166,7 +159,8 @@ def snapshot_record(
             log,
             from_event_dict=False,
         )
-    frozen = freeze(fields, problems)
+    # Listed last-first, as the compact form lists them (build_event restores the order).
+    frozen = freeze(dict(reversed(list(fields.items()))), problems)
     typed = type(frozen) is dict  # foreign types: their names must be read now
     return make_snapshot(
         frozen,

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ._store import Database, insert_rows, where_in
 
@@ -61,15 +61,16 @@ class Spool:
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r}, {self.destination!r})"
 
-    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        return self._db.transaction()
+    def _transaction(self, wait: Optional[float]) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return self._db.transaction(wait)
 
     def close(self) -> None:
         self._db.close()
 
     # -- operations -------------------------------------------------------------------
 
-    def put(self, task_ids: Sequence[str], encoded: Sequence[bytes], leased: bool = False) -> Tuple[int, int]:
+    def put(self, task_ids: Sequence[str], encoded: Sequence[bytes], leased: bool = False,
+            wait: Optional[float] = None) -> Tuple[int, int]:
         """Store events; returns (stored, evicted). Past ``max_tasks`` the oldest rows of
         this destination are dropped (the caller counts them). ``leased`` rows (a batch
         about to be sent, with ``durable=True``) are not replayed by others meanwhile."""
@@ -77,7 +78,7 @@ class Spool:
         lease = now + LEASE if leased else 0.0
         pid = os.getpid()
         rows = [(self.destination, tid, now, lease, pid, enc) for tid, enc in zip(task_ids, encoded)]
-        with self._transaction() as conn:
+        with self._transaction(wait) as conn:
             stored = insert_rows(
                 conn,
                 "INSERT OR IGNORE INTO outbox (destination, task_id, spooled_at, lease_until, owner, event) VALUES",
@@ -93,10 +94,10 @@ class Spool:
                 )
         return stored, evicted
 
-    def claim(self, limit: int) -> List[Tuple[int, bytes]]:
+    def claim(self, limit: int, wait: Optional[float] = None) -> List[Tuple[int, bytes]]:
         """Lease the oldest ``limit`` rows nobody else holds: [(row id, event bytes)]."""
         now = time.time()
-        with self._transaction() as conn:
+        with self._transaction(wait) as conn:
             rows = conn.execute(
                 "SELECT id, event FROM outbox WHERE destination = ? AND lease_until < ? ORDER BY id LIMIT ?",
                 (self.destination, now, limit),
@@ -106,47 +107,47 @@ class Spool:
                          [row[0] for row in rows], (now + LEASE, os.getpid()))
         return [(row[0], bytes(row[1])) for row in rows]
 
-    def ack(self, row_ids: Sequence[int]) -> None:
+    def ack(self, row_ids: Sequence[int], wait: Optional[float] = None) -> None:
         """Forget rows that were delivered (or finally rejected)."""
         if row_ids:
-            with self._transaction() as conn:
+            with self._transaction(wait) as conn:
                 where_in(conn, "DELETE FROM outbox WHERE id IN ({})", row_ids)
 
-    def remove(self, task_ids: Sequence[str]) -> None:
+    def remove(self, task_ids: Sequence[str], wait: Optional[float] = None) -> None:
         """Forget the rows of these task ids (a durable batch that was delivered)."""
-        with self._transaction() as conn:
+        with self._transaction(wait) as conn:
             where_in(conn, "DELETE FROM outbox WHERE destination = ? AND task_id IN ({})", task_ids,
                      (self.destination,))
 
-    def unlease(self, task_ids: Sequence[str]) -> None:
+    def unlease(self, task_ids: Sequence[str], wait: Optional[float] = None) -> None:
         """Make rows of these task ids replayable at once."""
-        with self._transaction() as conn:
+        with self._transaction(wait) as conn:
             where_in(conn, "UPDATE outbox SET lease_until = 0 WHERE destination = ? AND task_id IN ({})", task_ids,
                      (self.destination,))
 
-    def release(self, row_ids: Sequence[int]) -> None:
+    def release(self, row_ids: Sequence[int], wait: Optional[float] = None) -> None:
         """Give leased rows back, for a later attempt."""
         if row_ids:
-            with self._transaction() as conn:
+            with self._transaction(wait) as conn:
                 where_in(conn, "UPDATE outbox SET lease_until = 0 WHERE id IN ({})", row_ids)
 
-    def reclaim_dead(self) -> int:
+    def reclaim_dead(self, wait: Optional[float] = None) -> int:
         """Release leases held by processes that no longer exist (killed mid-send, say),
         so their rows are replayed now rather than when the lease runs out."""
         owners = [row[0] for row in self._db.query(
             "SELECT DISTINCT owner FROM outbox WHERE destination = ? AND lease_until >= ? AND owner != ?",
-            (self.destination, time.time(), os.getpid()),
+            (self.destination, time.time(), os.getpid()), wait,
         )]
         dead = [pid for pid in owners if not _alive(pid)]
         if dead:
-            with self._transaction() as conn:
+            with self._transaction(wait) as conn:
                 where_in(conn, "UPDATE outbox SET lease_until = 0 WHERE destination = ? AND owner IN ({})", dead,
                          (self.destination,))
         return len(dead)
 
-    def count(self) -> int:
+    def count(self, wait: Optional[float] = None) -> int:
         """Rows waiting for this destination."""
-        rows = self._db.query("SELECT COUNT(*) FROM outbox WHERE destination = ?", (self.destination,))
+        rows = self._db.query("SELECT COUNT(*) FROM outbox WHERE destination = ?", (self.destination,), wait)
         return int(rows[0][0])
 
 

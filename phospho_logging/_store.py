@@ -37,6 +37,9 @@ _lock = threading.RLock()
 #: Bumped at each fork: connections of an older generation were closed and must reopen.
 _generation = 0
 _open_connections: Set[sqlite3.Connection] = set()
+#: How long a fork waits for a connection in use to be free.
+FORK_WAIT = 1.0
+_held_for_fork = False
 
 
 def close_connection(conn: sqlite3.Connection) -> None:
@@ -56,16 +59,20 @@ def before_fork() -> None:
     parent's. So every connection is closed first (waiting for one in use); both sides
     reopen on next use.
     """
-    global _generation
-    _lock.acquire()
-    for conn in list(_open_connections):
-        close_connection(conn)
+    global _generation, _held_for_fork
+    # Waiting for a connection in use is bounded: a fork must not wait behind another
+    # process's lock. Without the lock, the child still opens connections of its own.
+    _held_for_fork = _lock.acquire(timeout=FORK_WAIT)
+    if _held_for_fork:
+        for conn in list(_open_connections):
+            close_connection(conn)
     _generation += 1
 
 
 def after_fork_in_parent() -> None:
     """Let the parent use SQLite again."""
-    _lock.release()
+    if _held_for_fork:
+        _lock.release()
 
 
 def after_fork_in_child() -> None:
@@ -95,8 +102,13 @@ def move_aside(path: Path, exc: Exception) -> None:
     )
 
 
-def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
-    """Open (and if needed create, owner-only) the store at ``path``."""
+#: How long SQLite waits for a lock another connection holds, unless told less.
+BUSY_TIMEOUT = 10.0
+
+
+def connect(path: Path, *, create: bool = True, wait: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+    """Open (and if needed create, owner-only) the store at ``path``, waiting at most
+    ``wait`` seconds for another connection's lock."""
     if create:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Create the file ourselves so its mode is 0600 from the first byte; SQLite gives
@@ -105,10 +117,10 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
         os.close(fd)
     elif not path.exists():
         raise FileNotFoundError(str(path))
-    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(str(path), timeout=wait, isolation_level=None, check_same_thread=False)
     _open_connections.add(conn)
     try:
-        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute(f"PRAGMA busy_timeout = {_ms(wait)}")
         if create:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -152,30 +164,41 @@ def where_in(conn: sqlite3.Connection, statement: str, values: Sequence[Any], pa
         conn.execute(statement.format(", ".join("?" * len(chunk))), [*params, *chunk])
 
 
+def _ms(seconds: float) -> int:
+    return max(0, int(seconds * 1000))
+
+
 class Database:
     """Connections to one SQLite file: one per thread, opened on first use and again after
-    a fork, every use under the package's SQLite lock."""
+    a fork, every use under the package's SQLite lock.
+
+    Each operation takes ``wait``: the most it may wait for the lock, this process's or
+    another's (None: ``BUSY_TIMEOUT``); a lock still held then raises
+    ``sqlite3.OperationalError``, which callers count like any storage error.
+    """
 
     def __init__(self, path: Path, setup: Optional[Callable[[sqlite3.Connection], None]] = None) -> None:
         self.path = path
         self._setup = setup
         self._local = threading.local()
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self, wait: float) -> sqlite3.Connection:
         slot = getattr(self._local, "slot", None)
         if slot is None or slot[1] != _generation:
             try:
-                conn = self._open()
+                conn = self._open(wait)
             except sqlite3.DatabaseError as exc:
                 if isinstance(exc, sqlite3.OperationalError):
                     raise  # locked, read-only, disk full...: the caller counts it
                 move_aside(self.path, exc)  # not a database, or damaged: start a new one
-                conn = self._open()
+                conn = self._open(wait)
             slot = self._local.slot = (conn, _generation)
-        return slot[0]  # type: ignore[no-any-return]
+        conn = slot[0]
+        conn.execute(f"PRAGMA busy_timeout = {_ms(wait)}")
+        return conn  # type: ignore[no-any-return]
 
-    def _open(self) -> sqlite3.Connection:
-        conn = connect(self.path)
+    def _open(self, wait: float) -> sqlite3.Connection:
+        conn = connect(self.path, wait=wait)
         try:
             if self._setup is not None:
                 self._setup(conn)
@@ -185,30 +208,56 @@ class Database:
         return conn
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, wait: Optional[float] = None) -> Iterator[sqlite3.Connection]:
         """A write transaction (BEGIN IMMEDIATE), committed on success."""
-        with _lock:
-            conn = self._conn()
+        with _locked(wait) as left:
+            conn = self._conn(left)
             with conn:
                 conn.execute("BEGIN IMMEDIATE")
                 yield conn
 
-    def query(self, sql: str, params: Sequence[Any] = ()) -> List[Any]:
-        with _lock:
-            return self._conn().execute(sql, params).fetchall()
+    def query(self, sql: str, params: Sequence[Any] = (), wait: Optional[float] = None) -> List[Any]:
+        """Rows of a read."""
+        with _locked(wait) as left:
+            return self._conn(left).execute(sql, params).fetchall()
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        with _lock:
+        """Close this thread's connection (soon, or not at all if another thread holds the
+        store long: closing must not wait behind it)."""
+        if not _lock.acquire(timeout=0.1):
+            return
+        try:
             slot = getattr(self._local, "slot", None)
             if slot is not None:
                 if slot[1] == _generation:
                     close_connection(slot[0])
                 self._local.slot = None
+        finally:
+            _lock.release()
+
+
+@contextlib.contextmanager
+def _locked(wait: Optional[float]) -> Iterator[float]:
+    """The package's SQLite lock, waited for at most ``wait`` seconds; yields the time left
+    for SQLite's own waits."""
+    if wait is None:
+        with _lock:
+            yield BUSY_TIMEOUT
+        return
+    started = time.monotonic()
+    if not _lock.acquire(timeout=max(0.0, wait)):
+        raise sqlite3.OperationalError("the local store is busy (another thread of this process holds it)")
+    try:
+        yield max(0.0, wait - (time.monotonic() - started))
+    finally:
+        _lock.release()
 
 
 class LocalStoreExporter:
     """An exporter that appends batches to the local store; a task id already stored is skipped."""
+
+    #: Writes to local storage: at the shutdown deadline the engine writes to it anyway.
+    local = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -223,7 +272,7 @@ class LocalStoreExporter:
         now = time.time()
         rows = [(e.task_id, e.session_id, e.created, now, e.json.decode("utf-8")) for e in events]
         try:
-            with self._db.transaction() as conn:
+            with self._db.transaction(wait=min(timeout, BUSY_TIMEOUT)) as conn:
                 insert_rows(conn, "INSERT OR IGNORE INTO tasks (task_id, session_id, created_at, stored_at, event) "
                                   "VALUES", rows)
         except (sqlite3.Error, OSError) as exc:

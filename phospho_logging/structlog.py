@@ -27,9 +27,12 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "phospho_logging.structlog needs structlog: pip install 'phospho-logging[structlog]'"
     ) from exc
 
-from . import _capture, _configure, _context, _diag
+from threading import get_ident
+
+from . import _capture, _configure, _context, _lifecycle
 from ._config import Options, resolve
 from ._item import new_task_id, plain_event_dict
+from ._lifecycle import IN_GC, OWN_IO
 from ._snapshot import snapshot_event_dict
 
 __all__ = ["PhosphoProcessor", "ShippedEvent"]
@@ -73,6 +76,8 @@ class PhosphoProcessor:
     def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
         if "input" not in event_dict:
             return event_dict
+        if OWN_IO and get_ident() in OWN_IO and get_ident() not in IN_GC:
+            return self._own_io(event_dict)
         try:
             task_id = event_dict.get("task_id")
             if type(task_id) is not str or not task_id:
@@ -103,7 +108,7 @@ class PhosphoProcessor:
             elif _capture.active():
                 _capture.deliver(snapshot, options)
             else:
-                _diag.warn_once(
+                _lifecycle.report(
                     "processor_unconfigured",
                     "PhosphoProcessor got a task but nothing ships it: call phospho_logging.configure() "
                     "or configure a PhosphoHandler (tasks are not kept until then)",
@@ -115,8 +120,16 @@ class PhosphoProcessor:
             shipped["task_id"] = task_id
             return shipped
         except Exception as exc:  # noqa: BLE001 - never raise into the application
-            _diag.warn_once("processor_error", "PhosphoProcessor could not make a task: %r", exc)
+            _lifecycle.report("processor_error", "PhosphoProcessor could not make a task: %r", exc)
             return event_dict
+
+    def _own_io(self, event_dict: EventDict) -> EventDict:
+        """An event logged from inside the library's own I/O: not shipped (it could loop),
+        counted on the engine it would have gone to."""
+        engine = self._engine or _configure.installed_engine or _configure.default_engine()
+        if engine is not None:
+            engine.ignore_own_io()
+        return event_dict
 
 
 class ShippedEvent(dict):  # type: ignore[type-arg]

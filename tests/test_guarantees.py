@@ -10,6 +10,7 @@ import ast
 import gc
 import json
 import logging
+import os
 import signal
 import sqlite3
 import subprocess
@@ -237,7 +238,7 @@ class TestNeverDeadlocks:
         assert [e["input"] for e in exporter.events] == ["t0", "t1", "t2"]
         assert stats["ignored_own_io"] == 3 and balanced(stats) and stats["enqueued"] == 3
 
-    def test_threads_log_while_the_engine_starts_stops_and_forks(self) -> None:
+    def test_threads_log_while_engines_come_and_go(self) -> None:
         """Many threads logging while engines are made, flushed and shut down: no call
         raises or blocks for long."""
         exporter = InMemoryExporter()
@@ -339,7 +340,7 @@ class TestExitOnTime:
         assert {f"main-{i}" for i in range(1000)} <= delivered | spooled
 
     def test_exit_drain_honours_max_batch_bytes(self, tmp_path: Path) -> None:
-        """Tasks drained at exit (no flush, no running worker) go out within max_batch_bytes."""
+        """Tasks drained at exit (no flush before it) go out within max_batch_bytes."""
         with PhosphoTestServer() as server:
             code = """
             import logging, phospho_logging
@@ -535,3 +536,262 @@ class TestModules:
                         and node.value.id == "logging" and node.attr.startswith("_"):
                     found.append(f"{path.name}: logging.{node.attr}")
         assert found == []
+
+
+class TestEdges:
+    """Paths a review found that could lose a task uncounted, loop, or hold exit."""
+
+    def test_a_timed_out_flush_does_not_hide_a_loss(self) -> None:
+        """A flush that gave up before its marker was reached leaves the loss to the next
+        flush, which reports it."""
+        exporter = InMemoryExporter([ExportResult.retry("down")] * 2)
+        pipeline = phospho_logging.configure(exporter=exporter, max_attempts=2)  # no spool: a failure is a loss
+        log.info("t", extra={"input": "lost"})
+        assert pipeline.flush(timeout=0.001) is False
+        deadline = time.monotonic() + 30
+        while pipeline.stats()["dropped"] == 0 and time.monotonic() < deadline:
+            threading.Event().wait(0.01)  # bounded polling on the books
+        log.info("t", extra={"input": "ok"})
+        assert pipeline.flush(timeout=10) is False  # "lost" was dropped since the last flush that returned
+        assert pipeline.flush(timeout=10) is True
+
+    def test_a_task_after_a_rescue_is_settled(self) -> None:
+        """shutdown() rescues a worker stuck in a request; a task that arrives before the
+        request returns is still settled once, and counted."""
+        entered, release = threading.Event(), threading.Event()
+
+        class Hang(InMemoryExporter):
+            def export(self, events: Any, timeout: float) -> ExportResult:
+                if not entered.is_set():
+                    entered.set()
+                    release.wait(10)  # a request that does not answer (until released)
+                    return ExportResult.retry("timeout")
+                return super().export(events, timeout)
+
+        handler = phospho_logging.PhosphoHandler(exporter=Hang(), shutdown_timeout=0.5, max_attempts=1,
+                                                 flush_interval=0.01)
+        lg = logging.getLogger("phospho.rescue")
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        try:
+            lg.info("t", extra={"input": "first"})
+            assert entered.wait(10)
+            handler.engine.shutdown()  # rescues the stuck batch at the deadline
+            lg.info("t", extra={"input": "late"})  # the handler is still attached
+            release.set()
+            handler.flush(timeout=10)  # False: without a spool, the rescued "first" was dropped
+            stats = handler.stats()
+            assert stats["queued"] == 0 and balanced(stats) and stats["enqueued"] == 2
+            assert (stats["sent"], stats["dropped_by_reason"]) == (1, {"shutdown_deadline": 1})
+        finally:
+            lg.removeHandler(handler)
+            release.set()
+            handler.close()
+
+    def test_structlog_inside_our_own_io_does_not_loop(self) -> None:
+        """An exporter that logs through structlog (an instrumented client, say): its events
+        are not shipped, so one task makes one export, not an endless feed."""
+        import structlog
+
+        from phospho_logging.structlog import PhosphoProcessor
+
+        structlog.configure(processors=[PhosphoProcessor(), structlog.processors.JSONRenderer()],
+                            logger_factory=structlog.ReturnLoggerFactory())
+        slog = structlog.get_logger()
+
+        class Chatty(InMemoryExporter):
+            def export(self, events: Any, timeout: float) -> ExportResult:
+                slog.info("exporting", input="from inside the export")
+                return super().export(events, timeout)
+
+        exporter = Chatty()
+        pipeline = phospho_logging.configure(exporter=exporter)
+        try:
+            slog.info("app", input="one task")
+            assert pipeline.flush(timeout=10) and pipeline.flush(timeout=10)
+            stats = pipeline.stats()
+            assert [e["input"] for e in exporter.events] == ["one task"] and len(exporter.batches) == 1
+            assert stats["ignored_own_io"] == 1 and balanced(stats)
+        finally:
+            structlog.reset_defaults()
+
+    def test_one_exporter_shared_by_two_engines(self) -> None:
+        """One exporter given to configure() twice: export is never called by two threads at
+        once, and never closed while one is under way."""
+        problems: List[str] = []
+        inside = [0]
+        entered = threading.Event()
+
+        class Watch(InMemoryExporter):
+            def export(self, events: Any, timeout: float) -> ExportResult:
+                inside[0] += 1
+                if inside[0] > 1:
+                    problems.append("export || export")
+                entered.set()
+                threading.Event().wait(0.2)  # a slow request (the other engine tries meanwhile)
+                result = super().export(events, timeout)
+                inside[0] -= 1
+                return result
+
+            def close(self) -> None:
+                if inside[0]:
+                    problems.append("close during export")
+                super().close()
+
+        exporter = Watch()
+        phospho_logging.configure(exporter=exporter, flush_interval=0.01)
+        log.info("t", extra={"input": "a"})
+        assert entered.wait(10)  # the first engine's worker is in export
+        second = phospho_logging.configure(exporter=exporter, flush_interval=0.01)
+        log.info("t", extra={"input": "b"})
+        assert second.flush(timeout=10) and phospho_logging.flush(timeout=10)
+        assert problems == [] and sorted(e["input"] for e in exporter.events) == ["a", "b"]
+
+    def test_spooled_by_the_old_engine_replayed_by_the_new(self, tmp_path: Path) -> None:
+        """After a handover, what the old engine could not send (and spooled) is replayed by
+        the new one, which is healthy, in the same process."""
+        go = threading.Event()
+
+        class Down(InMemoryExporter):
+            def export(self, events: Any, timeout: float) -> ExportResult:
+                go.wait(10)  # fails only once the new engine has looked at the spool and found it empty
+                super().export(events, timeout)
+                return ExportResult.retry("503", status=503)
+
+        creds = {"api_key": "k", "project_id": "p", "local_dir": str(tmp_path)}
+        old = phospho_logging.configure(exporter=Down(), max_attempts=1, flush_interval=60, **creds)
+        log.info("t", extra={"input": "from the old engine"})
+        new_exporter = InMemoryExporter()
+        new = phospho_logging.configure(exporter=new_exporter, **creds)  # the old one drains, fails, spools
+        log.info("t", extra={"input": "new"})
+        assert new.flush(timeout=10)  # healthy, its spool looked at already
+        go.set()
+        assert old.flush(timeout=10) and old.stats()["spooled"] == 1
+        deadline = time.monotonic() + 30
+        while len(new_exporter.events) < 2 and time.monotonic() < deadline:
+            threading.Event().wait(0.05)  # bounded polling: the new engine replays when idle
+        assert [e["input"] for e in new_exporter.events] == ["new", "from the old engine"]
+        assert new.stats()["replayed"] == 1
+
+    def test_capture_is_what_would_be_sent(self) -> None:
+        """capture_tasks() cuts events to fit a request exactly as the worker does."""
+        from phospho_logging.testing import capture_tasks
+
+        extra = {"input": "q", **{f"k{i}": "x" * 90_000 for i in range(20)}}
+        exporter = InMemoryExporter()
+        pipeline = phospho_logging.configure(exporter=exporter)
+        with capture_tasks() as tasks:
+            log.info("t", extra=extra)
+        log.info("t", extra=extra)
+        assert pipeline.flush(timeout=10)
+        captured, sent = tasks[0], exporter.events[0]
+        captured.pop("task_id"), sent.pop("task_id")
+        captured["client_created_at"] = sent["client_created_at"] = 0
+        captured["metadata"].pop("log_line"), sent["metadata"].pop("log_line")
+        assert captured == sent and "phospho_logging_truncated" in sent["metadata"]
+
+    def test_exit_with_a_started_listener_is_one_deadline(self) -> None:
+        """configure() and a started PhosphoQueueListener, both exporters hung: exit takes one
+        shutdown_timeout, not one each."""
+        code = """
+            import logging, queue, threading, phospho_logging
+            from phospho_logging import PhosphoHandler, PhosphoQueueListener, PhosphoQueueHandler
+            from phospho_logging.testing import InMemoryExporter
+
+            class Hang(InMemoryExporter):
+                def export(self, events, timeout):
+                    threading.Event().wait()  # never answers
+
+            phospho_logging.configure(exporter=Hang(), shutdown_timeout=2, flush_interval=0.01)
+            logging.getLogger("phospho").info("t", extra={"input": "a"})
+            q = queue.SimpleQueue()
+            listener = PhosphoQueueListener(q, PhosphoHandler(exporter=Hang(), shutdown_timeout=2,
+                                                              flush_interval=0.01))
+            handler = PhosphoQueueHandler(q)
+            handler.listener = listener
+            lg = logging.getLogger("app")
+            lg.setLevel(logging.INFO)
+            lg.addHandler(handler)
+            listener.start()
+            import atexit
+            atexit.register(listener.stop)  # the stdlib's advice: runs before our exit hook
+            lg.info("t", extra={"input": "b"})
+            print("exit now", flush=True)
+        """
+        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=child_env({}), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "exit now"
+            start = time.monotonic()
+            _, err = proc.communicate(timeout=60)
+            seconds = time.monotonic() - start
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, err
+        assert seconds < 2 + 1.0, seconds
+
+    def test_relay_after_fork(self, tmp_path: Path) -> None:
+        """A started PhosphoQueueListener relays a stdlib QueueHandler's records in a forked
+        child too."""
+        if not hasattr(os, "fork"):
+            return
+        code = """
+            import logging, logging.handlers, os, queue, sys, phospho_logging
+            from phospho_logging import PhosphoHandler, PhosphoQueueListener
+            q = queue.Queue()
+            lg = logging.getLogger("app")
+            lg.setLevel(logging.INFO)
+            lg.addHandler(logging.handlers.QueueHandler(q))
+            listener = PhosphoQueueListener(q, PhosphoHandler())
+            listener.start()
+            lg.info("t", extra={"input": "parent"})
+            assert phospho_logging.flush(timeout=10)
+            pid = os.fork()
+            if pid == 0:
+                for i in range(3):
+                    lg.info("t", extra={"input": f"child{i}"})
+                listener.stop()
+                os._exit(0 if listener.flush(timeout=10) else 3)
+            _, status = os.waitpid(pid, 0)
+            sys.exit(os.waitstatus_to_exitcode(status))
+        """
+        result = run_child(code, {"PHOSPHO_LOCAL_DIR": str(tmp_path)}, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert sorted(stored_inputs(tmp_path)) == ["child0", "child1", "child2", "parent"]
+
+    def test_exit_with_the_store_locked_by_another_process(self, tmp_path: Path) -> None:
+        """Another process holds the store's write lock: exit still ends on time, and says
+        what it could not keep."""
+        child = """
+            import logging, sys, phospho_logging
+            phospho_logging.configure(shutdown_timeout=1, flush_interval=60)
+            log = logging.getLogger("phospho")
+            for i in range(500):
+                log.info("t", extra={"input": f"q{i}"})
+            print("exit now", flush=True)
+        """
+        # The store exists (made by a first run) and another process holds its write lock.
+        first = run_child("import logging, phospho_logging\nphospho_logging.configure()\n"
+                          "logging.getLogger('phospho').info('t', extra={'input': 'first'})\n",
+                          {"PHOSPHO_LOCAL_DIR": str(tmp_path)}, timeout=30)
+        assert first.returncode == 0, first.stderr
+        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"), isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("DELETE FROM tasks WHERE 0")
+            proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(child)], text=True,
+                                    env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "exit now"
+                start = time.monotonic()
+                _, err = proc.communicate(timeout=60)
+                seconds = time.monotonic() - start
+            finally:
+                proc.kill()
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+        assert proc.returncode == 0, err
+        assert seconds < 1 + 1.0, seconds
+        assert "not delivered" in err or "could not be delivered or kept" in err

@@ -136,6 +136,7 @@ class TestProcessor:
         processor = PhosphoProcessor()
         for _ in range(3):
             assert processor(None, "info", {"event": "e", "input": "q"}) == {"event": "e", "input": "q"}
+        assert phospho_logging.flush(timeout=5)  # also: what logging calls reported is said by now
         assert sum("nothing ships it" in m for m in diag) == 1
 
 
@@ -211,10 +212,11 @@ class TestShortPath:
         assert self.later(server, warm)["metadata"]["when"] == when.isoformat()
 
     @pytest.mark.parametrize("warm_first", [False, True], ids=["cold", "warm"])
-    def test_after_shutdown(self, server: PhosphoTestServer, creds: dict, warm_first: bool) -> None:
-        """Events after shutdown() are delivered by a revived worker, and the books stay right."""
+    def test_after_shutdown_with_its_pipeline(self, server: PhosphoTestServer, creds: dict, warm_first: bool) -> None:
+        """A processor given its pipeline keeps shipping through it after shutdown(): a
+        worker comes back for the late events, and the books stay right."""
         pipeline = phospho_logging.configure(**creds)
-        structlog.configure(processors=[PhosphoProcessor(), Collect()])
+        structlog.configure(processors=[PhosphoProcessor(pipeline), Collect()])
         log = structlog.get_logger()
         if warm_first:
             log.info("e", input="before")
@@ -227,6 +229,19 @@ class TestShortPath:
         expected = 4 if warm_first else 3
         assert len(server.tasks) == expected
         assert (stats["enqueued"], stats["sent"], stats["queued"]) == (expected, expected, 0)
+
+    def test_after_shutdown_without_a_pipeline(self, server: PhosphoTestServer, creds: dict,
+                                               diag: List[str]) -> None:
+        """The default processor follows configure(): after shutdown() nothing ships its
+        events, and it says so once."""
+        pipeline = phospho_logging.configure(**creds)
+        structlog.configure(processors=[PhosphoProcessor(), Collect()])
+        structlog.get_logger().info("e", input="before")
+        pipeline.shutdown()
+        structlog.get_logger().info("e", input="after")
+        assert phospho_logging.flush(timeout=5)
+        assert [t["input"] for t in server.tasks] == ["before"]
+        assert sum("nothing ships it" in m for m in diag) == 1
 
 
 def stdlib_chain(*extra_processors: Any) -> None:

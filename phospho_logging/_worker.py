@@ -1,0 +1,355 @@
+"""The engine's worker thread: the one batching loop, and the rescue at the deadline.
+
+``WorkerLoop`` is the half of ``Engine`` that runs on the worker thread (and, at exit or
+when the worker is stuck, on the thread that stops the engine): it takes items off the
+queue, turns them into wire events, gathers them in batches, delivers each batch and has
+its outcome settled. The other half (``_engine``: what producers and control calls do)
+owns the state it reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue as queue_module
+import threading
+import time
+from typing import Any, Callable, Iterator, List, Optional
+
+from . import _diag, _lifecycle
+from ._batch import Batch
+from ._config import Options
+from ._delivery import Books, Delivery, Resolution, count_value
+from ._event import encode
+from ._export import WireEvent
+from ._item import snapshot_of
+from ._settle import Settler
+
+#: Seconds the worker waits for an item when it has nothing else to do.
+IDLE_WAIT = 1.0
+#: At exit, past the deadline by this much, tasks are counted as lost instead of kept.
+EXIT_GRACE = 0.25
+#: A worker that took nothing for this long at the shutdown deadline is stuck (in a
+#: request that does not answer): the stopping thread keeps what it holds.
+STUCK_AFTER = 0.1
+#: Tasks kept per write when the rest is rescued at the deadline.
+RESCUE_CHUNK = 1000
+#: Internal errors in a row after which the worker gives up (leaving tasks counted as queued).
+MAX_CRASHES = 100
+
+
+class Marker:
+    """A flush or stop request in the queue; ``losses`` is the loss count when reached."""
+
+    __slots__ = ("done", "losses")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.losses = -1
+
+
+class Flush(Marker):
+    """Send what you hold, and say when everything before this was settled."""
+
+    __slots__ = ()
+
+
+class Stop(Marker):
+    """Settle everything before this within ``deadline``; ``at_exit``: the process ends."""
+
+    __slots__ = ("deadline", "at_exit")
+
+    def __init__(self, deadline: float, at_exit: bool) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.at_exit = at_exit
+
+
+class Held:
+    """Events the worker holds (a batch being filled or sent), settled once: by the
+    worker, or by the thread that rescues it at the shutdown deadline. The small lock is
+    taken by those two only, never by a producer."""
+
+    __slots__ = ("batch", "_lock", "_settled")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self._lock = threading.Lock()
+        self._settled = False
+
+    def add(self, event: WireEvent) -> bool:
+        """Append ``event``; False if the batch was claimed meanwhile (then it is not added)."""
+        with self._lock:
+            if self._settled:
+                return False
+            self.batch.add(event)
+            return True
+
+    def claim(self) -> bool:
+        """True for the first caller only; the batch is theirs to settle."""
+        with self._lock:
+            if self._settled:
+                return False
+            self._settled = True
+            return True
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+
+class WorkerLoop:
+    """The worker thread's half of ``Engine`` (see the module docstring)."""
+
+    # Set by Engine.
+    options: Options
+    books: Books
+    delivery: Delivery
+    settler: Settler
+    stopped: bool
+    _queue: queue_module.SimpleQueue[Any]
+    _forward: Optional[Callable[[logging.LogRecord], None]]
+    _budget: int
+    _deadline: Optional[float]
+    _start_lock: threading.Lock
+    _running: bool
+    _building: Optional[Held]
+    _flight: Optional[Held]
+    _abandoned: bool
+    _beats: int
+    _stop: Optional[Stop]
+    _stopping: threading.Event
+    _refused: Any
+    _late: Any
+
+    def close_for_exit(self) -> None:  # pragma: no cover - Engine's
+        raise NotImplementedError
+
+    def release_resources(self) -> None:  # pragma: no cover - Engine's
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        crashes = 0
+        while True:
+            try:
+                self._loop()
+                crashes = 0
+            except BaseException as exc:  # noqa: BLE001 - a bug of ours: say it, keep going
+                self._abandon(exc)
+                crashes += 1
+                if crashes < MAX_CRASHES:
+                    continue  # what it held is kept; the queue goes on being drained
+            if self._abandoned or self._park():
+                break
+        self.release_resources()
+
+    def _park(self) -> bool:
+        """The worker ends: True, unless items arrived meanwhile (it then goes on).
+
+        ``_running`` is cleared before the queue is looked at: a producer that put an item
+        after the look sees ``_running`` False and wakes a new worker.
+        """
+        with self._start_lock:
+            self._running = False
+            if self._queue.qsize() == 0:
+                return True
+            self._running = True
+            return False
+
+    def _loop(self) -> None:
+        """The one batching loop: take items until the engine is stopped and nothing is
+        left. Batches go out when full, after ``flush_interval``, at a flush marker, at a
+        stop marker and, once stopped, as soon as the queue is empty. At the exit marker
+        the engine closes (later logging calls are only counted); what arrived before is
+        drained, and past the deadline kept in bulk until the exit grace runs out."""
+        q = self._queue
+        settler = self.settler
+        held = self._hold()
+        due = 0.0
+        exiting: Optional[Stop] = None
+        while True:
+            batch = held.batch
+            if batch:
+                timeout = due - time.monotonic()
+            elif self.stopped:
+                timeout = 0.0
+            elif settler.replay_ready() and not self.delivery.circuit.is_open():
+                timeout = 0.0
+            else:
+                timeout = IDLE_WAIT
+            try:
+                item = q.get(True, timeout) if timeout > 0 else q.get_nowait()
+            except queue_module.Empty:
+                if batch:
+                    held = self._send(held)
+                elif self.stopped:
+                    self._building = None
+                    if exiting is not None:
+                        self._barrier(exiting)
+                    return
+                elif settler.replay_ready() and not self.delivery.circuit.is_open():
+                    settler.replay(self.delivery)
+                continue
+            kind = type(item)
+            if kind is Flush or kind is Stop:
+                next(self.books.markers_got)
+                if batch:
+                    held = self._send(held)
+                if kind is Stop and item.at_exit:
+                    self.close_for_exit()
+                    exiting = item
+                else:
+                    self._barrier(item)
+                    if item is self._stop:  # a shutdown() done: later tasks get the whole policy
+                        self._deadline = None
+                        self._stopping.clear()
+                continue
+            next(self.books.got)
+            if exiting is not None and time.monotonic() >= exiting.deadline:
+                # Out of time at exit: keep the rest in bulk (the spool, or offline the
+                # store), oldest first, until the grace runs out; the report counts the rest.
+                self._rescue(at_exit=True, first=item)
+                self._barrier(exiting)
+                return
+            self._beats += 1
+            event = self._encode(item)
+            if event is None:
+                continue
+            if not batch:
+                due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
+            elif not batch.fits(event):
+                held = self._send(held)
+                due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
+            if not held.add(event):  # the batch was rescued meanwhile: a new one
+                held = self._hold()
+                held.add(event)
+                due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
+            if held.batch.full:
+                held = self._send(held)
+
+    def _hold(self) -> Held:
+        held = self._building = Held(Batch(self.options.max_batch_size, self.options.max_batch_bytes))
+        return held
+
+    def _holding(self) -> int:
+        """Events taken off the queue and not settled yet."""
+        count = 0
+        for held in (self._building, self._flight):
+            if held is not None and not held.settled:
+                count += len(held.batch)
+        return count
+
+    def _encode(self, item: Any) -> Optional[WireEvent]:
+        """The wire event of a queue item (None if it carries no task); a task that cannot
+        be built is counted as dropped here."""
+        try:
+            if self._forward is not None and isinstance(item, logging.LogRecord):
+                with _lifecycle.own_io():
+                    self._forward(item)
+            snapshot = snapshot_of(item)
+            if snapshot is None:
+                next(self.books.passed)  # a record passed on to other handlers only
+                return None
+            o = self.options
+            event = encode(snapshot, project_id=o.project_id, version_id=o.version_id,
+                           max_field_chars=o.max_field_chars, max_bytes=self._budget)
+            if snapshot.problems:
+                self.settler.count_problems(snapshot.problems)
+            if event is None:
+                self.settler.drop(1, "too_large", f"a task is larger than max_batch_bytes={o.max_batch_bytes} "
+                                                  "even when truncated")
+            return event
+        except Exception as exc:  # noqa: BLE001 - a bug here must not stop the worker
+            self.settler.drop(1, "internal_error", f"could not build a task: {exc!r}")
+            return None
+
+    def _send(self, held: Held) -> Held:
+        """Deliver (or keep) the events ``held``; returns a new, empty holder."""
+        self._flight = held
+        nxt = self._hold()
+        events = held.batch.events
+        with self.books.lock:
+            self.books.batches += 1
+        stored = self.settler.durable_copy(events)
+        try:
+            results = self.delivery.attempt(events)
+        except Exception as exc:  # noqa: BLE001 - never lose a batch to a bug of ours
+            results = [Resolution("failed", list(events), "internal_error", f"delivery failed: {exc!r}")]
+        self._beats += 1
+        if held.claim():  # else rescued at the shutdown deadline meanwhile
+            self.settler.settle(results, stored)
+        self._flight = None
+        return nxt
+
+    def _barrier(self, marker: Marker) -> None:
+        marker.losses = self._losses()
+        marker.done.set()
+
+    def _losses(self) -> int:
+        return self.books.losses() + count_value(self._refused) + count_value(self._late)
+
+    def _abandon(self, exc: BaseException) -> None:
+        """After an internal error in the loop: what the worker held is kept, not lost."""
+        _diag.warn_once("worker_error", "internal error in the worker, which goes on: %r", exc)
+        for held in (self._flight, self._building):
+            if held is not None and held.claim():
+                self.settler.keep(held.batch.events, "internal_error", f"internal error: {exc!r}")
+        self._flight = self._building = None
+
+    # -- out of time -----------------------------------------------------------------------
+
+    def _rescue(self, at_exit: bool, first: Any = None) -> None:
+        """Out of time: keep what the worker holds, then ``first`` (an item just taken) and
+        what is queued, oldest first, a chunk at a time. From the stopping thread when the
+        worker is stuck, or from the worker itself at exit."""
+        reason, message = "shutdown_deadline", "shutdown_timeout reached with tasks unsent"
+        for held in (self._flight, self._building):
+            if held is not None and held.claim() and held.batch:
+                self.settler.keep(held.batch.events, reason, message)
+        if at_exit:
+            self.close_for_exit()
+        chunk: List[WireEvent] = []
+        if first is not None:
+            event = self._encode(first)
+            if event is not None:
+                chunk.append(event)
+        for event in self._sweep():
+            chunk.append(event)
+            if len(chunk) >= RESCUE_CHUNK:
+                self.settler.keep(chunk, reason, message)
+                chunk = []
+        if chunk:
+            self.settler.keep(chunk, reason, message)
+
+    def _sweep(self) -> Iterator[WireEvent]:
+        """The events of what is on the queue now, and no more however fast others log
+        (markers are released; past the exit grace, what is left is left)."""
+        q = self._queue
+        for _ in range(q.qsize()):
+            if self._past_grace():
+                self._abandoned = True  # what is left is counted by the exit report
+                return
+            try:
+                item = q.get_nowait()
+            except queue_module.Empty:
+                break
+            if isinstance(item, Marker):
+                next(self.books.markers_got)
+                item.losses = self._losses()
+                item.done.set()
+                continue
+            next(self.books.got)
+            event = self._encode(item)
+            if event is not None:
+                yield event
+
+    def _past_grace(self) -> bool:
+        deadline = self._deadline
+        return deadline is not None and _lifecycle.state != "running" and time.monotonic() > deadline + EXIT_GRACE
+
+    def _time_left(self) -> Optional[float]:
+        """For waits on disk: the time left before the exit grace runs out (None: no
+        deadline applies)."""
+        deadline = self._deadline
+        if deadline is None or _lifecycle.state == "running":
+            return None
+        return max(0.0, deadline + EXIT_GRACE - time.monotonic())
