@@ -45,7 +45,8 @@ log.info("not a task: records without an input are ignored")
 
 delivered = pipeline.flush(timeout=10)
 stats = pipeline.stats()
-print(f"delivered: {delivered}; sent {stats['sent']} of {stats['enqueued']} task(s) to the {stats['destination']}")
+where = stats["destination"] if pipeline.options.online else f"the {stats['destination']}"
+print(f"delivered: {delivered}; sent {stats['sent']} of {stats['enqueued']} task(s) to {where}")
 
 if not pipeline.options.online:
     from phospho_logging.cli import main

@@ -129,7 +129,8 @@ def explain(result: ExportResult, options: Options) -> CLIError:
             hint += f" and that project {options.project_id} belongs to the key's organisation"
         return CLIError(f"{result.error}: {hint}", EXIT_KEY)
     if result.kind == "not_found":
-        return CLIError(f"unknown project {options.project_id!r}: {result.error}; check PHOSPHO_PROJECT_ID "
+        detail = result.error.replace("unknown project: ", "", 1)
+        return CLIError(f"unknown project {options.project_id!r} ({detail}); check PHOSPHO_PROJECT_ID "
                         "(or --project-id) and base_url", EXIT_PROJECT)
     if result.cause == "tls":
         return CLIError(f"{result.error}; check that base_url really serves https and that the CA certificates "

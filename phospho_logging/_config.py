@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 from urllib.parse import urlsplit
 
+from . import _diag
+
 DEFAULT_BASE_URL = "https://api.phospho.ai"
 
 TextFunction = Callable[[Any], str]
@@ -106,10 +108,14 @@ def resolve(explicit: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     values: dict[str, Any] = {}
     for name in OPTION_NAMES:
         value = explicit.get(name)
+        source = None
         if value is None:
             value = env.get(env_name(name)) or None
+            source = env_name(name)
         if value is not None:
-            values[name] = _convert(name, value)
+            values[name] = _convert(name, value, source)
+    if environ is None:
+        _warn_unknown_variables(env)
     if "base_url" in values:
         values["base_url"] = normalize_base_url(values["base_url"])
     options = Options(**values)
@@ -117,7 +123,25 @@ def resolve(explicit: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     return options
 
 
-def _convert(name: str, value: Any) -> Any:
+#: Variables of ours that are not options.
+_OTHER_VARIABLES = frozenset({"PHOSPHO_TEST_ID", "PHOSPHO_TEST_METRIC"})
+_warned_variables: set[str] = set()
+
+
+def _warn_unknown_variables(env: Mapping[str, str]) -> None:
+    """Say once per name that a ``PHOSPHO_*`` variable is not an option (a typo, most often)."""
+    known = {env_name(name) for name in OPTION_NAMES} | _OTHER_VARIABLES
+    for variable in sorted(k for k in env if k.startswith("PHOSPHO_") and k not in known):
+        if variable in _warned_variables:
+            continue
+        _warned_variables.add(variable)
+        close = difflib.get_close_matches(variable, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        _diag.warn_once("unknown_variable:" + variable, "%s is set but is not a phospho_logging option%s; it is "
+                        "ignored", variable, hint)
+
+
+def _convert(name: str, value: Any, source: Optional[str] = None) -> Any:
     try:
         if name in _INT_OPTIONS:
             if isinstance(value, bool) or int(value) != float(value) or int(value) < 1:
@@ -148,7 +172,8 @@ def _convert(name: str, value: Any) -> Any:
             else "a string"
         )
         shown = "***" if name == "api_key" else repr(value)
-        raise ValueError(f"phospho_logging option {name} must be {kind}, got {shown}") from None
+        where = f" (from {source})" if source else ""
+        raise ValueError(f"phospho_logging option {name}{where} must be {kind}, got {shown}") from None
 
 
 def _callable(value: Any) -> Any:

@@ -171,18 +171,22 @@ class Settler:
         _diag.warn_once("dropped:" + reason, "%d task(s) not delivered: %s", n, message)
 
     def count_problems(self, problems: List[str]) -> None:
-        """Count what had to be adjusted in a task; say each kind once."""
+        """Count what had to be adjusted in a task; say each kind once (the new kinds of
+        one task in one line)."""
         counts = self.books.problems
-        for tag in problems:
+        new = []
+        for tag in sorted(set(problems)):
             seen = counts.get(tag, 0)
-            counts[tag] = seen + 1
+            counts[tag] = seen + problems.count(tag)
             if not seen:
-                _diag.warn_once(
-                    "problem:" + tag,
-                    "a task had to be adjusted (%s); it was sent best-effort, marked in "
-                    "metadata['phospho_logging_problems'] and counted in stats()['problems']",
-                    tag,
-                )
+                new.append(tag)
+        if new:
+            _diag.warn_once(
+                "problem:" + ",".join(new),
+                "a task had to be adjusted (%s); it was sent best-effort, marked in "
+                "metadata['phospho_logging_problems'] and counted in stats()['problems']",
+                ", ".join(new),
+            )
 
     def _spool_call(self, method: str, keys: List[Any]) -> None:
         assert self.spool is not None

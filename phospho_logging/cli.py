@@ -266,7 +266,8 @@ def _common(parser: argparse.ArgumentParser, sub: bool) -> None:
                        help="API root (default $PHOSPHO_BASE_URL or https://api.phospho.ai)")
 
 
-def _count(text: str) -> int:
+def count(text: str) -> int:
+    """A whole number, 0 or more (argparse names it in its error)."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
@@ -295,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tail = sub.add_parser("tail", help="print the latest tasks of the local store and the spool", description=(
         "Print the latest tasks of the local store and of the spool (marked [spooled]), in task-time order."))
-    tail.add_argument("-n", type=_count, default=10, metavar="N", help="how many tasks (default 10)")
+    tail.add_argument("-n", type=count, default=10, metavar="N", help="how many tasks (default 10)")
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new tasks until Ctrl-C")
     tail.add_argument("--json", action="store_true",
                       help='one wire-format event per line, plus "_source": "store" or "spool" '

@@ -18,8 +18,9 @@ log = logging.getLogger("phospho")
 
 
 def balanced(stats: Dict[str, Any]) -> bool:
-    """The books balance, and no task is counted twice (which would make ``queued`` negative)."""
-    return stats["queued"] >= 0 and (
+    """Settled (every use is after a flush): nothing queued, and the books balance (a task
+    counted twice would make ``queued`` negative, one never settled would leave it above 0)."""
+    return stats["queued"] == 0 and (
         stats["enqueued"] == stats["sent"] + stats["rejected"] + stats["dropped"] + stats["queued"] + stats["spooled"]
     )
 

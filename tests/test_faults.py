@@ -130,9 +130,9 @@ def local_dir(tmp_path: Path) -> Path:
 
 
 SHUTDOWN = 1.0
-# Exit may take shutdown_timeout plus interpreter teardown; a hang would take the 30 s
-# request timeout, or forever.
-EXIT_LIMIT = SHUTDOWN + 3.0
+# Exit takes at most shutdown_timeout plus a second (the README's promise); a hang would
+# take the 30 s request timeout, or forever.
+EXIT_LIMIT = SHUTDOWN + 1.0
 
 
 class TestBackendDown:

@@ -403,6 +403,51 @@ class TestHandlers:
             lg.removeHandler(handler)
             listener.stop(timeout=2)
 
+    def test_other_handlers_get_every_record(self) -> None:
+        """With other handlers behind the listener, they get every record (tasks or not),
+        as from the stdlib pair; only tasks are shipped."""
+        seen: List[str] = []
+
+        class Collect(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(record.getMessage())
+
+        exporter = InMemoryExporter()
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        listener = PhosphoQueueListener(q, PhosphoHandler(exporter=exporter), Collect())
+        handler = PhosphoQueueHandler(q)
+        handler.listener = listener
+        lg = logging.getLogger("phospho.every")
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        try:
+            lg.info("a task", extra={"input": "q"})
+            lg.warning("plain %s", "warning")
+            assert listener.flush(timeout=10)
+            assert seen == ["a task", "plain warning"]
+            assert [e["input"] for e in exporter.events] == ["q"]
+        finally:
+            lg.removeHandler(handler)
+            listener.stop(timeout=2)
+
+    def test_a_handler_finds_its_listener_by_queue(self) -> None:
+        """The stdlib pattern (handler and listener share a queue, neither told of the
+        other, the listener not started): tasks are still shipped."""
+        exporter = InMemoryExporter()
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        handler = PhosphoQueueHandler(q)
+        listener = PhosphoQueueListener(q, PhosphoHandler(exporter=exporter))
+        lg = logging.getLogger("phospho.byqueue")
+        lg.setLevel(logging.INFO)
+        lg.addHandler(handler)
+        try:
+            lg.info("t", extra={"input": "q"})
+            assert listener.flush(timeout=10)
+            assert [e["input"] for e in exporter.events] == ["q"] and handler.listener is listener
+        finally:
+            lg.removeHandler(handler)
+            listener.stop(timeout=2)
+
     def test_filters_apply(self, server: PhosphoTestServer, creds: dict) -> None:
         """Handler filters still decide which records are shipped."""
         pipeline = phospho_logging.configure(**creds)

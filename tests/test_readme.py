@@ -51,9 +51,11 @@ def test_python_snippet_runs(section: str, tmp_path: Path) -> None:
         assert [e["input"] for e in latest(tmp_path / "tasks.sqlite3")] == ["What is 2+2?"]
 
 
-def test_testing_snippet_runs(tmp_path: Path) -> None:
-    """The testing section's first snippet (capture, in-memory exporter) runs as pasted."""
-    code = blocks("python")["Testing your code"][0]
+@pytest.mark.parametrize("index", [0, 1], ids=["capture-and-exporter", "test-server"])
+def test_testing_snippets_run(tmp_path: Path, index: int) -> None:
+    """The testing section's snippets (capture and the in-memory exporter; the loopback
+    server) run as pasted."""
+    code = blocks("python")["Testing your code"][index]
     result = subprocess.run([sys.executable, "-c", code], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}),
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
