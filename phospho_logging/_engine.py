@@ -292,9 +292,14 @@ class Engine(WorkerLoop):
         self._put_marker(self._stop)
 
     def end_exit(self) -> None:
-        """Wait for the exit drain until the deadline (draining here if no worker runs),
-        rescue what a stuck worker holds, and say what became of the tasks."""
+        """Wait for the exit drain until the deadline (draining here if no worker can run:
+        then an exporter that does not honour its timeout can hold exit), rescue what a
+        stuck worker holds, and say what became of the tasks."""
         stop = self._stop
+        if not self._running:
+            # A worker of its own, so that this thread can rescue it if an export hangs
+            # (Python 3.12 refuses new threads at exit: this thread drains then).
+            self.start()
         with self._start_lock:
             drain_here = not self._running
             if drain_here:

@@ -106,9 +106,10 @@ class Exporter(Protocol):
     """Sends batches of ``WireEvent`` somewhere. Implement ``export`` and ``close``.
 
     ``export`` is called from one thread at a time (the engine's worker, or the exiting
-    thread at shutdown), with the events of one batch, in order, and the seconds it may
-    take at most. It returns an ``ExportResult`` and should not raise: an exception is
-    treated as ``ExportResult.retry`` with the exception as its error. ``close`` releases
+    thread at shutdown), whichever engines share the exporter, with the events of one
+    batch, in order, and the seconds it may take at most: it must return by then (exit is
+    bounded only if exporters are). It returns an ``ExportResult`` and should not raise: an
+    exception is treated as ``ExportResult.retry`` with the exception as its error. ``close`` releases
     connections; ``export`` may be called again after it (and must then reconnect).
 
     Optional: ``reset_after_fork()`` is called in a forked child, to drop (not close)

@@ -19,7 +19,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -47,6 +47,20 @@ def run_child(code: str, env: Dict[str, str], timeout: float = 90, args: List[st
     """Run ``code`` in a fresh interpreter; a hang fails the test (TimeoutExpired)."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=child_env(env),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def time_exit(code: str, env: Dict[str, str]) -> Tuple[float, int, str]:
+    """Run ``code`` (which prints "exit now" when done with its work) and time its exit:
+    (seconds from that line to the process gone, exit code, stderr)."""
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], text=True, env=child_env(env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "exit now"
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=60)
+        return time.monotonic() - start, proc.returncode, err
+    finally:
+        proc.kill()
 
 
 def stored_inputs(local_dir: Path) -> List[str]:
@@ -294,16 +308,8 @@ class TestExitOnTime:
     print("exit now", flush=True)
     """
 
-    def _exit(self, env: Dict[str, str]) -> tuple:
-        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(self.DAEMON_CHILD)], text=True,
-                                env=child_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "exit now"
-            start = time.monotonic()
-            _, err = proc.communicate(timeout=60)
-            return time.monotonic() - start, proc.returncode, err
-        finally:
-            proc.kill()
+    def _exit(self, env: Dict[str, str]) -> Tuple[float, int, str]:
+        return time_exit(self.DAEMON_CHILD, env)
 
     def test_daemon_thread_logging_at_exit_offline(self, tmp_path: Path) -> None:
         """Offline: exit on time; the tasks logged first are stored; later ones are stored
@@ -700,7 +706,8 @@ class TestEdges:
 
             class Hang(InMemoryExporter):
                 def export(self, events, timeout):
-                    threading.Event().wait()  # never answers
+                    threading.Event().wait(timeout)  # no answer, within the timeout it was given
+                    return phospho_logging.ExportResult.retry("no answer")
 
             phospho_logging.configure(exporter=Hang(), shutdown_timeout=2, flush_interval=0.01)
             logging.getLogger("phospho").info("t", extra={"input": "a"})
@@ -718,16 +725,8 @@ class TestEdges:
             lg.info("t", extra={"input": "b"})
             print("exit now", flush=True)
         """
-        proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=child_env({}), text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert proc.stdout is not None and proc.stdout.readline().strip() == "exit now"
-            start = time.monotonic()
-            _, err = proc.communicate(timeout=60)
-            seconds = time.monotonic() - start
-        finally:
-            proc.kill()
-        assert proc.returncode == 0, err
+        seconds, code, err = time_exit(code, {})
+        assert code == 0, err
         assert seconds < 2 + 1.0, seconds
 
     def test_relay_after_fork(self, tmp_path: Path) -> None:
@@ -779,19 +778,10 @@ class TestEdges:
         try:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("DELETE FROM tasks WHERE 0")
-            proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(child)], text=True,
-                                    env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            try:
-                assert proc.stdout is not None and proc.stdout.readline().strip() == "exit now"
-                start = time.monotonic()
-                _, err = proc.communicate(timeout=60)
-                seconds = time.monotonic() - start
-            finally:
-                proc.kill()
+            seconds, code, err = time_exit(child, {"PHOSPHO_LOCAL_DIR": str(tmp_path)})
         finally:
             conn.execute("ROLLBACK")
             conn.close()
-        assert proc.returncode == 0, err
+        assert code == 0, err
         assert seconds < 1 + 1.0, seconds
         assert "not delivered" in err or "could not be delivered or kept" in err
