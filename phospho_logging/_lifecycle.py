@@ -14,27 +14,26 @@
 * ``OWN_IO`` holds the threads that are inside the library's own I/O (an export, the
   spool, handlers a listener passes records on to): a task-carrying record made there is
   ignored (and counted), so a logger that catches our own traffic cannot loop. A record
-  made by a finalizer the garbage collector runs meanwhile is not ours: it is shipped
-  (``IN_GC`` holds the threads inside a collection, from ``gc.callbacks``).
+  made by a finalizer (a ``__del__``, a ``weakref.finalize``) that the garbage collector
+  runs meanwhile is not ours: it is shipped.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import gc
 import os
 import queue
+import sys
 import threading
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set
+from types import FrameType
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from . import _diag, _item, _store
 
 #: Threads inside the library's own I/O, by ident (with the depth of nesting).
 OWN_IO: Dict[int, int] = {}
-#: Threads inside a garbage collection (its finalizers may log), by ident.
-IN_GC: Set[int] = set()
 
 _engines: weakref.WeakSet[Any] = weakref.WeakSet()
 _control: Optional[queue.SimpleQueue[Any]] = None
@@ -45,17 +44,31 @@ _before_exit: List[Callable[[], None]] = []
 state = "running"
 
 
-def made_by_own_io(record: Any) -> bool:
-    """True for a record made inside the library's own I/O (not by a finalizer the garbage
-    collector ran meanwhile). Call it only when ``record.thread in OWN_IO``."""
-    return record.thread not in IN_GC
+def made_by_own_io(record: Any = None) -> bool:
+    """True for a record made inside the library's own I/O, not by a finalizer the garbage
+    collector happened to run there. Call it only when the thread is in ``OWN_IO`` (a rare
+    path: it looks at the stack)."""
+    return not in_finalizer()
 
 
-def _gc_phase(phase: str, info: Dict[str, Any]) -> None:
-    if phase == "start":
-        IN_GC.add(threading.get_ident())
-    else:
-        IN_GC.discard(threading.get_ident())
+#: Frames looked at, at most, to tell a finalizer's record from our own I/O's.
+_FINALIZER_DEPTH = 64
+
+
+def in_finalizer() -> bool:
+    """True when the calling code runs inside a ``__del__`` or a ``weakref.finalize``
+    callback. (A ``gc.callbacks`` hook would say when a collection runs, but a signal
+    handler's exception raised inside it would be swallowed: a SIGTERM handler's
+    ``sys.exit()`` lost.)"""
+    frame: Optional[FrameType] = sys._getframe(1)
+    for _ in range(_FINALIZER_DEPTH):
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_name == "__del__" or (code.co_name == "__call__" and code.co_filename == weakref.__file__):
+            return True
+        frame = frame.f_back
+    return False
 
 
 class own_io:
@@ -175,7 +188,6 @@ def _install_hooks() -> None:
     # runs first: the queues drain before logging.shutdown() closes the handlers.
     atexit.register(at_exit)
     _register_multiprocessing_exit()
-    gc.callbacks.append(_gc_phase)
     _exit_hook = True
 
 
@@ -314,7 +326,6 @@ def _after_fork_in_child() -> None:
     _item.reseed()
     _diag.reset_after_fork()
     OWN_IO.clear()
-    IN_GC.clear()
     _exporter_locks.clear()  # a lock held by a parent's thread would stay held here
     for lock in list(_process_locks):
         lock.reset()

@@ -32,7 +32,7 @@ from threading import get_ident
 from . import _capture, _configure, _context, _lifecycle
 from ._config import Options, resolve
 from ._item import new_task_id, plain_event_dict
-from ._lifecycle import IN_GC, OWN_IO
+from ._lifecycle import OWN_IO, made_by_own_io
 from ._snapshot import snapshot_event_dict
 
 __all__ = ["PhosphoProcessor", "ShippedEvent"]
@@ -76,7 +76,7 @@ class PhosphoProcessor:
     def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
         if "input" not in event_dict:
             return event_dict
-        if OWN_IO and get_ident() in OWN_IO and get_ident() not in IN_GC:
+        if OWN_IO and get_ident() in OWN_IO and made_by_own_io():
             return self._own_io(event_dict)
         try:
             task_id = event_dict.get("task_id")

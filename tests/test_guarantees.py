@@ -234,6 +234,15 @@ class TestNeverDeadlocks:
         assert any(name != threading.current_thread().name for name in threads)  # some ran on the worker
         assert balanced(pipeline.stats()) and pipeline.stats()["ignored_own_io"] == 0
 
+    def test_no_garbage_collector_callback(self) -> None:
+        """The library installs no ``gc.callbacks`` hook: a signal handler's exception
+        (a SIGTERM handler's ``sys.exit()``, a Ctrl-C) raised while one runs is swallowed."""
+        before = list(gc.callbacks)
+        phospho_logging.configure(exporter=InMemoryExporter())
+        log.info("t", extra={"input": "q"})
+        assert phospho_logging.flush(timeout=10)
+        assert gc.callbacks == before
+
     def test_records_made_by_our_own_io_are_ignored_and_counted(self) -> None:
         """A task logged from inside an export (an exporter of the user's that logs) is not
         shipped, so it cannot loop; it is counted apart and said once."""
