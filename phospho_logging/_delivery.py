@@ -34,6 +34,8 @@ CIRCUIT_COOLDOWN_CAP = 60.0
 CONFIG_ERROR_COOLDOWN = 60.0
 #: A longer Retry-After opens the circuit for that long instead of holding the worker.
 MAX_RETRY_AFTER_WAIT = 5.0
+#: The longest pause a Retry-After may impose (a larger one is taken as this).
+MAX_RETRY_AFTER = 600.0
 
 
 class Resolution(NamedTuple):
@@ -67,15 +69,16 @@ class Books:
 
     Written by the worker (and, at exit, by the thread that rescues a stuck worker): the
     per-item counts are ``itertools.count`` (bumped with ``next``), the others are written
-    under ``lock``; producers never touch them.
+    under ``lock``; producers never touch them, and ``stats()`` reads them without it.
     """
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        #: Items taken off the queue (markers apart), counted the moment they are taken.
+        # Reentrant: a signal handler may run on a thread that holds it (the exit drain).
+        self.lock = threading.RLock()
+        #: Tasks taken off the queue, counted the moment they are taken.
         self.got = itertools.count()
-        #: Of those, records that carried no task (passed on to other handlers only).
-        self.passed = itertools.count()
+        #: Records for other handlers only (no task) taken off the queue.
+        self.passing_got = itertools.count()
         #: Flush and stop markers taken off the queue.
         self.markers_got = itertools.count()
         self.sent = 0
@@ -223,16 +226,17 @@ class Delivery:
                 self.circuit.trip(CONFIG_ERROR_COOLDOWN, quiet=True)
                 out.append(Resolution("failed", events, _reason(result), result.error, result))
                 return
-            if result.retry_after is not None and result.retry_after > MAX_RETRY_AFTER_WAIT:
+            retry_after = _pause(result.retry_after)
+            if retry_after is not None and retry_after > MAX_RETRY_AFTER_WAIT:
                 # The server asked for a long pause: keep the worker free for new tasks.
-                self.circuit.trip(result.retry_after)
+                self.circuit.trip(retry_after)
                 out.append(Resolution("failed", events, _reason(result), result.error, result))
                 return
             attempt += 1
             if kind == "retry" and attempt < self.options.max_attempts and time.monotonic() < give_up_at:
                 with self.books.lock:
                     self.books.retries += 1
-                self._backoff(attempt, result.retry_after, give_up_at)
+                self._backoff(attempt, retry_after, give_up_at)
                 continue
             self.circuit.failure()
             out.append(Resolution("failed", events, _reason(result), result.error, result))
@@ -262,16 +266,17 @@ class Delivery:
             self.books.requests += 1
         try:
             if self._around is None:
-                result = self.exporter.export(events, timeout)
+                result = self.exporter.export(tuple(events), timeout)
             else:
                 with self._around(timeout):
-                    result = self.exporter.export(events, timeout)
+                    result = self.exporter.export(tuple(events), timeout)
         except Busy as exc:
             return ExportResult.retry(str(exc))
-        except Exception as exc:  # noqa: BLE001 - an exporter bug is a failed attempt
-            return ExportResult.retry(f"the exporter raised {type(exc).__name__}: {_text(exc)}")
+        except BaseException as exc:  # noqa: BLE001 - an exporter bug (even SystemExit) is a failed attempt
+            return ExportResult.retry(f"the exporter raised {type(exc).__name__}: {_text(exc)}", cause="exporter")
         if not isinstance(result, ExportResult):
-            return ExportResult.retry(f"the exporter returned {type(result).__name__}, not an ExportResult")
+            return ExportResult.retry(f"the exporter returned {type(result).__name__}, not an ExportResult",
+                                      cause="exporter")
         return result
 
     def _backoff(self, attempt: int, retry_after: Optional[float], give_up_at: float) -> None:
@@ -287,10 +292,24 @@ class Delivery:
         self._stopping.wait(max(0.0, min(delay, limit)))
 
 
+def _pause(retry_after: Any) -> Optional[float]:
+    """A server's (or an exporter's) Retry-After as seconds to honour: within
+    ``MAX_RETRY_AFTER``, and None for nonsense (negative, not a number)."""
+    try:
+        seconds = float(retry_after)
+    except (TypeError, ValueError):
+        return None
+    if not seconds >= 0:  # negative, or NaN
+        return None
+    return min(seconds, MAX_RETRY_AFTER)
+
+
 def _reason(result: ExportResult) -> str:
     """A short code for why a batch failed: ``http_503``, ``unreachable``, ``auth``..."""
     if result.status:
         return f"http_{result.status}"
+    if result.cause == "exporter":
+        return "exporter_error"
     return "unreachable" if result.kind == "retry" else result.kind
 
 

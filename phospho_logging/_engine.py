@@ -36,9 +36,18 @@ from ._http import HTTPExporter
 from ._settle import Settler
 from ._spool import Spool
 from ._store import LocalStoreExporter
-from ._worker import EXIT_GRACE, STUCK_AFTER, Flush, Held, Marker, Stop, WorkerLoop
+from ._worker import EXIT_GRACE, STUCK_AFTER, Flush, Held, Marker, Passing, Stop, WorkerLoop
 
 _serials = itertools.count()
+#: How often a stopping thread looks at the worker's progress.
+WATCH_EVERY = 0.05
+#: The longest a worker may take nothing, while it is being stopped, before the stopping
+#: thread keeps what it holds and what is queued itself (a quarter of the time left,
+#: within ``STUCK_AFTER`` and this). What it holds may then be delivered as well as spooled:
+#: phospho skips a task id it already has.
+MAX_PATIENCE = 1.0
+#: Reads of the counters ``stats()`` tries for a consistent set while the worker runs.
+STATS_TRIES = 10
 
 
 def default_exporter(options: Options) -> Any:
@@ -93,8 +102,10 @@ class Engine(WorkerLoop):
         # counted by the worker when it takes them (what is still there is in the queue's
         # size, less the flush and stop markers), so a logging call bumps no counter.
         self._markers_put = itertools.count()  # flush and stop markers put on the queue
+        self._passing_put = itertools.count()  # records for other handlers only
         self._refused = itertools.count()  # the queue was full
         self._late = itertools.count()  # logged after the exit drain
+        self._failed = itertools.count()  # a record that could not be turned into a task
         self._ignored = itertools.count()  # task-looking records made by our own I/O
         self._said: Dict[str, bool] = {}
         self.books = Books()
@@ -104,8 +115,11 @@ class Engine(WorkerLoop):
                                  deadline=self._get_deadline, around_export=_lifecycle.exporting(self.exporter))
         self._running = False
         self._thread: Optional[threading.Thread] = None
-        self._start_lock = threading.Lock()
-        self._flush_lock = threading.Lock()  # control calls only: flush() commits its result
+        self._loop_ident: Optional[int] = None  # the thread running the loop (the worker's)
+        # Reentrant, as every lock a control call takes: a signal handler that flushes or
+        # shuts down may interrupt the main thread while it holds one.
+        self._start_lock = threading.RLock()
+        self._flush_lock = threading.RLock()  # control calls only: flush() commits its result
         self._stop: Optional[Stop] = None
         self._building: Optional[Held] = None
         self._flight: Optional[Held] = None
@@ -139,6 +153,25 @@ class Engine(WorkerLoop):
         q.put(item)
         if not self._running:
             _lifecycle.wake(self)
+
+    def pass_on(self, record: logging.LogRecord) -> None:
+        """Put a record that carries no task on the queue, for the other handlers behind a
+        listener (in order with the tasks). Never blocks; a full queue drops it, said once."""
+        if self._queue.qsize() >= self._max_queue:
+            self._say_once("queue_full_records", "the task queue is full (max_queue_size=%d); records for the "
+                           "other handlers of the listener are being dropped", self._max_queue)
+            return
+        next(self._passing_put)
+        self._queue.put(Passing(record))
+        if not self._running:
+            _lifecycle.wake(self)
+
+    def intake_failed(self, exc: BaseException) -> None:
+        """A record that carried a task could not be turned into one (a bug, or a filter or
+        text function that raised): counted as dropped (``internal_error``), said once."""
+        next(self._failed)
+        self._say_once("intake_error", "a record could not be turned into a task (counted in "
+                       "stats()['dropped_by_reason']['internal_error']): %r", exc)
 
     def ignore_own_io(self) -> None:
         """Count a task-carrying record made by the library's own I/O: it is not the
@@ -229,6 +262,16 @@ class Engine(WorkerLoop):
         base = self._barrier_losses
         limit = self.retry_budget() if timeout is None else max(0.0, timeout)
         started = time.monotonic()
+        if self._on_worker():
+            # A finalizer, or an exporter, on the worker's own thread: it cannot wait for
+            # itself. What it asked is done soon anyway: the worker is running.
+            self._say_once("flush_on_worker", "flush() was called on the worker's own thread (from a finalizer "
+                           "or an exporter); it returns False at once instead of waiting for itself")
+            return False
+        relay = self._relay() if self._relay is not None else None
+        if relay is not None and not relay.drain(limit):
+            return False  # a listener's relay has not taken what was put on its queue yet
+        limit = max(0.0, limit - (time.monotonic() - started))
         if not self._running and self._queue.qsize() == 0 and not self._holding():
             losses = self._losses()  # idle: nothing to wait for
         else:
@@ -242,6 +285,9 @@ class Engine(WorkerLoop):
         # What logging calls reported (a full queue, say) is said by now, too.
         _lifecycle.quiesce(min(1.0, max(0.0, limit - (time.monotonic() - started))))
         return self._commit(base, losses)
+
+    def _on_worker(self) -> bool:
+        return self._running and self._loop_ident == threading.get_ident()
 
     def _commit(self, base: int, losses: int) -> bool:
         """A flush's answer: no loss since ``base`` (the count the previous flush saw)."""
@@ -264,7 +310,7 @@ class Engine(WorkerLoop):
             first = not self.stopped
             self.stopped = True
         if not first:
-            return self._join(self._stop) if wait else False
+            return self._join(self._stop) if wait and not self._on_worker() else False
         if not self._running and self._queue.qsize() == 0 and not self._holding():
             return True  # never used, or idle: a late task wakes a worker that ends when done
         self._deadline = time.monotonic() + limit
@@ -273,7 +319,15 @@ class Engine(WorkerLoop):
         self._put_marker(stop)
         if not self._running:
             _lifecycle.wake(self)
-        return self._join(stop) if wait else False
+        if not wait or self._on_worker():
+            return False  # on the worker's own thread (a finalizer): it cannot wait for itself
+        done = self._join(stop)
+        if not done:
+            left = self.stats()["queued"]
+            if left > 0:
+                self._say_once("shutdown_left", "shutdown(timeout=%g) ran out of time with %d task(s) not settled; "
+                               "they are delivered in the background while the process lives", limit, left)
+        return done
 
     def _put_marker(self, marker: Marker) -> None:
         next(self._markers_put)
@@ -313,72 +367,82 @@ class Engine(WorkerLoop):
             self._join(stop)
         self.close_for_exit()
         finished = stop is not None and stop.done.is_set()
-        self.settler.report_exit(finished, 0 if finished else max(0, self.stats()["queued"]), self)
+        self.settler.report_exit(finished, self.stats(), self)
 
     def _join(self, stop: Optional[Stop]) -> bool:
-        """Wait for ``stop`` until the deadline; if the worker is stuck (in a request that
-        does not answer), keep what it holds from this thread. True if it ended in time."""
+        """Wait for ``stop`` until the deadline, watching the worker: if it takes nothing
+        for a while (an export that does not answer), keep what it holds and what is
+        queued from this thread, while there is time. True if everything was settled."""
         deadline = self._deadline
         if stop is None or deadline is None:
             return True
-        reserve = min(0.25, 0.2 * self.options.shutdown_timeout)
-        if stop.done.wait(max(0.0, deadline - reserve - time.monotonic())):
-            return True
-        beats = self._beats
-        if stop.done.wait(min(STUCK_AFTER, max(0.0, deadline - time.monotonic()))):
-            return True
-        if self._beats != beats:
-            # Slow, not stuck (a busy application thread holds the interpreter): the worker
-            # keeps what it holds itself, and stops at the exit grace.
-            return stop.done.wait(max(0.0, deadline + (EXIT_GRACE if stop.at_exit else 0.0) - time.monotonic()))
-        self._rescue(at_exit=stop.at_exit)
-        done = stop.done.wait(max(0.0, deadline - time.monotonic()))
-        if not stop.at_exit:  # what was queued is settled: later tasks get the whole policy
+        end = deadline + (EXIT_GRACE if stop.at_exit else 0.0)
+        patience = min(MAX_PATIENCE, max(STUCK_AFTER, 0.25 * (deadline - time.monotonic())))
+        beats, since = self._beats, time.monotonic()
+        rescued = False
+        while not stop.done.wait(max(0.0, min(WATCH_EVERY, end - time.monotonic()))):
+            now = time.monotonic()
+            if now >= end:
+                break
+            if self._beats != beats:  # slow, not stuck: the worker keeps the rest itself at the deadline
+                beats, since = self._beats, now
+            elif now - since >= patience:
+                self._rescue(at_exit=stop.at_exit, until=end)
+                rescued = True
+                beats, since = self._beats, time.monotonic()
+        if rescued and not stop.at_exit:  # what was queued is settled: later tasks get the whole policy
             self._deadline = None
             self._stopping.clear()
-        return done
+        return stop.done.is_set()
 
     # -- statistics -------------------------------------------------------------------------
 
     def stats(self) -> Dict[str, Any]:
         """The counters; ``enqueued == sent + rejected + dropped + queued + spooled``."""
         b = self.books
-        with b.lock:
-            dropped = dict(b.dropped)
-            got, passed, markers_got = count_value(b.got), count_value(b.passed), count_value(b.markers_got)
-            settled = b.resolved()
-            snapshot = {
-                "destination": self.destination,
-                "sent": b.sent,
-                "rejected": b.rejected,
-                "spooled": b.spooled,
-                "replayed": b.replayed,
-                "replay_rejected": b.replay_rejected,
-                "spool_evicted": b.spool_evicted,
-                "rejected_by_reason": dict(b.rejected_by_reason),
-                "spooled_by_reason": dict(b.spooled_by_reason),
-                "problems": dict(b.problems),
-                "batches": b.batches,
-                "requests": b.requests,
-                "retries": b.retries,
-                "last_error": b.last_error,
-            }
+        # No lock: the worker must never wait for a stats() call (a signal handler may
+        # flush while this thread reads). The queue's share is read between two reads of
+        # what the worker took, until both agree.
+        for _ in range(STATS_TRIES):
+            got, passing_got, markers_got = count_value(b.got), count_value(b.passing_got), count_value(b.markers_got)
+            passing_put, markers_put = count_value(self._passing_put), count_value(self._markers_put)
+            size = self._queue.qsize()
+            if (count_value(b.got), count_value(b.passing_got), count_value(b.markers_got),
+                    count_value(self._passing_put), count_value(self._markers_put)) == (
+                    got, passing_got, markers_got, passing_put, markers_put):
+                break
+        in_queue = size - (markers_put - markers_got) - (passing_put - passing_got)
+        dropped = dict(b.dropped)
+        settled = b.sent + b.rejected + b.spooled + sum(dropped.values())
+        snapshot = {
+            "destination": self.destination,
+            "sent": b.sent,
+            "rejected": b.rejected,
+            "spooled": b.spooled,
+            "replayed": b.replayed,
+            "replay_rejected": b.replay_rejected,
+            "spool_evicted": b.spool_evicted,
+            "rejected_by_reason": dict(b.rejected_by_reason),
+            "spooled_by_reason": dict(b.spooled_by_reason),
+            "problems": dict(b.problems),
+            "batches": b.batches,
+            "requests": b.requests,
+            "retries": b.retries,
+            "last_error": b.last_error,
+        }
         producer_drops = {
             "queue_full": count_value(self._refused),
             "logged_after_exit": count_value(self._late),
+            "internal_error": count_value(self._failed),
         }
         for reason, n in producer_drops.items():
             if n:
                 dropped[reason] = dropped.get(reason, 0) + n
-        # Each count is read once, without stopping anyone: a task being taken off the
-        # queue while they are read may be missing from ``queued`` for an instant.
-        in_queue = self._queue.qsize() - (count_value(self._markers_put) - markers_got)
-        enqueued = sum(producer_drops.values()) + got - passed + in_queue
-        queued = got - passed - settled + in_queue
+        enqueued = sum(producer_drops.values()) + got + in_queue
         snapshot.update(
             enqueued=enqueued,
             dropped=sum(dropped.values()),
-            queued=queued,
+            queued=got - settled + in_queue,
             dropped_by_reason=dropped,
             ignored_own_io=count_value(self._ignored),
             circuit_open=self.delivery.circuit.is_open(),

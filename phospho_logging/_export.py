@@ -70,7 +70,8 @@ class ExportResult:
         status: the HTTP status, if there was one.
         retry_after: the server's wish, in seconds, before the next try.
         cause: for failures without a status: ``"timeout"``, ``"refused"``, ``"dns"``,
-            ``"tls"`` or ``"connection"``.
+            ``"tls"`` or ``"connection"`` (and ``"exporter"`` when the engine made the
+            result because the exporter raised or returned something else).
     """
 
     kind: str
@@ -107,9 +108,10 @@ class Exporter(Protocol):
 
     ``export`` is called from one thread at a time (the engine's worker, or the exiting
     thread at shutdown), whichever engines share the exporter, with the events of one
-    batch, in order, and the seconds it may take at most: it must return by then (exit is
-    bounded only if exporters are). It returns an ``ExportResult`` and should not raise: an
-    exception is treated as ``ExportResult.retry`` with the exception as its error. ``close`` releases
+    batch (a tuple, in order) and the seconds it may take at most: it must return by then
+    (exit is bounded only if exporters are). It returns an ``ExportResult`` and should not
+    raise: an exception (any, even ``SystemExit``) is treated as ``ExportResult.retry`` with
+    the exception as its error, counted under ``exporter_error``. ``close`` releases
     connections; ``export`` may be called again after it (and must then reconnect).
 
     Optional: ``reset_after_fork()`` is called in a forked child, to drop (not close)

@@ -73,9 +73,13 @@ def apply_filters(handler: logging.Handler, record: logging.LogRecord) -> Option
     return rv if isinstance(rv, logging.LogRecord) else record
 
 
-def report_error(exc: BaseException) -> None:
-    """A record could not be turned into a task (said once, from the control thread)."""
-    _lifecycle.report("emit_error", "a record could not be turned into a task: %r", exc)
+def report_error(exc: BaseException, engine: Optional[Engine] = None) -> None:
+    """A record could not be handled: a task lost is counted on ``engine`` (said once,
+    from the control thread)."""
+    if engine is not None:
+        engine.intake_failed(exc)
+    else:
+        _lifecycle.report("emit_error", "a record could not be handled: %r", exc)
 
 
 class TaskIntake:
@@ -123,7 +127,7 @@ class TaskIntake:
                         engine.submit(item)
                         return True
             except Exception as exc:  # noqa: BLE001 - never raise into the application
-                report_error(exc)
+                report_error(exc, engine)
                 return False
         return self._handle_general(record)
 
@@ -135,7 +139,7 @@ class TaskIntake:
             self._take(filtered, self._route)
             return True
         except Exception as exc:  # noqa: BLE001 - never raise into the application
-            report_error(exc)
+            report_error(exc, self._route.engine)
             return False
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -144,7 +148,7 @@ class TaskIntake:
             if "input" in record.__dict__ or (type(record.msg) is dict and "input" in record.msg):
                 self._take(record, self._route)
         except Exception as exc:  # noqa: BLE001 - never raise into the application
-            report_error(exc)
+            report_error(exc, self._route.engine)
 
     def _take(self, record: logging.LogRecord, route: Route) -> None:
         engine = route.engine

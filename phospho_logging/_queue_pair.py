@@ -76,8 +76,11 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
                 self.engine.relay_by(self)
                 _lifecycle.before_exit(self._end_relay_at_exit)
 
-    def handle(self, record: logging.LogRecord) -> None:
+    def handle(self, record: Any) -> None:
         """One record from the relay: its task (and the record, for other handlers) to the engine."""
+        if isinstance(record, _RelayMark):
+            record.done.set()
+            return
         try:
             snapshot = carried(record)
             if snapshot is None and carries_task(record):
@@ -85,12 +88,28 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
                 snapshot = snapshot_record(record, o.input_to_str, o.output_to_str, _context.current())
                 if self.others:
                     carry(record, snapshot)
-            if self.others:
-                self.engine.submit(record)
-            elif snapshot is not None:
-                self.engine.submit(snapshot)
+            if snapshot is not None:
+                self.engine.submit(record if self.others else snapshot)
+            elif self.others:
+                self.engine.pass_on(record)
         except Exception as exc:  # noqa: BLE001 - the relay must go on
-            report_error(exc)
+            report_error(exc, self.engine if _carries(record) else None)
+
+    def drain(self, timeout: float) -> bool:
+        """Wait (at most ``timeout``) until the relay has handed to the engine what was put
+        on the queue before the call (``flush()`` does this first). True if it has, or if
+        there is no relay to wait for."""
+        thread = self._thread  # type: ignore[has-type]
+        if thread is None or thread is threading.current_thread():
+            return True
+        if not isinstance(self.queue, (queue_module.Queue, queue_module.SimpleQueue)):
+            return True  # another process's queue: a marker would have to be pickled
+        mark = _RelayMark()
+        try:
+            self.queue.put(mark, True, timeout)
+        except queue_module.Full:
+            return False
+        return mark.done.wait(timeout)
 
     def _end_relay(self, wait: float) -> None:
         with self._relay_lock:
@@ -127,6 +146,22 @@ class PhosphoQueueListener(logging.handlers.QueueListener):
     def stats(self) -> Dict[str, Any]:
         """Delivery counters (see the README)."""
         return self.engine.stats()
+
+
+class _RelayMark:
+    """Put on a listener's queue by ``drain``: the relay reached it."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+def _carries(record: Any) -> bool:
+    try:
+        return carries_task(record)
+    except Exception:  # noqa: BLE001 - a hostile record
+        return False
 
 
 #: Our listeners by their queue: a queue handler that was not told its listener (the
@@ -247,7 +282,10 @@ class PhosphoQueueHandler(TaskIntake, logging.handlers.QueueHandler):
             self._find_listener()
         engine = self._route.engine
         if engine is not None:
-            engine.submit(copy)
+            if carried(copy) is None:
+                engine.pass_on(copy)
+            else:
+                engine.submit(copy)
             return
         try:
             if self.queue.qsize() >= self._queue_bound():  # type: ignore[attr-defined]

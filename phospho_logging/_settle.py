@@ -275,14 +275,21 @@ class Settler:
 
     # -- exit -----------------------------------------------------------------------------
 
-    def report_exit(self, finished: bool, unsettled: int, owner: object) -> None:
-        """Say, once, what exit could not deliver: ``unsettled`` tasks left behind when the
-        grace ran out (the drain did not finish), and what waits in the spool."""
+    def report_exit(self, finished: bool, stats: Dict[str, Any], owner: object) -> None:
+        """Say, once, what this run lost, by reason (messages during the run are
+        rate-limited; this is the tally), and what waits in the spool. ``finished``: the
+        drain ended; else the tasks still queued are lost too."""
         books = self.books
-        lost = books.dropped.get("shutdown_deadline", 0) + unsettled
+        lost = {reason: n for reason, n in stats["dropped_by_reason"].items() if n}
+        unsettled = 0 if finished else max(0, stats["queued"])
+        if unsettled:
+            lost["shutdown_deadline"] = lost.get("shutdown_deadline", 0) + unsettled
         if lost:
-            _diag.warn_once("exit_lost", "%d task(s) could not be delivered or kept before shutdown_timeout "
-                            "ran out", lost)
+            parts = ", ".join(f"{n} {reason}" for reason, n in sorted(lost.items(), key=lambda kv: -kv[1]))
+            _diag.warn_once("exit_lost:" + str(id(owner)),
+                            "%d task(s) of this run could not be delivered or kept (%s; counted in "
+                            "stats()['dropped_by_reason'])%s", sum(lost.values()), parts,
+                            "; shutdown_timeout ran out" if "shutdown_deadline" in lost else "")
         if self.spool is None or not books.spooled:
             return
         if finished:  # the worker is done with the spool: how many wait there is exact

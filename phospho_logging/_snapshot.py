@@ -115,7 +115,9 @@ def extras(
                 key = str(key)
             except Exception:  # noqa: BLE001 - a user __str__
                 key = f"<unprintable {type(key).__name__} key>"
-        elif not key:
+            if type(key) is not str:  # a str subclass (its __str__ may return one)
+                key = str.__str__(key) if isinstance(key, str) else f"<{type(key).__name__} key>"
+        if not key:
             problems.append("extra_key_empty")
             key = "(empty key)"
         if key[0] != "_" and key not in skip:

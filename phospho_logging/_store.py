@@ -246,7 +246,8 @@ def _locked(wait: Optional[float]) -> Iterator[float]:
         return
     started = time.monotonic()
     if not _lock.acquire(timeout=max(0.0, wait)):
-        raise sqlite3.OperationalError("the local store is busy (another thread of this process holds it)")
+        raise sqlite3.OperationalError("the local store is busy (another thread of this process is using it, or "
+                                       "waiting for another process to release it)")
     try:
         yield max(0.0, wait - (time.monotonic() - started))
     finally:

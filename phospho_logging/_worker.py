@@ -64,6 +64,15 @@ class Stop(Marker):
         self.at_exit = at_exit
 
 
+class Passing:
+    """A record for the other handlers behind a listener only (it carries no task)."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: logging.LogRecord) -> None:
+        self.record = record
+
+
 class Held:
     """Events the worker holds (a batch being filled or sent), settled once: by the
     worker, or by the thread that rescues it at the shutdown deadline. The small lock is
@@ -110,7 +119,7 @@ class WorkerLoop:
     _forward: Optional[Callable[[logging.LogRecord], None]]
     _budget: int
     _deadline: Optional[float]
-    _start_lock: threading.Lock
+    _start_lock: Any
     _running: bool
     _building: Optional[Held]
     _flight: Optional[Held]
@@ -120,6 +129,8 @@ class WorkerLoop:
     _stopping: threading.Event
     _refused: Any
     _late: Any
+    _failed: Any
+    _loop_ident: Optional[int]
 
     def close_for_exit(self) -> None:  # pragma: no cover - Engine's
         raise NotImplementedError
@@ -163,6 +174,7 @@ class WorkerLoop:
         drained, and past the deadline kept in bulk until the exit grace runs out."""
         q = self._queue
         settler = self.settler
+        self._loop_ident = threading.get_ident()
         held = self._hold()
         due = 0.0
         exiting: Optional[Stop] = None
@@ -203,6 +215,11 @@ class WorkerLoop:
                         self._deadline = None
                         self._stopping.clear()
                 continue
+            if kind is Passing:
+                next(self.books.passing_got)
+                self._beats += 1
+                self._pass(item.record)
+                continue
             next(self.books.got)
             if exiting is not None and time.monotonic() >= exiting.deadline:
                 # Out of time at exit: keep the rest in bulk (the spool, or offline the
@@ -238,16 +255,23 @@ class WorkerLoop:
                 count += len(held.batch)
         return count
 
+    def _pass(self, record: logging.LogRecord) -> None:
+        """A record to the other handlers behind a listener (the library's own I/O: what
+        they log is not shipped)."""
+        forward = self._forward
+        if forward is not None:
+            with _lifecycle.own_io():
+                forward(record)
+
     def _encode(self, item: Any) -> Optional[WireEvent]:
-        """The wire event of a queue item (None if it carries no task); a task that cannot
-        be built is counted as dropped here."""
+        """The wire event of a task taken off the queue (a record goes to the other
+        handlers too); a task that cannot be built is counted as dropped here."""
         try:
-            if self._forward is not None and isinstance(item, logging.LogRecord):
-                with _lifecycle.own_io():
-                    self._forward(item)
+            if isinstance(item, logging.LogRecord):
+                self._pass(item)
             snapshot = snapshot_of(item)
             if snapshot is None:
-                next(self.books.passed)  # a record passed on to other handlers only
+                self.settler.drop(1, "internal_error", f"a queue item carries no task: {type(item).__name__}")
                 return None
             o = self.options
             event = encode(snapshot, project_id=o.project_id, version_id=o.version_id,
@@ -272,7 +296,7 @@ class WorkerLoop:
         stored = self.settler.durable_copy(events)
         try:
             results = self.delivery.attempt(events)
-        except Exception as exc:  # noqa: BLE001 - never lose a batch to a bug of ours
+        except BaseException as exc:  # noqa: BLE001 - never lose a batch to a bug of ours
             results = [Resolution("failed", list(events), "internal_error", f"delivery failed: {exc!r}")]
         self._beats += 1
         if held.claim():  # else rescued at the shutdown deadline meanwhile
@@ -285,7 +309,7 @@ class WorkerLoop:
         marker.done.set()
 
     def _losses(self) -> int:
-        return self.books.losses() + count_value(self._refused) + count_value(self._late)
+        return self.books.losses() + count_value(self._refused) + count_value(self._late) + count_value(self._failed)
 
     def _abandon(self, exc: BaseException) -> None:
         """After an internal error in the loop: what the worker held is kept, not lost."""
@@ -297,11 +321,14 @@ class WorkerLoop:
 
     # -- out of time -----------------------------------------------------------------------
 
-    def _rescue(self, at_exit: bool, first: Any = None) -> None:
+    def _rescue(self, at_exit: bool, first: Any = None, until: Optional[float] = None) -> None:
         """Out of time: keep what the worker holds, then ``first`` (an item just taken) and
-        what is queued, oldest first, a chunk at a time. From the stopping thread when the
-        worker is stuck, or from the worker itself at exit."""
+        what is queued, oldest first, a chunk at a time, until ``until`` (default: the
+        deadline and the exit grace). From the stopping thread when the worker is stuck,
+        or from the worker itself at exit."""
         reason, message = "shutdown_deadline", "shutdown_timeout reached with tasks unsent"
+        if until is None:
+            until = (self._deadline or time.monotonic()) + EXIT_GRACE
         for held in (self._flight, self._building):
             if held is not None and held.claim() and held.batch:
                 self.settler.keep(held.batch.events, reason, message)
@@ -312,7 +339,7 @@ class WorkerLoop:
             event = self._encode(first)
             if event is not None:
                 chunk.append(event)
-        for event in self._sweep():
+        for event in self._sweep(until, at_exit):
             chunk.append(event)
             if len(chunk) >= RESCUE_CHUNK:
                 self.settler.keep(chunk, reason, message)
@@ -320,22 +347,28 @@ class WorkerLoop:
         if chunk:
             self.settler.keep(chunk, reason, message)
 
-    def _sweep(self) -> Iterator[WireEvent]:
+    def _sweep(self, until: float, at_exit: bool) -> Iterator[WireEvent]:
         """The events of what is on the queue now, and no more however fast others log
-        (markers are released; past the exit grace, what is left is left)."""
+        (markers are released; records for other handlers only are skipped). Past
+        ``until``, what is left stays queued (at exit: for the exit report to count)."""
         q = self._queue
         for _ in range(q.qsize()):
-            if self._past_grace():
-                self._abandoned = True  # what is left is counted by the exit report
+            if time.monotonic() > until:
+                if at_exit:
+                    self._abandoned = True
                 return
             try:
                 item = q.get_nowait()
             except queue_module.Empty:
                 break
-            if isinstance(item, Marker):
+            kind = type(item)
+            if kind is Flush or kind is Stop:
                 next(self.books.markers_got)
                 item.losses = self._losses()
                 item.done.set()
+                continue
+            if kind is Passing:
+                next(self.books.passing_got)
                 continue
             next(self.books.got)
             event = self._encode(item)

@@ -55,7 +55,7 @@ class _Binder:
         self.var_keyword: Optional[str] = None
         try:
             self.signature: Optional[inspect.Signature] = inspect.signature(fn)
-        except (TypeError, ValueError):  # builtins without a signature
+        except Exception:  # noqa: BLE001 - builtins without a signature, or a hostile __signature__
             self.signature = None
             return
         for param in self.signature.parameters.values():

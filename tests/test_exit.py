@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Dict
 
+import pytest
+
 from phospho_logging.testing import PhosphoTestServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +106,7 @@ class TestMultiprocessing:
         """A multiprocessing child (fork) that configures only once it runs: its tasks are
         stored when it ends, though multiprocessing ends children with os._exit()."""
         if not hasattr(os, "fork"):
-            return
+            pytest.skip("needs fork")
         code = """
             import logging, multiprocessing, phospho_logging
 
@@ -131,3 +133,35 @@ class TestMultiprocessing:
         finally:
             conn.close()
         assert inputs == sorted(f"child-{i}" for i in range(50))
+
+    def test_pool_closed_and_joined_keeps_every_task(self, tmp_path: Path) -> None:
+        """A Pool's workers end through multiprocessing's exit path when the pool is closed
+        and joined (the README's advice): every task they logged is stored. (``with Pool()``
+        alone terminates them with SIGTERM, which no exit hook survives.)"""
+        if not hasattr(os, "fork"):
+            pytest.skip("needs fork")
+        code = """
+            import logging, multiprocessing, phospho_logging
+            phospho_logging.configure()
+
+            def work(c):
+                for i in range(100):
+                    logging.getLogger("phospho").info("t", extra={"input": f"child{c}-{i}"})
+
+            if __name__ == "__main__":
+                with multiprocessing.get_context("fork").Pool(4) as pool:
+                    pool.map(work, range(4))
+                    pool.close()
+                    pool.join()
+        """
+        result = run(code, {"PHOSPHO_LOCAL_DIR": str(tmp_path)})
+        assert result.returncode == 0, result.stderr
+        import json
+        import sqlite3
+
+        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
+        try:
+            inputs = sorted(json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM tasks"))
+        finally:
+            conn.close()
+        assert inputs == sorted(f"child{c}-{i}" for c in range(4) for i in range(100))

@@ -10,6 +10,7 @@ import ast
 import gc
 import json
 import logging
+import logging.handlers
 import os
 import signal
 import sqlite3
@@ -234,7 +235,65 @@ class TestNeverDeadlocks:
         assert any(name != threading.current_thread().name for name in threads)  # some ran on the worker
         assert balanced(pipeline.stats()) and pipeline.stats()["ignored_own_io"] == 0
 
+    @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+    def test_signal_handler_that_flushes_while_the_app_reads_stats(self) -> None:
+        """A signal handler flushes while the interrupted thread was reading stats() (a
+        metrics loop): stats() holds nothing the worker needs, so no flush stalls."""
+        code = """
+            import json, logging, signal, time, phospho_logging
+            from phospho_logging.testing import InMemoryExporter
+            phospho_logging.configure(exporter=InMemoryExporter())
+            results = []
+
+            def on_alarm(signum, frame):
+                results.append(phospho_logging.flush(timeout=5))
+                signal.setitimer(signal.ITIMER_REAL, 0.01)
+
+            signal.signal(signal.SIGALRM, on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+            log = logging.getLogger("phospho")
+            i = 0
+            while len(results) < 50:
+                log.info("m", extra={"input": f"q{i}"})
+                phospho_logging.stats()
+                i += 1
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            print(json.dumps(results))
+        """
+        result = run_child(code, {}, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == [True] * 50
+
+    def test_flush_and_shutdown_from_the_exporter_return_at_once(self, diag: List[str]) -> None:
+        """flush() or shutdown() on the worker's own thread (an exporter, or a finalizer
+        the collector runs there) cannot wait for itself: it returns False at once, said
+        once; the batch is delivered."""
+        answers: List[Tuple[bool, bool]] = []
+
+        class Flushing(InMemoryExporter):
+            def export(self, events: Any, timeout: float) -> ExportResult:
+                if not answers:
+                    answers.append((phospho_logging.flush(timeout=30), handler.engine.shutdown(timeout=30)))
+                return super().export(events, timeout)
+
+        exporter = Flushing()
+        handler = phospho_logging.PhosphoHandler(exporter=exporter)
+        lg = logging.getLogger("phospho.selfflush")
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        try:
+            lg.info("t", extra={"input": "q"})
+            deadline = time.monotonic() + 20
+            while not exporter.events and time.monotonic() < deadline:
+                threading.Event().wait(0.01)  # bounded polling on what the exporter got
+            assert answers == [(False, False)] and [e["input"] for e in exporter.events] == ["q"]
+            assert any("worker's own thread" in m for m in diag)
+        finally:
+            lg.removeHandler(handler)
+            handler.close()
+
     def test_no_garbage_collector_callback(self) -> None:
+
         """The library installs no ``gc.callbacks`` hook: a signal handler's exception
         (a SIGTERM handler's ``sys.exit()``, a Ctrl-C) raised while one runs is swallowed."""
         before = list(gc.callbacks)
@@ -369,6 +428,64 @@ class TestExitOnTime:
             assert max(r.body_bytes for r in server.requests) <= 10_000
 
 
+    def test_shutdown_timeout_bounds_the_rescue_of_a_backlog(self, server: PhosphoTestServer, tmp_path: Path) -> None:
+        """shutdown(timeout=1) with the backend hung and a large backlog returns on time:
+        what it could not keep stays counted as queued (delivered later), said once."""
+        server.hang_next(10**6)
+        pipeline = phospho_logging.configure(api_key=server.api_key, project_id=server.project_id,
+                                             base_url=server.url, local_dir=str(tmp_path))
+        for i in range(100_000):
+            log.info("t", extra={"input": f"q{i}", "output": "a" * 200})
+        started = time.monotonic()
+        pipeline.shutdown(timeout=1)
+        seconds = time.monotonic() - started
+        stats = pipeline.stats()
+        assert seconds < 1 + 0.5, seconds
+        assert stats["spooled"] > 0
+        assert stats["enqueued"] == 100_000 == (stats["sent"] + stats["rejected"] + stats["dropped"]
+                                                + stats["queued"] + stats["spooled"])
+
+    def test_exit_keeps_a_backlog_when_the_backend_hangs(self, tmp_path: Path) -> None:
+        """At exit the backend never answers: the worker is seen stuck early, and the
+        backlog is kept in the spool within shutdown_timeout, none of it lost."""
+        with PhosphoTestServer() as server:
+            server.hang_next(10**6)
+            code = """
+                import logging, phospho_logging
+                phospho_logging.configure(shutdown_timeout=2)
+                for i in range(20_000):
+                    logging.getLogger("phospho").info("t", extra={"input": f"q{i}"})
+                print("exit now", flush=True)
+            """
+            seconds, code_, err = time_exit(code, dict(server_env(server), PHOSPHO_LOCAL_DIR=str(tmp_path)))
+        assert code_ == 0, err
+        assert seconds < 2 + 1.0, seconds
+        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
+        try:
+            spooled = {json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM outbox")}
+        finally:
+            conn.close()
+        assert spooled == {f"q{i}" for i in range(20_000)} and "could not be delivered or kept" not in err
+
+    def test_exit_report_tallies_every_loss(self, tmp_path: Path) -> None:
+        """Losses are said rate-limited while the app runs; at exit one line gives the
+        whole tally, by reason."""
+        (tmp_path / "tasks.sqlite3").mkdir()  # the spool cannot be written
+        with PhosphoTestServer() as server:
+            env = dict(server_env(server), PHOSPHO_LOCAL_DIR=str(tmp_path))
+            server.stop()  # refused: every batch goes to the spool, which fails
+            code = """
+                import logging, phospho_logging
+                phospho_logging.configure(max_batch_size=100, max_attempts=1, shutdown_timeout=2)
+                for i in range(500):
+                    logging.getLogger("phospho").info("t", extra={"input": f"q{i}"})
+                phospho_logging.flush(timeout=20)
+            """
+            result = run_child(code, env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "500 task(s) of this run could not be delivered or kept (500 spool_error" in result.stderr
+
+
 class TestExtraKeys:
     """Every extra key the stdlib accepts works."""
 
@@ -382,6 +499,18 @@ class TestExtraKeys:
         metadata = event["metadata"]
         assert (metadata["1"], metadata["(empty key)"], metadata["(2, 3)"]) == ("one", "empty", "pair")
         assert {"key_coerced", "extra_key_empty"} <= set(metadata["phospho_logging_problems"])
+
+    def test_a_str_subclass_key_that_is_empty(self) -> None:
+        """A key of a str subclass, empty: named like an empty key, not a lost task."""
+        class Key(str):
+            pass
+
+        exporter = InMemoryExporter()
+        pipeline = phospho_logging.configure(exporter=exporter)
+        log.info("t", extra={"input": "q", Key(""): "v"})
+        assert pipeline.flush(timeout=10)
+        [event] = exporter.events
+        assert event["metadata"]["(empty key)"] == "v" and balanced(pipeline.stats())
 
     @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(st.dictionaries(st.one_of(st.text(max_size=4), st.integers(), st.none(), st.booleans(), st.floats(),
@@ -437,6 +566,68 @@ class TestWorkerSurvives:
         assert pipeline.flush(timeout=10) is False
         stats = pipeline.stats()
         assert stats["dropped"] == 1 and balanced(stats) and "ExportResult" in stats["last_error"]
+
+    def test_exporter_that_raises_system_exit(self) -> None:
+        """Even ``SystemExit`` from an exporter is a failed attempt: a flush waiting behind
+        the batch returns, and the task is counted (``exporter_error``)."""
+        pipeline = phospho_logging.configure(exporter=InMemoryExporter([SystemExit(1)]), max_attempts=1)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=10) is False
+        stats = pipeline.stats()
+        assert stats["dropped_by_reason"] == {"exporter_error": 1} and stats["worker_alive"] and balanced(stats)
+        log.info("t", extra={"input": "next"})
+        assert pipeline.flush(timeout=10) is True
+
+    def test_exporter_gets_a_batch_it_cannot_change(self) -> None:
+        """The batch an exporter gets is read-only: one that tries to empty it before saying
+        "delivered" fails instead of hiding tasks."""
+        class Clearing(InMemoryExporter):
+            def export(self, events: Any, timeout: float) -> ExportResult:
+                events.clear()
+                return ExportResult.delivered()
+
+        pipeline = phospho_logging.configure(exporter=Clearing(), max_attempts=1)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=10) is False
+        stats = pipeline.stats()
+        assert (stats["sent"], stats["dropped_by_reason"]) == (0, {"exporter_error": 1}) and balanced(stats)
+
+    @pytest.mark.parametrize("retry_after", [float("nan"), -1.0, "soon"])
+    def test_nonsense_retry_after(self, retry_after: Any) -> None:
+        """A Retry-After that is not a pause (NaN, negative, text) is ignored: the task is
+        retried at once and delivered, the endpoint is not rested."""
+        exporter = InMemoryExporter([ExportResult("retry", error="busy", retry_after=retry_after)])
+        pipeline = phospho_logging.configure(exporter=exporter, max_attempts=2)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=10)
+        stats = pipeline.stats()
+        assert [e["input"] for e in exporter.events] == ["q"] and not stats["circuit_open"] and balanced(stats)
+
+    def test_a_filter_that_raises_counts_the_task(self, diag: List[str]) -> None:
+        """A handler filter that raises on a task-carrying record: the app goes on, the task
+        is counted as dropped (``internal_error``) and said, and flush() says so."""
+        def angry(record: logging.LogRecord) -> bool:
+            if record.__dict__.get("input") == "bad":
+                raise ValueError("no")
+            return True
+
+        exporter = InMemoryExporter()
+        handler = phospho_logging.PhosphoHandler(exporter=exporter)
+        handler.addFilter(angry)
+        lg = logging.getLogger("phospho.filtered")
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        try:
+            lg.info("t", extra={"input": "bad"})
+            lg.info("t", extra={"input": "good"})
+            assert handler.flush(timeout=10) is False
+            stats = handler.stats()
+            assert [e["input"] for e in exporter.events] == ["good"]
+            assert stats["dropped_by_reason"] == {"internal_error": 1} and balanced(stats)
+            assert any("could not be turned into a task" in m and "ValueError" in m for m in diag)
+        finally:
+            lg.removeHandler(handler)
+            handler.close()
 
     @pytest.mark.parametrize("durable", [False, True], ids=["plain", "durable"])
     def test_unwritable_spool(self, tmp_path: Path, server: PhosphoTestServer, durable: bool) -> None:
@@ -794,3 +985,63 @@ class TestEdges:
         assert code == 0, err
         assert seconds < 1 + 1.0, seconds
         assert "not delivered" in err or "could not be delivered or kept" in err
+
+    def test_flush_waits_for_the_relay(self) -> None:
+        """Behind a started listener, flush() first waits for the relay to hand over what
+        other producers put on the queue: True means those tasks were delivered."""
+        import queue as queue_module
+
+        exporter = InMemoryExporter()
+        q: queue_module.Queue[Any] = queue_module.Queue()
+        listener = phospho_logging.PhosphoQueueListener(q, phospho_logging.PhosphoHandler(exporter=exporter))
+        producer = logging.handlers.QueueHandler(q)  # the stdlib's: goes through the relay
+        lg = logging.getLogger("phospho.relayed")
+        lg.addHandler(producer)
+        lg.setLevel(logging.INFO)
+        listener.start()
+        try:
+            for i in range(20_000):
+                lg.info("t", extra={"input": f"q{i}"})
+            assert listener.flush(timeout=60)
+            assert len(exporter.events) == 20_000 and balanced(listener.stats())
+        finally:
+            lg.removeHandler(producer)
+            listener.stop(timeout=5)
+
+    @pytest.mark.parametrize("others", [False, True])
+    def test_stats_never_go_backwards(self, others: bool) -> None:
+        """enqueued only grows, read while threads log and the worker drains (with other
+        handlers behind the listener too, whose records are not tasks)."""
+        import queue as queue_module
+
+        handlers: List[logging.Handler] = [phospho_logging.PhosphoHandler(exporter=InMemoryExporter())]
+        if others:
+            handlers.append(logging.NullHandler())
+        q: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
+        listener = phospho_logging.PhosphoQueueListener(q, *handlers)
+        handler = phospho_logging.PhosphoQueueHandler(q)
+        lg = logging.getLogger("phospho.counted")
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+        done = threading.Event()
+
+        def produce(n: int) -> None:
+            for i in range(n):
+                lg.info("t", extra={"input": f"q{i}"})
+                lg.info("no task")
+            done.set()
+
+        seen: List[int] = []
+        thread = threading.Thread(target=produce, args=(30_000,))
+        thread.start()
+        try:
+            while not done.is_set() and len(seen) < 1_000_000:
+                seen.append(handler.stats()["enqueued"])
+            thread.join(30)
+            assert listener.flush(timeout=30)
+            final = handler.stats()
+        finally:
+            lg.removeHandler(handler)
+            listener.stop(timeout=5)
+        assert all(a <= b for a, b in zip(seen, seen[1:]))
+        assert final["enqueued"] == 30_000 and balanced(final)
