@@ -688,7 +688,27 @@ CASES: Dict[str, Callable[[int], Dict[str, Any]]] = {
 }
 
 
+@contextlib.contextmanager
+def private_store() -> Iterator[None]:
+    """Run with ``PHOSPHO_LOCAL_DIR`` pointing at a temporary directory (unless it is set):
+    a benchmark never writes to, or replays from, the user's own local store."""
+    if os.environ.get("PHOSPHO_LOCAL_DIR"):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="phospho-bench-") as tmp:
+        os.environ["PHOSPHO_LOCAL_DIR"] = tmp
+        try:
+            yield
+        finally:
+            del os.environ["PHOSPHO_LOCAL_DIR"]
+
+
 def main(argv: Optional[list] = None) -> int:
+    with private_store():
+        return _main(argv)
+
+
+def _main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("case", choices=sorted(CASES))
     parser.add_argument("--n", type=int, default=20_000, help="calls (or tasks) per timed loop")

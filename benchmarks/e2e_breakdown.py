@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -92,5 +91,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    with tempfile.TemporaryDirectory():
+    with cases.private_store():
         sys.exit(main())

@@ -55,4 +55,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with cases.private_store():
+        sys.exit(main())

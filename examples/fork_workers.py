@@ -9,13 +9,15 @@ Runs offline: with no PHOSPHO_API_KEY / PHOSPHO_PROJECT_ID, tasks go to the loca
 which is then read back to count them. Without fork (Windows), only the parent's part runs.
 """
 
+import json
 import logging
 import multiprocessing
 import os
+import subprocess
+import sys
 import uuid
 
 import phospho_logging
-from phospho_logging import _store
 
 TASKS_PER_WORKER = 5
 RUN = uuid.uuid4().hex[:8]  # tells this run's tasks apart from earlier ones in the store
@@ -64,8 +66,11 @@ delivered = pipeline.flush(timeout=10)
 if pipeline.options.online:
     print("tasks went to phospho: each worker sent its own, so the parent cannot count them here")
 else:
-    # The most recent tasks of the local store (what `phospho-logging tail --json` reads).
-    events = _store.latest(pipeline.options.store_path(), limit=10 * expected)
+    # The most recent tasks of the local store, as `phospho-logging tail --json` prints them.
+    tail = subprocess.run([sys.executable, "-m", "phospho_logging", "tail", "--json", "-n", str(10 * expected),
+                           "--local-dir", str(pipeline.options.store_path().parent)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    events = [json.loads(line) for line in tail.stdout.splitlines() if line.startswith("{")]
     ours = [event for event in events if event.get("metadata", {}).get("run") == RUN]
     once = len(ours) == len({event["task_id"] for event in ours})
     print(f"{len(ours)} task(s) of {expected} in the local store {pipeline.options.store_path()}, each once: {once}")

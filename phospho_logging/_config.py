@@ -163,6 +163,9 @@ def _convert(name: str, value: Any, source: Optional[str] = None) -> Any:
         if not isinstance(value, str):
             raise ValueError
         return value
+    except _Unimportable as exc:
+        where = f" (from {source})" if source else ""
+        raise ValueError(f"phospho_logging option {name}{where}: {exc}") from None
     except (TypeError, ValueError):
         kind = (
             "a positive whole number" if name in _INT_OPTIONS
@@ -188,9 +191,16 @@ def import_callable(spec: str) -> Any:
     if not module_name or not attr:
         raise ValueError
     try:
-        return _callable(getattr(importlib.import_module(module_name), attr))
-    except (ImportError, AttributeError):
-        raise ValueError from None
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise _Unimportable(f"{spec!r} names a module that cannot be imported: {exc}") from None
+    if not hasattr(module, attr):
+        raise _Unimportable(f"{spec!r}: module {module_name!r} has no attribute {attr!r}")
+    return _callable(getattr(module, attr))
+
+
+class _Unimportable(ValueError):
+    """A ``module:function`` spec that looks right but does not import."""
 
 
 def normalize_base_url(url: str) -> str:

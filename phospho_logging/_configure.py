@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Union
 
 from . import _diag, _lifecycle
 from ._config import Options, resolve
-from ._engine import Engine
+from ._engine import Engine, wait_limit
 from ._handlers import notice_offline
 from ._queue_pair import PhosphoQueueHandler
 
@@ -158,16 +158,22 @@ def flush(timeout: Optional[float] = None) -> bool:
     """Flush every engine of the process (that of ``configure()``, those of handlers
     dictConfig made, those still finishing after a reconfiguration); True when all of
     them delivered everything."""
+    global _unshipped_seen
+    unshipped = _lifecycle.unshipped_count()
+    ok = unshipped == _unshipped_seen  # tasks that reached no engine since the last flush
+    _unshipped_seen = unshipped
     engines = [e for e in _lifecycle.engines() if e.needs_exit()]
     if not engines:
-        _lifecycle.quiesce(1.0 if timeout is None else min(1.0, timeout))  # messages of logging calls
-        return True
-    budget = max(e.retry_budget() for e in engines) if timeout is None else max(0.0, timeout)
+        _lifecycle.quiesce(min(1.0, wait_limit(timeout, 1.0)))  # messages of logging calls
+        return ok
+    budget = wait_limit(timeout, max(e.retry_budget() for e in engines))
     deadline = time.monotonic() + budget
-    ok = True
     for engine in sorted(engines, key=lambda e: e.serial):
         ok = engine.flush(max(0.0, deadline - time.monotonic())) and ok
     return ok
+
+
+_unshipped_seen = 0
 
 
 def shutdown(timeout: Optional[float] = None) -> None:
@@ -195,12 +201,26 @@ def stats() -> Dict[str, Any]:
     still open (the handlers dictConfig made), added up. Empty if there are none."""
     pipeline = installed
     if pipeline is not None:
-        return pipeline.stats()
+        return _with_unshipped(pipeline.stats())
     parts = [e.stats() for e in sorted(_lifecycle.engines(), key=lambda e: e.serial) if not e.stopped]
     parts = [p for p in parts if p["enqueued"] or p["replayed"]] or parts[:1]
     if len(parts) <= 1:
-        return parts[0] if parts else {}
-    return _add_up(parts)
+        return _with_unshipped(parts[0] if parts else {})
+    return _with_unshipped(_add_up(parts))
+
+
+def _with_unshipped(stats: Dict[str, Any]) -> Dict[str, Any]:
+    """Add the tasks that reached no engine (``not_configured``), if there were any."""
+    n = _lifecycle.unshipped_count()
+    if not n:
+        return stats
+    if not stats:
+        stats = {"enqueued": 0, "sent": 0, "rejected": 0, "dropped": 0, "queued": 0, "spooled": 0,
+                 "dropped_by_reason": {}}
+    stats["enqueued"] += n
+    stats["dropped"] += n
+    stats["dropped_by_reason"]["not_configured"] = n
+    return stats
 
 
 def _add_up(parts: List[Dict[str, Any]]) -> Dict[str, Any]:

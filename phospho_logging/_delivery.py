@@ -35,7 +35,7 @@ CONFIG_ERROR_COOLDOWN = 60.0
 #: A longer Retry-After opens the circuit for that long instead of holding the worker.
 MAX_RETRY_AFTER_WAIT = 5.0
 #: The longest pause a Retry-After may impose (a larger one is taken as this).
-MAX_RETRY_AFTER = 600.0
+MAX_RETRY_AFTER = 60.0
 
 
 class Resolution(NamedTuple):
@@ -224,13 +224,13 @@ class Delivery:
                 return
             if kind in ("auth", "not_found"):
                 self.circuit.trip(CONFIG_ERROR_COOLDOWN, quiet=True)
-                out.append(Resolution("failed", events, _reason(result), result.error, result))
+                out.append(Resolution("failed", events, _reason(result), _message(result), result))
                 return
             retry_after = _pause(result.retry_after)
             if retry_after is not None and retry_after > MAX_RETRY_AFTER_WAIT:
                 # The server asked for a long pause: keep the worker free for new tasks.
                 self.circuit.trip(retry_after)
-                out.append(Resolution("failed", events, _reason(result), result.error, result))
+                out.append(Resolution("failed", events, _reason(result), _message(result), result))
                 return
             attempt += 1
             if kind == "retry" and attempt < self.options.max_attempts and time.monotonic() < give_up_at:
@@ -239,7 +239,7 @@ class Delivery:
                 self._backoff(attempt, retry_after, give_up_at)
                 continue
             self.circuit.failure()
-            out.append(Resolution("failed", events, _reason(result), result.error, result))
+            out.append(Resolution("failed", events, _reason(result), _message(result), result))
             return
 
     def _shrink(self, event: WireEvent, give_up_at: float, out: List[Resolution]) -> None:
@@ -297,11 +297,21 @@ def _pause(retry_after: Any) -> Optional[float]:
     ``MAX_RETRY_AFTER``, and None for nonsense (negative, not a number)."""
     try:
         seconds = float(retry_after)
+    except OverflowError:  # an integer too large for a float: a very long pause
+        return MAX_RETRY_AFTER
     except (TypeError, ValueError):
         return None
     if not seconds >= 0:  # negative, or NaN
         return None
     return min(seconds, MAX_RETRY_AFTER)
+
+
+def _message(result: ExportResult) -> str:
+    """The result's error for people, or what it says without one."""
+    if result.error:
+        return result.error
+    status = f" (HTTP {result.status})" if result.status else ""
+    return f"the exporter answered {result.kind!r}{status} without an error message"
 
 
 def _reason(result: ExportResult) -> str:

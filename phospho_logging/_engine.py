@@ -50,6 +50,26 @@ MAX_PATIENCE = 1.0
 STATS_TRIES = 10
 
 
+#: The longest any single wait may be asked to last (a larger one is taken as this).
+LONGEST_WAIT = 1e9
+
+
+def wait_limit(timeout: Optional[float], default: float) -> float:
+    """Seconds to wait for a ``timeout`` argument: ``default`` for None or infinity (the
+    longest the policy needs), 0 for a negative one or NaN."""
+    if timeout is None:
+        return default
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an integer too large for a float
+        seconds = float("inf") if timeout > 0 else 0.0
+    if not seconds > 0:  # negative, zero or NaN
+        return 0.0
+    if seconds == float("inf"):
+        return default
+    return min(seconds, LONGEST_WAIT)
+
+
 def default_exporter(options: Options) -> Any:
     """The HTTP exporter with credentials, the local store without."""
     if options.online:
@@ -108,6 +128,8 @@ class Engine(WorkerLoop):
         self._failed = itertools.count()  # a record that could not be turned into a task
         self._ignored = itertools.count()  # task-looking records made by our own I/O
         self._said: Dict[str, bool] = {}
+        self._enqueued = 0  # the highest count stats() saw (a read mid-put can only fall short)
+        self._stats_lock = threading.RLock()  # stats() callers only (reentrant: signal handlers)
         self.books = Books()
         self._stopping = threading.Event()
         self._deadline: Optional[float] = None
@@ -260,8 +282,10 @@ class Engine(WorkerLoop):
         whole retry budget; ``0`` only asks the worker to send what it holds.
         """
         base = self._barrier_losses
-        limit = self.retry_budget() if timeout is None else max(0.0, timeout)
+        limit = wait_limit(timeout, self.retry_budget())
         started = time.monotonic()
+        if self._closed:  # after the exit drain nothing more is sent: no wait
+            return self._commit(base, self._losses())
         if self._on_worker():
             # A finalizer, or an exporter, on the worker's own thread: it cannot wait for
             # itself. What it asked is done soon anyway: the worker is running.
@@ -304,8 +328,9 @@ class Engine(WorkerLoop):
         """Deliver what is queued within ``timeout`` (default ``shutdown_timeout``), spool
         the rest, and stop; tasks that still arrive later are delivered too (by a worker
         that ends when they are). With ``wait=False`` the deadline is set and the call
-        returns at once. True if everything was settled in time."""
-        limit = self.options.shutdown_timeout if timeout is None else max(0.0, timeout)
+        returns at once. True if everything was settled in time. (``math.inf`` waits as long
+        as the retry policy may take.)"""
+        limit = self.options.shutdown_timeout if timeout is None else wait_limit(timeout, self.retry_budget())
         with self._start_lock:
             first = not self.stopped
             self.stopped = True
@@ -337,9 +362,10 @@ class Engine(WorkerLoop):
         """True unless the exit drain already ran for this engine."""
         return not self._closed
 
-    def begin_exit(self) -> None:
-        """Interpreter exit: set the deadline and put the exit marker (all engines at once)."""
-        self._deadline = min(self._deadline or float("inf"), time.monotonic() + self.options.shutdown_timeout)
+    def begin_exit(self, started: float) -> None:
+        """Interpreter exit, which began at ``started``: a deadline of its own (an earlier
+        ``shutdown()``'s may have passed with tasks left), and the exit marker."""
+        self._deadline = started + self.options.shutdown_timeout
         self.stopped = True
         self._stopping.set()
         self._stop = Stop(self._deadline, at_exit=True)
@@ -368,6 +394,14 @@ class Engine(WorkerLoop):
         self.close_for_exit()
         finished = stop is not None and stop.done.is_set()
         self.settler.report_exit(finished, self.stats(), self)
+
+    def interrupt_exit(self) -> None:
+        """The exit drain was interrupted (a Ctrl-C, a signal handler's ``sys.exit()``):
+        keep what is left in bulk, within the exit grace, and say what became of it."""
+        self._rescue(at_exit=True, until=time.monotonic() + EXIT_GRACE)
+        self.close_for_exit()
+        stop = self._stop
+        self.settler.report_exit(stop is not None and stop.done.is_set(), self.stats(), self)
 
     def _join(self, stop: Optional[Stop]) -> bool:
         """Wait for ``stop`` until the deadline, watching the worker: if it takes nothing
@@ -400,25 +434,16 @@ class Engine(WorkerLoop):
     def stats(self) -> Dict[str, Any]:
         """The counters; ``enqueued == sent + rejected + dropped + queued + spooled``."""
         b = self.books
-        # No lock: the worker must never wait for a stats() call (a signal handler may
-        # flush while this thread reads). The queue's share is read between two reads of
-        # what the worker took, until both agree.
-        for _ in range(STATS_TRIES):
-            got, passing_got, markers_got = count_value(b.got), count_value(b.passing_got), count_value(b.markers_got)
-            passing_put, markers_put = count_value(self._passing_put), count_value(self._markers_put)
-            size = self._queue.qsize()
-            if (count_value(b.got), count_value(b.passing_got), count_value(b.markers_got),
-                    count_value(self._passing_put), count_value(self._markers_put)) == (
-                    got, passing_got, markers_got, passing_put, markers_put):
-                break
-        in_queue = size - (markers_put - markers_got) - (passing_put - passing_got)
+        # No lock the worker takes: it must never wait for a stats() call (a signal handler
+        # may flush while this thread reads). What the worker settled is read first, so
+        # that anything it settles meanwhile is still counted as taken or queued below.
         dropped = dict(b.dropped)
-        settled = b.sent + b.rejected + b.spooled + sum(dropped.values())
-        snapshot = {
+        sent, rejected, spooled = b.sent, b.rejected, b.spooled
+        snapshot: Dict[str, Any] = {
             "destination": self.destination,
-            "sent": b.sent,
-            "rejected": b.rejected,
-            "spooled": b.spooled,
+            "sent": sent,
+            "rejected": rejected,
+            "spooled": spooled,
             "replayed": b.replayed,
             "replay_rejected": b.replay_rejected,
             "spool_evicted": b.spool_evicted,
@@ -430,6 +455,18 @@ class Engine(WorkerLoop):
             "retries": b.retries,
             "last_error": b.last_error,
         }
+        # The queue's share is read between two reads of what the worker took, until both
+        # agree. An item between a queue and its counter (taken, or about to be put) can
+        # only make the sum short, never long, so the highest sum seen is the count.
+        for _ in range(STATS_TRIES):
+            got, passing_got, markers_got = count_value(b.got), count_value(b.passing_got), count_value(b.markers_got)
+            passing_put, markers_put = count_value(self._passing_put), count_value(self._markers_put)
+            size = self._queue.qsize()
+            if (count_value(b.got), count_value(b.passing_got), count_value(b.markers_got),
+                    count_value(self._passing_put), count_value(self._markers_put)) == (
+                    got, passing_got, markers_got, passing_put, markers_put):
+                break
+        in_queue = size - (markers_put - markers_got) - (passing_put - passing_got)
         producer_drops = {
             "queue_full": count_value(self._refused),
             "logged_after_exit": count_value(self._late),
@@ -438,11 +475,13 @@ class Engine(WorkerLoop):
         for reason, n in producer_drops.items():
             if n:
                 dropped[reason] = dropped.get(reason, 0) + n
-        enqueued = sum(producer_drops.values()) + got + in_queue
+        with self._stats_lock:
+            enqueued = self._enqueued = max(self._enqueued, sum(producer_drops.values()) + got + in_queue)
+        lost = sum(dropped.values())
         snapshot.update(
             enqueued=enqueued,
-            dropped=sum(dropped.values()),
-            queued=got - settled + in_queue,
+            dropped=lost,
+            queued=enqueued - sent - rejected - spooled - lost,
             dropped_by_reason=dropped,
             ignored_own_io=count_value(self._ignored),
             circuit_open=self.delivery.circuit.is_open(),

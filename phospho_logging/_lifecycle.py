@@ -21,11 +21,16 @@
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
+import functools
+import gc
+import itertools
 import os
 import queue
 import sys
 import threading
+import time
 import weakref
 from types import FrameType
 from typing import Any, Callable, Dict, Iterator, List, Optional
@@ -37,7 +42,7 @@ OWN_IO: Dict[int, int] = {}
 
 _engines: weakref.WeakSet[Any] = weakref.WeakSet()
 _control: Optional[queue.SimpleQueue[Any]] = None
-_control_lock = threading.Lock()  # control plane only: never taken by a logging call
+_control_lock = threading.RLock()  # control plane only, never taken by a logging call (reentrant: signal handlers)
 _exit_hook = False
 _before_exit: List[Callable[[], None]] = []
 #: "running", then "exiting" while ``at_exit`` drains, then "exited".
@@ -46,9 +51,26 @@ state = "running"
 
 def made_by_own_io(record: Any = None) -> bool:
     """True for a record made inside the library's own I/O, not by a finalizer the garbage
-    collector happened to run there. Call it only when the thread is in ``OWN_IO`` (a rare
-    path: it looks at the stack)."""
-    return not in_finalizer()
+    collector happened to run there (a ``__del__``, a weakref callback, an abandoned
+    generator's ``finally:``). Call it only when the thread is in ``OWN_IO`` (a rare path:
+    it may look at the stack)."""
+    return not (collecting() or in_finalizer())
+
+
+#: The garbage collector's last phase, kept by a callback written in C (an ordered dict's
+#: ``move_to_end``, called with ``(phase, info)``: ``info`` is true, so the phase moves to
+#: the end). No Python code runs in it, so no signal handler can run there and have its
+#: exception swallowed (a SIGTERM handler's ``sys.exit()`` lost).
+_gc_phase: collections.OrderedDict[str, None] = collections.OrderedDict((("start", None), ("stop", None)))
+gc.callbacks.append(_gc_phase.move_to_end)  # type: ignore[arg-type]  # info is a non-empty dict: true
+
+
+def collecting() -> bool:
+    """True while a garbage collection runs (its finalizers are not our own I/O)."""
+    try:
+        return next(reversed(_gc_phase)) == "start"
+    except Exception:  # noqa: BLE001 - emptied at interpreter teardown
+        return False
 
 
 #: Frames looked at, at most, to tell a finalizer's record from our own I/O's.
@@ -227,12 +249,28 @@ def wake(engine: Any) -> None:
 
 def quiesce(timeout: float) -> None:
     """Wait (at most ``timeout``) until the control thread has done what was asked of it
-    so far: messages reported by logging calls are out when ``flush()`` returns."""
+    so far: messages reported by logging calls are out when ``flush()`` returns. Not at
+    exit: the control thread may never run again."""
     requests = _control
-    if requests is not None and timeout > 0:
+    if requests is not None and timeout > 0 and state == "running":
         done = threading.Event()
         requests.put(done)
         done.wait(timeout)
+
+
+#: Tasks that reached no engine (a structlog processor with nothing configured).
+_unshipped = itertools.count()
+
+
+def unshipped(message: str) -> None:
+    """A task reached nothing that ships it: counted (``stats()``, ``flush()``), said once."""
+    next(_unshipped)
+    report("not_configured", message)
+
+
+def unshipped_count() -> int:
+    """How many tasks reached no engine in this process."""
+    return int(repr(_unshipped)[6:-1])
 
 
 def report(key: str, message: str, *args: object) -> None:
@@ -254,6 +292,7 @@ def at_exit() -> None:
     if state != "running":
         return
     state = "exiting"
+    started = time.monotonic()  # one deadline for everything exit does, listeners included
     try:
         for callback in list(_before_exit):
             try:
@@ -262,22 +301,29 @@ def at_exit() -> None:
                 pass
         drained = [engine for engine in list(_engines) if engine.needs_exit()]
         for engine in drained:
-            _each(engine.begin_exit)
+            _each(functools.partial(engine.begin_exit, started))
         for engine in drained:
-            _each(engine.end_exit)
+            _each(engine.end_exit, engine.interrupt_exit)
         for engine in list(_engines):
             _each(engine.close_for_exit)
     finally:
         state = "exited"
 
 
-def _each(step: Callable[[], None]) -> None:
-    """One engine's step of the exit drain: whatever happens, the others still drain."""
+def _each(step: Callable[[], None], interrupted: Optional[Callable[[], None]] = None) -> None:
+    """One engine's step of the exit drain: whatever happens, the others still drain. If
+    the step is interrupted (a Ctrl-C, a signal handler's ``sys.exit()``), ``interrupted``
+    keeps what it can, quickly."""
     try:
         step()
     except BaseException as exc:  # noqa: BLE001 - even KeyboardInterrupt: exit goes on
         try:
-            _diag.warn_once("exit_error", "an engine could not be drained at exit: %r", exc)
+            if interrupted is not None:
+                interrupted()
+        except BaseException:  # noqa: BLE001, S110 - interrupted again: exit goes on
+            pass
+        try:
+            _diag.warn_once("exit_error", "the exit drain of an engine was interrupted: %r", exc)
         except Exception:  # noqa: BLE001, S110
             pass
 
@@ -327,10 +373,11 @@ def _after_fork_in_child() -> None:
     _diag.reset_after_fork()
     OWN_IO.clear()
     _exporter_locks.clear()  # a lock held by a parent's thread would stay held here
+    _gc_phase.move_to_end("stop")  # forked from a finalizer: no collection runs in the child
     for lock in list(_process_locks):
         lock.reset()
     _control = None
-    _control_lock = threading.Lock()
+    _control_lock = threading.RLock()
     found = list(_engines)
     for engine in found:
         try:

@@ -281,15 +281,15 @@ class Settler:
         drain ended; else the tasks still queued are lost too."""
         books = self.books
         lost = {reason: n for reason, n in stats["dropped_by_reason"].items() if n}
+        parts = [f"{n} {reason}" for reason, n in sorted(lost.items(), key=lambda kv: -kv[1])]
         unsettled = 0 if finished else max(0, stats["queued"])
         if unsettled:
-            lost["shutdown_deadline"] = lost.get("shutdown_deadline", 0) + unsettled
-        if lost:
-            parts = ", ".join(f"{n} {reason}" for reason, n in sorted(lost.items(), key=lambda kv: -kv[1]))
+            parts.append(f"{unsettled} still queued")
+        if parts:
             _diag.warn_once("exit_lost:" + str(id(owner)),
-                            "%d task(s) of this run could not be delivered or kept (%s; counted in "
-                            "stats()['dropped_by_reason'])%s", sum(lost.values()), parts,
-                            "; shutdown_timeout ran out" if "shutdown_deadline" in lost else "")
+                            "%d task(s) of this run could not be delivered or kept (%s)%s",
+                            sum(lost.values()) + unsettled, ", ".join(parts),
+                            "; shutdown_timeout ran out" if unsettled or "shutdown_deadline" in lost else "")
         if self.spool is None or not books.spooled:
             return
         if finished:  # the worker is done with the spool: how many wait there is exact

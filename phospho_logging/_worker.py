@@ -380,9 +380,14 @@ class WorkerLoop:
         return deadline is not None and _lifecycle.state != "running" and time.monotonic() > deadline + EXIT_GRACE
 
     def _time_left(self) -> Optional[float]:
-        """For waits on disk: the time left before the exit grace runs out (None: no
-        deadline applies)."""
+        """For waits on disk: the time left before the deadline's grace runs out. None (no
+        bound) unless a deadline applies: at exit, and for the thread that stops the engine
+        (the worker itself may go on after a ``shutdown()`` deadline: the process does)."""
         deadline = self._deadline
-        if deadline is None or _lifecycle.state == "running":
+        if deadline is None:
             return None
+        if _lifecycle.state == "running":
+            if threading.get_ident() == self._loop_ident:
+                return None
+            return max(0.0, deadline - time.monotonic())
         return max(0.0, deadline + EXIT_GRACE - time.monotonic())

@@ -171,7 +171,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
             shown = {(row.source, row.id) for row in rows}
             tagged = args.follow or any(row.source == "spool" for row in rows)
             if not rows and not args.follow and not args.json:
-                sys.stdout.write(f"no tasks in {path}\n")
+                for_session = f" for session {args.session!r}" if args.session is not None else ""
+                sys.stdout.write(f"no tasks{for_session} in {path}\n")
             _print_rows(rows, args, tagged)
             while args.follow and time_left():
                 pause()
@@ -274,6 +275,17 @@ def count(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    """A number of seconds above 0 (argparse names it in its error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``phospho-logging``."""
     parser = argparse.ArgumentParser(
@@ -290,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Print the resolved configuration (key masked) and where tasks go, then POST an empty batch to verify "
         "the key and project. Exit 2 without credentials, 3 key rejected, 4 unknown project, 5 unreachable, "
         "6 TLS error, 7 other HTTP status."))
-    check.add_argument("--timeout", type=float, default=CHECK_TIMEOUT, metavar="SECONDS",
+    check.add_argument("--timeout", type=seconds, default=CHECK_TIMEOUT, metavar="SECONDS",
                        help=f"how long to wait for phospho (default {CHECK_TIMEOUT:g})")
     check.set_defaults(func=cmd_check)
 

@@ -22,7 +22,7 @@ except ImportError:
         from pythonjsonlogger.jsonlogger import JsonFormatter as _JsonFormatter  # type: ignore[no-redef,attr-defined,unused-ignore]
     except ImportError as exc:
         raise ImportError(
-            "phospho_logging.json needs python-json-logger: pip install 'phospho-logging[json]'"
+            "phospho_logging.json needs python-json-logger: pip install python-json-logger"
         ) from exc
 
 from . import _context, _diag

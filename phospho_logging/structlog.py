@@ -24,7 +24,7 @@ try:
     import structlog as _structlog  # noqa: F401 - only to fail early with a clear message
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
     raise ImportError(
-        "phospho_logging.structlog needs structlog: pip install 'phospho-logging[structlog]'"
+        "phospho_logging.structlog needs structlog: pip install structlog"
     ) from exc
 
 from threading import get_ident
@@ -108,10 +108,10 @@ class PhosphoProcessor:
             elif _capture.active():
                 _capture.deliver(snapshot, options)
             else:
-                _lifecycle.report(
-                    "processor_unconfigured",
+                _lifecycle.unshipped(
                     "PhosphoProcessor got a task but nothing ships it: call phospho_logging.configure() "
-                    "or configure a PhosphoHandler (tasks are not kept until then)",
+                    "or configure a PhosphoHandler (tasks are not kept until then; counted in "
+                    "phospho_logging.stats()['dropped_by_reason']['not_configured'])",
                 )
                 return event_dict
             # A new dict (the caller's is not ours to change), of a type that tells our

@@ -292,15 +292,74 @@ class TestNeverDeadlocks:
             lg.removeHandler(handler)
             handler.close()
 
-    def test_no_garbage_collector_callback(self) -> None:
+    def test_every_kind_of_finalizer_during_an_export_is_shipped(self) -> None:
+        """A collection that runs during an export (here forced by the exporter; in an app,
+        any allocation there) runs a ``__del__``, a weakref callback and an abandoned
+        generator's ``finally:``: each one's task is the application's, and shipped."""
+        import weakref
 
-        """The library installs no ``gc.callbacks`` hook: a signal handler's exception
-        (a SIGTERM handler's ``sys.exit()``, a Ctrl-C) raised while one runs is swallowed."""
-        before = list(gc.callbacks)
-        phospho_logging.configure(exporter=InMemoryExporter())
-        log.info("t", extra={"input": "q"})
-        assert phospho_logging.flush(timeout=10)
-        assert gc.callbacks == before
+        lg = logging.getLogger("phospho")
+
+        class Collecting(InMemoryExporter):
+            def export(self, events: Any, timeout: float) -> ExportResult:
+                gc.collect()
+                return super().export(events, timeout)
+
+        class WithDel:
+            def __init__(self) -> None:
+                self.me = self
+
+            def __del__(self) -> None:
+                lg.info("t", extra={"input": "from __del__"})
+
+        class Plain:
+            def __init__(self) -> None:
+                self.me = self
+
+        def on_collect(ref: Any) -> None:
+            lg.info("t", extra={"input": "from a weakref callback"})
+
+        def stream() -> Any:
+            try:
+                yield "chunk"
+                yield "chunk"
+            finally:
+                lg.info("t", extra={"input": "from a generator's finally"})
+
+        class Holder:
+            def __init__(self) -> None:
+                self.me = self
+                self.stream = stream()
+                next(self.stream)
+
+        exporter = Collecting()
+        pipeline = phospho_logging.configure(exporter=exporter)
+        gc.disable()  # the cycles wait for the exporter's collection
+        try:
+            WithDel()
+            plain = Plain()
+            ref = weakref.ref(plain, on_collect)
+            del plain
+            Holder()
+            log.info("t", extra={"input": "trigger"})
+            assert pipeline.flush(timeout=10)  # the export of "trigger" collected them
+            assert pipeline.flush(timeout=10)  # their tasks, logged meanwhile
+        finally:
+            gc.enable()
+        assert ref() is None
+        assert sorted(e["input"] for e in exporter.events) == sorted([
+            "trigger", "from __del__", "from a weakref callback", "from a generator's finally"])
+        assert pipeline.stats()["ignored_own_io"] == 0 and balanced(pipeline.stats())
+
+    def test_the_garbage_collector_callback_runs_no_python_code(self) -> None:
+        """The library's ``gc.callbacks`` hook (it tells a finalizer's record from our own
+        I/O's) is a builtin: no signal handler can run inside it and have its exception (a
+        SIGTERM handler's ``sys.exit()``, a Ctrl-C) swallowed by the collector."""
+        import types
+
+        ours = [cb for cb in gc.callbacks if getattr(cb, "__self__", None).__class__.__module__ == "collections"]
+        assert len(ours) == 1 and all(isinstance(cb, types.BuiltinMethodType) for cb in gc.callbacks if cb in ours)
+        assert not any(isinstance(cb, types.FunctionType) and "phospho_logging" in cb.__module__ for cb in gc.callbacks)
 
     def test_records_made_by_our_own_io_are_ignored_and_counted(self) -> None:
         """A task logged from inside an export (an exporter of the user's that logs) is not
@@ -486,6 +545,87 @@ class TestExitOnTime:
         assert "500 task(s) of this run could not be delivered or kept (500 spool_error" in result.stderr
 
 
+    def test_exit_keeps_what_an_earlier_shutdown_left(self, tmp_path: Path) -> None:
+        """A shutdown() that ran out of time (here timeout=0, with the worker stuck in a
+        request) leaves tasks queued; exit gets a deadline of its own and keeps them."""
+        with PhosphoTestServer() as server:
+            server.hang_next(10**6)
+            code = """
+                import logging, phospho_logging
+                from phospho_logging.testing import PhosphoTestServer
+                phospho_logging.configure(shutdown_timeout=2)
+                for i in range(500):
+                    logging.getLogger("phospho").info("t", extra={"input": f"q{i}"})
+                import os, time
+                deadline = time.monotonic() + 20
+                while phospho_logging.stats()["requests"] == 0 and time.monotonic() < deadline:
+                    time.sleep(0.01)  # bounded polling: until the worker is in its request
+                phospho_logging.shutdown(timeout=0)
+                print("exit now", flush=True)
+            """
+            seconds, code_, err = time_exit(code, dict(server_env(server), PHOSPHO_LOCAL_DIR=str(tmp_path)))
+        assert code_ == 0, err
+        assert seconds < 2 + 1.0, seconds
+        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
+        try:
+            spooled = {json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM outbox")}
+        finally:
+            conn.close()
+        assert spooled == {f"q{i}" for i in range(500)}, err
+
+    @pytest.mark.parametrize("how", ["sigint", "sigterm-handler-exits"])
+    def test_an_interrupted_exit_keeps_the_queue(self, tmp_path: Path, how: str) -> None:
+        """Ctrl-C (or a SIGTERM handler's sys.exit()) during the exit drain: what is queued
+        is kept in the spool at once, and the interruption is said."""
+        with PhosphoTestServer() as server:
+            server.hang_next(10**6)
+            code = """
+                import atexit, logging, os, signal, sys, threading, phospho_logging
+                if sys.argv[1] == "sigterm-handler-exits":
+                    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+                sig = signal.SIGINT if sys.argv[1] == "sigint" else signal.SIGTERM
+                phospho_logging.configure(shutdown_timeout=3)
+                for i in range(500):
+                    logging.getLogger("phospho").info("t", extra={"input": f"q{i}"})
+
+                def interrupt_soon():  # runs first at exit (atexit is last in, first out)
+                    timer = threading.Timer(0.3, os.kill, (os.getpid(), sig))
+                    timer.daemon = True
+                    timer.start()
+
+                atexit.register(interrupt_soon)
+            """
+            result = run_child(code, dict(server_env(server), PHOSPHO_LOCAL_DIR=str(tmp_path)), timeout=60,
+                               args=[how])
+        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
+        try:
+            spooled = {json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM outbox")}
+        finally:
+            conn.close()
+        assert "the exit drain of an engine was interrupted" in result.stderr, result.stderr
+        assert spooled == {f"q{i}" for i in range(500)}, result.stderr
+
+    def test_flush_in_a_del_at_teardown_returns_at_once(self, tmp_path: Path) -> None:
+        """Objects whose __del__ flushes, collected at interpreter teardown after the exit
+        drain: each flush returns at once (nothing can be sent any more), so exit stays
+        bounded however many there are."""
+        code = """
+            import logging, phospho_logging
+            phospho_logging.configure(shutdown_timeout=1)
+
+            class Client:
+                def __del__(self):
+                    logging.getLogger("phospho").info("t", extra={"input": "bye"})
+                    phospho_logging.flush(timeout=5)
+
+            clients = [Client() for _ in range(10)]
+            print("exit now", flush=True)
+        """
+        seconds, code_, err = time_exit(code, {"PHOSPHO_LOCAL_DIR": str(tmp_path)})
+        assert code_ == 0, err
+        assert seconds < 1 + 1.0, seconds
+
+
 class TestExtraKeys:
     """Every extra key the stdlib accepts works."""
 
@@ -591,6 +731,29 @@ class TestWorkerSurvives:
         assert pipeline.flush(timeout=10) is False
         stats = pipeline.stats()
         assert (stats["sent"], stats["dropped_by_reason"]) == (0, {"exporter_error": 1}) and balanced(stats)
+
+    def test_timeouts_of_any_value(self) -> None:
+        """flush() and shutdown() take any number: infinity waits as long as the policy
+        needs, a huge one is capped, NaN and negatives do not wait; none raises."""
+        exporter = InMemoryExporter()
+        pipeline = phospho_logging.configure(exporter=exporter)
+        for timeout in (float("inf"), 1e300, 10**400, float("nan"), -1.0, 0.0):
+            log.info("t", extra={"input": "q"})
+            assert pipeline.flush(timeout) in (True, False)
+            assert phospho_logging.flush(timeout) in (True, False)
+        assert pipeline.flush(float("inf")) is True and len(exporter.events) == 6
+        pipeline.shutdown(float("inf"))
+        assert balanced(pipeline.stats())
+
+    def test_a_retry_after_too_large_for_a_float(self) -> None:
+        """An exporter asking for a pause of 10**400 s: the pause is capped (the endpoint
+        rests), the batch fails as any other; nothing is counted as an internal error."""
+        exporter = InMemoryExporter([ExportResult.retry("slow down", retry_after=10**400)])
+        pipeline = phospho_logging.configure(exporter=exporter, max_attempts=2)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=10) is False
+        stats = pipeline.stats()
+        assert stats["circuit_open"] and stats["dropped_by_reason"] == {"unreachable": 1} and balanced(stats)
 
     @pytest.mark.parametrize("retry_after", [float("nan"), -1.0, "soon"])
     def test_nonsense_retry_after(self, retry_after: Any) -> None:

@@ -51,6 +51,23 @@ def test_python_snippet_runs(section: str, tmp_path: Path) -> None:
         assert [e["input"] for e in latest(tmp_path / "tasks.sqlite3")] == ["What is 2+2?"]
 
 
+def test_context_snippet_runs(tmp_path: Path) -> None:
+    """The Context section's handler, called as a web framework would: its task carries the
+    session and the tenant bound around it."""
+    code = blocks("python")["Context"][0] + textwrap.dedent("""
+        import types
+        phospho_logging.configure()
+        my_llm = lambda q: "an answer"
+        handle(types.SimpleNamespace(headers={"x-session": "s-42"}), "a question")
+        assert phospho_logging.flush(timeout=10)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}),
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [event] = latest(tmp_path / "tasks.sqlite3")
+    assert (event["input"], event["session_id"], event["metadata"]["tenant"]) == ("a question", "s-42", "acme")
+
+
 @pytest.mark.parametrize("index", [0, 1], ids=["capture-and-exporter", "test-server"])
 def test_testing_snippets_run(tmp_path: Path, index: int) -> None:
     """The testing section's snippets (capture and the in-memory exporter; the loopback
