@@ -273,6 +273,8 @@ class Delivery:
         except Busy as exc:
             return ExportResult.retry(str(exc))
         except BaseException as exc:  # noqa: BLE001 - an exporter bug (even SystemExit) is a failed attempt
+            if interrupts_this_thread(exc):
+                raise
             return ExportResult.retry(f"the exporter raised {type(exc).__name__}: {_text(exc)}", cause="exporter")
         if not isinstance(result, ExportResult):
             return ExportResult.retry(f"the exporter returned {type(result).__name__}, not an ExportResult",
@@ -290,6 +292,12 @@ class Delivery:
         if deadline is not None:
             limit = min(limit, deadline - time.monotonic() - 0.1)
         self._stopping.wait(max(0.0, min(delay, limit)))
+
+
+def interrupts_this_thread(exc: BaseException) -> bool:
+    """A Ctrl-C or a signal handler's ``sys.exit()`` raised on the main thread (where the
+    exit drain and ``push`` send): it must stop them, not count as a failed attempt."""
+    return isinstance(exc, (KeyboardInterrupt, SystemExit)) and threading.current_thread() is threading.main_thread()
 
 
 def _pause(retry_after: Any) -> Optional[float]:

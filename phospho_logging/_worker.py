@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, List, Optional
 from . import _diag, _lifecycle
 from ._batch import Batch
 from ._config import Options
-from ._delivery import Books, Delivery, Resolution, count_value
+from ._delivery import Books, Delivery, Resolution, count_value, interrupts_this_thread
 from ._event import encode
 from ._export import WireEvent
 from ._item import snapshot_of
@@ -297,6 +297,8 @@ class WorkerLoop:
         try:
             results = self.delivery.attempt(events)
         except BaseException as exc:  # noqa: BLE001 - never lose a batch to a bug of ours
+            if interrupts_this_thread(exc):
+                raise  # what this batch holds is rescued by the interrupted exit
             results = [Resolution("failed", list(events), "internal_error", f"delivery failed: {exc!r}")]
         self._beats += 1
         if held.claim():  # else rescued at the shutdown deadline meanwhile

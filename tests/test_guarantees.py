@@ -588,12 +588,16 @@ class TestExitOnTime:
                 for i in range(500):
                     logging.getLogger("phospho").info("t", extra={"input": f"q{i}"})
 
-                def interrupt_soon():  # runs first at exit (atexit is last in, first out)
-                    timer = threading.Timer(0.3, os.kill, (os.getpid(), sig))
-                    timer.daemon = True
-                    timer.start()
+                exiting = threading.Event()
 
-                atexit.register(interrupt_soon)
+                def interrupt():  # started now: Python 3.12+ refuses new threads at exit
+                    exiting.wait()
+                    threading.Event().wait(0.3)  # into the exit drain
+                    # to the main thread, as a Ctrl-C or a `kill` from another process is delivered
+                    signal.pthread_kill(threading.main_thread().ident, sig)
+
+                threading.Thread(target=interrupt, daemon=True).start()
+                atexit.register(exiting.set)  # runs first at exit (atexit is last in, first out)
             """
             result = run_child(code, dict(server_env(server), PHOSPHO_LOCAL_DIR=str(tmp_path)), timeout=60,
                                args=[how])
