@@ -140,6 +140,9 @@ def summarize(results: List[Dict[str, Any]], cases: List[str]) -> List[Dict[str,
         if vals:
             row.update(median=statistics.median(vals), min=min(vals), max=max(vals))
         row["unit"] = derived[case][1] if case in derived else units.get(case, "")
+        skipped = next((r["skipped"] for r in results if r["case"] == case and "skipped" in r), None)
+        if skipped and not vals:
+            row["skipped"] = skipped
         base = BASELINE.get(case)
         if base and case in medians and base in medians:
             row["ratio"], row["baseline"] = medians[case] / medians[base], base
@@ -168,6 +171,8 @@ def table(rows: List[Dict[str, Any]]) -> str:
             text, bound, below = VALUE_TARGETS[row["case"]]
             ok = row["median"] < bound if below else row["median"] >= bound
             target = text + ("  ok" if ok else "  OVER" if below else "  UNDER")
+        if row.get("skipped"):
+            target = f"skipped: {row['skipped']}"
         if row.get("errors"):
             target = (target + "  " if target else "") + f"! errors in {row['errors']}/{row['runs']} rounds"
         lines.append([
@@ -221,8 +226,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             result = run_case(case, n, timeout, e2e_args if e2e else [])
             result["round"] = rnd + 1
             results.append(result)
-            status = f"ERROR {result['error'][:160]}" if "error" in result else \
-                f"{result.get('value', 0):,.0f} {result.get('unit', '')}"
+            if "error" in result:
+                status = f"ERROR {result['error'][:160]}"
+            elif "skipped" in result:
+                status = f"skipped: {result['skipped']}"
+            else:
+                status = f"{result.get('value', 0):,.0f} {result.get('unit', '')}"
             print(f"  round {rnd + 1}/{rounds} {case:<18} {status}", file=sys.stderr, flush=True)
     wall = time.perf_counter() - started
 

@@ -284,7 +284,7 @@ class Delivery:
     def _backoff(self, attempt: int, retry_after: Optional[float], give_up_at: float) -> None:
         """Wait before the next attempt: full jitter, at least the server's wish, never past
         the batch's or the shutdown's deadline; a shutdown cuts it short."""
-        delay = random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+        delay = _jitter.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
         if retry_after is not None:
             delay = max(delay, retry_after)
         limit = give_up_at - time.monotonic()
@@ -292,6 +292,11 @@ class Delivery:
         if deadline is not None:
             limit = min(limit, deadline - time.monotonic() - 0.1)
         self._stopping.wait(max(0.0, min(delay, limit)))
+
+
+#: Back-off jitter from the OS: the application's ``random`` state is left alone, and forked
+#: children do not retry in step.
+_jitter = random.SystemRandom()
 
 
 def interrupts_this_thread(exc: BaseException) -> bool:
