@@ -397,11 +397,17 @@ class Engine(WorkerLoop):
 
     def interrupt_exit(self) -> None:
         """The exit drain was interrupted (a Ctrl-C, a signal handler's ``sys.exit()``):
-        keep what is left in bulk, within the exit grace, and say what became of it."""
-        self._rescue(at_exit=True, until=time.monotonic() + EXIT_GRACE)
-        self.close_for_exit()
-        stop = self._stop
-        self.settler.report_exit(stop is not None and stop.done.is_set(), self.stats(), self)
+        stop sending and keep what is left in bulk, within the exit deadline. Interrupted
+        again, it stops keeping; either way it says what became of the tasks."""
+        try:
+            self._rescue(at_exit=True)  # until the deadline and its grace
+        except BaseException:  # noqa: BLE001, S110 - a second Ctrl-C: the rest is counted below
+            pass
+        finally:
+            self.close_for_exit()
+            stop = self._stop
+            self.settler.report_exit(stop is not None and stop.done.is_set(), self.stats(), self,
+                                     interrupted=True)
 
     def _join(self, stop: Optional[Stop]) -> bool:
         """Wait for ``stop`` until the deadline, watching the worker: if it takes nothing

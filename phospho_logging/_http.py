@@ -35,13 +35,16 @@ def parse_retry_after(value: Optional[str], cap: float = RETRY_AFTER_CAP) -> Opt
     value = value.strip()
     try:
         seconds = float(value)
+    except OverflowError:
+        return cap
     except ValueError:
         try:
             when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+            if when.tzinfo is None:  # "-0000": a UTC time of unknown origin (RFC 5322)
+                when = when.replace(tzinfo=datetime.timezone.utc)
+            seconds = (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
-        now = datetime.datetime.now(when.tzinfo or datetime.timezone.utc)
-        seconds = (when - now).total_seconds()
     if seconds != seconds:  # NaN
         return None
     return max(0.0, min(seconds, cap))

@@ -18,6 +18,7 @@ from ._config import Options
 from ._delivery import Books, Delivery, Resolution
 from ._event import event_budget, fitted, stored_event
 from ._export import WireEvent, destination_of
+from ._http import HTTPExporter
 from ._spool import Spool
 
 #: After a storage error or a failed replay, seconds before the spool is read again.
@@ -114,8 +115,11 @@ class Settler:
         if spool is None:
             if reason == "shutdown_deadline" and getattr(self.exporter, "local", False) is True:
                 self._store_now(events, message)  # a local exporter (the store) is its own spool
-            else:
+            elif getattr(self.exporter, "local", False) is True:
                 self.drop(n, reason, message)
+            else:
+                self.drop(n, reason, f"{message} (no spool to keep them: it needs PHOSPHO_API_KEY and "
+                                     "PHOSPHO_PROJECT_ID, even with your own exporter)")
             return
         if stored:
             self._spool_call("unlease", [e.task_id for e in events])
@@ -275,21 +279,29 @@ class Settler:
 
     # -- exit -----------------------------------------------------------------------------
 
-    def report_exit(self, finished: bool, stats: Dict[str, Any], owner: object) -> None:
+    def report_exit(self, finished: bool, stats: Dict[str, Any], owner: object, interrupted: bool = False) -> None:
         """Say, once, what this run lost, by reason (messages during the run are
         rate-limited; this is the tally), and what waits in the spool. ``finished``: the
-        drain ended; else the tasks still queued are lost too."""
+        drain ended; else the tasks still queued are lost too. ``interrupted``: a Ctrl-C
+        (or a signal handler's ``sys.exit()``) cut the drain short."""
         books = self.books
         lost = {reason: n for reason, n in stats["dropped_by_reason"].items() if n}
         parts = [f"{n} {reason}" for reason, n in sorted(lost.items(), key=lambda kv: -kv[1])]
-        unsettled = 0 if finished else max(0, stats["queued"])
+        # What is still queued now is lost (the process ends), drained or not: a rescue
+        # cut short by a second Ctrl-C leaves some, after releasing the exit marker.
+        unsettled = max(0, stats["queued"])
         if unsettled:
             parts.append(f"{unsettled} still queued")
         if parts:
+            if interrupted:
+                why = "; the exit drain was interrupted"
+            elif unsettled or "shutdown_deadline" in lost:
+                why = "; shutdown_timeout ran out"
+            else:
+                why = ""
             _diag.warn_once("exit_lost:" + str(id(owner)),
                             "%d task(s) of this run could not be delivered or kept (%s)%s",
-                            sum(lost.values()) + unsettled, ", ".join(parts),
-                            "; shutdown_timeout ran out" if unsettled or "shutdown_deadline" in lost else "")
+                            sum(lost.values()) + unsettled, ", ".join(parts), why)
         if self.spool is None or not books.spooled:
             return
         if finished:  # the worker is done with the spool: how many wait there is exact
@@ -301,6 +313,9 @@ class Settler:
         else:
             waiting, where = books.spooled, "of this run were put in"
         if waiting:
-            _diag.warn_once("spooled_at_exit:" + str(id(owner)),
-                            "%d task(s) %s the spool %s: they are sent on the next start with a working "
-                            "backend, or now with `phospho-logging push`", waiting, where, self.spool.path)
+            if isinstance(self.exporter, HTTPExporter):
+                later = "they are sent on the next start with a working backend, or now with `phospho-logging push`"
+            else:  # a custom exporter: push would send to phospho's API instead
+                later = "they are replayed through your exporter on the next start"
+            _diag.warn_once("spooled_at_exit:" + str(id(owner)), "%d task(s) %s the spool %s: %s",
+                            waiting, where, self.spool.path, later)

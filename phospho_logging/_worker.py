@@ -9,11 +9,14 @@ owns the state it reads.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import queue as queue_module
+import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from . import _diag, _lifecycle
 from ._batch import Batch
@@ -35,6 +38,41 @@ STUCK_AFTER = 0.1
 RESCUE_CHUNK = 1000
 #: Internal errors in a row after which the worker gives up (leaving tasks counted as queued).
 MAX_CRASHES = 100
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """On the main thread, where signal handlers run: the Python-level handlers (the
+    default SIGINT one that raises KeyboardInterrupt, a SIGTERM handler that calls
+    ``sys.exit()``) are held back while the block runs, and what arrived meanwhile is
+    handled at its end. A Ctrl-C then lands between two rescued chunks, never between a
+    chunk taken off the queue and its write and count. Elsewhere, nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: List[int] = []
+
+    def record(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    saved: Dict[int, Any] = {}
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                signal.signal(signum, record)
+                saved[signum] = handler
+        except (OSError, ValueError, RuntimeError):  # not settable here
+            continue
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+        for number in caught:
+            original = saved.get(number)
+            if callable(original):
+                original(number, None)  # KeyboardInterrupt, SystemExit...: raised here, now
 
 
 class Marker:
@@ -331,23 +369,26 @@ class WorkerLoop:
         reason, message = "shutdown_deadline", "shutdown_timeout reached with tasks unsent"
         if until is None:
             until = (self._deadline or time.monotonic()) + EXIT_GRACE
-        for held in (self._flight, self._building):
-            if held is not None and held.claim() and held.batch:
-                self.settler.keep(held.batch.events, reason, message)
-        if at_exit:
-            self.close_for_exit()
-        chunk: List[WireEvent] = []
-        if first is not None:
-            event = self._encode(first)
-            if event is not None:
-                chunk.append(event)
-        for event in self._sweep(until, at_exit):
-            chunk.append(event)
-            if len(chunk) >= RESCUE_CHUNK:
-                self.settler.keep(chunk, reason, message)
-                chunk = []
-        if chunk:
-            self.settler.keep(chunk, reason, message)
+        with uninterrupted():
+            for held in (self._flight, self._building):
+                if held is not None and held.claim() and held.batch:
+                    self.settler.keep(held.batch.events, reason, message)
+            if at_exit:
+                self.close_for_exit()
+            chunk: List[WireEvent] = []
+            if first is not None:
+                event = self._encode(first)
+                if event is not None:
+                    chunk.append(event)
+        events = self._sweep(until, at_exit)
+        while True:
+            with uninterrupted():  # taken off the queue, written and counted, or none of it
+                chunk.extend(itertools.islice(events, RESCUE_CHUNK - len(chunk)))
+                if chunk:
+                    self.settler.keep(chunk, reason, message)
+            if len(chunk) < RESCUE_CHUNK:
+                return
+            chunk = []
 
     def _sweep(self, until: float, at_exit: bool) -> Iterator[WireEvent]:
         """The events of what is on the queue now, and no more however fast others log

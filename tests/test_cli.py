@@ -180,6 +180,16 @@ class TestCheck:
         assert "HTTP 500" in capsys.readouterr().err
         assert len(server.requests) == 1
 
+    @pytest.mark.parametrize("retry_after", ["Mon, 01 Jan 2000 00:00:00 -0000",
+                                             "Mon, 01 Jan 99999999999999999999 00:00:00 GMT", "9" * 400])
+    def test_a_hostile_retry_after_is_still_a_status(self, server: PhosphoTestServer, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture, retry_after: str) -> None:
+        """A 503 whose Retry-After is a date without a zone, a date out of range or a number
+        too large for a float: still "another HTTP status" (exit 7), not a crash."""
+        server.fail_next(503, count=3, retry_after=retry_after)
+        assert main(["check", *credentials(server), "--local-dir", str(tmp_path)]) == 7
+        assert "HTTP 503" in capsys.readouterr().err
+
     def test_spooled_tasks_are_mentioned(self, server: PhosphoTestServer, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
         """check says how many tasks of this project wait in the spool, and how to send them."""

@@ -12,6 +12,7 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -609,6 +610,52 @@ class TestExitOnTime:
         assert "the exit drain of an engine was interrupted" in result.stderr, result.stderr
         assert spooled == {f"q{i}" for i in range(500)}, result.stderr
 
+    INTERRUPTED_BACKLOG = """
+        import atexit, logging, os, signal, sys, threading, phospho_logging
+        n, signals = int(sys.argv[1]), int(sys.argv[2])
+        phospho_logging.configure(shutdown_timeout=10)
+        for i in range(n):
+            logging.getLogger("phospho").info("t", extra={"input": f"q{i}"})
+        exiting = threading.Event()
+
+        def interrupt():  # started now: Python 3.12+ refuses new threads at exit
+            exiting.wait()
+            for _ in range(signals):
+                threading.Event().wait(0.2)  # into the exit drain (then into the rescue)
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        threading.Thread(target=interrupt, daemon=True).start()
+        atexit.register(exiting.set)
+    """
+
+    @pytest.mark.parametrize("signals", [1, 2])
+    def test_an_interrupted_exit_with_a_backlog(self, tmp_path: Path, signals: int) -> None:
+        """A backlog (20,000 tasks, backend hung) and a Ctrl-C during the exit drain: sending
+        stops, and the backlog is kept in the spool within the exit deadline. A second
+        Ctrl-C during that stops the keeping too: what is not in the spool is counted in
+        the exit line, which says the drain was interrupted (not that time ran out)."""
+        n = 20_000
+        with PhosphoTestServer() as server:
+            server.hang_next(10**6)
+            result = run_child(self.INTERRUPTED_BACKLOG, dict(server_env(server), PHOSPHO_LOCAL_DIR=str(tmp_path)),
+                               timeout=60, args=[str(n), str(signals)])
+        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
+        try:
+            spooled = {json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM outbox")}
+        finally:
+            conn.close()
+        err = result.stderr
+        assert "the exit drain of an engine was interrupted" in err, err
+        assert "shutdown_timeout ran out" not in err, err
+        if signals == 1 or len(spooled) == n:  # a second Ctrl-C may come after the keeping ended
+            assert spooled == {f"q{i}" for i in range(n)}, err
+        else:
+            assert spooled <= {f"q{i}" for i in range(n)}
+            match = re.search(r"(\d+) task\(s\) of this run could not be delivered or kept \(([^)]*)\); "
+                              r"the exit drain was interrupted", err)
+            assert match is not None, err
+            assert int(match.group(1)) == n - len(spooled), err
+
     def test_flush_in_a_del_at_teardown_returns_at_once(self, tmp_path: Path) -> None:
         """Objects whose __del__ flushes, collected at interpreter teardown after the exit
         drain: each flush returns at once (nothing can be sent any more), so exit stays
@@ -684,6 +731,34 @@ class TestWorkerSurvives:
         assert pipeline.flush(timeout=20)
         stats = pipeline.stats()
         assert [e["input"] for e in exporter.events] == ["q"] and stats["retries"] == 3 and balanced(stats)
+
+    def test_a_failure_without_a_spool_says_why_it_is_dropped(self, diag: List[str]) -> None:
+        """Your exporter without credentials has no spool: a failed task is dropped, counted,
+        and the message says that keeping it needs the credentials."""
+        exporter = InMemoryExporter([ExportResult.retry("nope", status=503)] * 10)
+        pipeline = phospho_logging.configure(exporter=exporter, max_attempts=1)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=10) is False
+        stats = pipeline.stats()
+        assert sum(stats["dropped_by_reason"].values()) == 1 and balanced(stats)
+        assert any("nope" in m and "no spool to keep them" in m and "PHOSPHO_API_KEY" in m for m in diag), diag
+
+    def test_spooled_for_your_exporter_is_not_pushed(self, tmp_path: Path) -> None:
+        """At exit, tasks your exporter could not take wait in the spool: the exit line says
+        they are replayed through it on the next start (``push`` would send them to
+        phospho's API instead, so it is not suggested)."""
+        code = """
+            import logging, phospho_logging
+            from phospho_logging import ExportResult
+            from phospho_logging.testing import InMemoryExporter
+            exporter = InMemoryExporter([ExportResult.retry("down")] * 100)
+            phospho_logging.configure(exporter=exporter, api_key="k", project_id="p", max_attempts=1)
+            logging.getLogger("phospho").info("t", extra={"input": "q"})
+        """
+        result = run_child(code, {"PHOSPHO_LOCAL_DIR": str(tmp_path)}, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "replayed through your exporter on the next start" in result.stderr, result.stderr
+        assert "phospho-logging push" not in result.stderr, result.stderr
 
     def test_exporter_that_always_raises(self, tmp_path: Path, diag: List[str]) -> None:
         """An exporter that always raises: each task spooled (with credentials) and counted,
