@@ -333,6 +333,8 @@ def _reason(result: ExportResult) -> str:
         return f"http_{result.status}"
     if result.cause == "exporter":
         return "exporter_error"
+    if result.cause == "not_api":
+        return "not_the_api"
     return "unreachable" if result.kind == "retry" else result.kind
 
 

@@ -11,6 +11,8 @@ import datetime
 import json
 import platform
 import re
+import socket
+import time
 from email.utils import parsedate_to_datetime
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -23,6 +25,12 @@ USER_AGENT = f"phospho-logging/{__version__} python/{platform.python_version()}"
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 #: The longest ``Retry-After`` honoured, in seconds.
 RETRY_AFTER_CAP = 60.0
+
+#: The most of an answer read: the API echoes the batch, so a request's answer may be
+#: larger than the request (four times its size is allowed, and at least this).
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+#: Bytes asked of the socket per read of an answer.
+CHUNK_BYTES = 65536
 
 #: Sessions a forked child inherited: kept referenced so they are never closed there.
 _inherited: List[Any] = []
@@ -98,22 +106,35 @@ class HTTPExporter:
         url = self.destination
         if self._session is None:
             self._session = make_session(url)
+        body = request_body(events)
+        deadline = time.monotonic() + timeout
         try:
             response = self._session.post(
                 url,
-                data=request_body(events),
+                data=body,
                 headers=self._headers,
                 timeout=(min(timeout, 5.0), timeout),
                 allow_redirects=False,
+                stream=True,  # the answer is read here, within the deadline and a size cap
             )
+            try:
+                content = read_answer(response.raw, deadline, max(MAX_ANSWER_BYTES, 4 * len(body)))
+            except BaseException:
+                response.close()  # the connection is dropped with what is left unread
+                raise
+            response.raw.release_conn()  # read whole: the connection is kept for the next request
+        except _Unfinished as exc:
+            return ExportResult.retry(f"{url} {exc}", cause=exc.cause)
         except requests.exceptions.SSLError as exc:
             return ExportResult.retry(f"TLS error talking to {url}: {_reason(exc)}", cause="tls")
-        except requests.Timeout:
+        except (requests.Timeout, socket.timeout):
             return ExportResult.retry(f"no answer from {url} within {timeout:g} s", cause="timeout")
-        except requests.RequestException as exc:
+        except (requests.RequestException, OSError) as exc:
             reason = _reason(exc)
             return ExportResult.retry(f"cannot reach {url}: {reason}", cause=_cause(reason))
-        return classify(response.status_code, response.content, response.headers, url, len(events))
+        except Exception as exc:  # noqa: BLE001 - urllib3's own errors while reading the answer
+            return ExportResult.retry(f"cannot read the answer of {url}: {type(exc).__name__}", cause="connection")
+        return classify(response.status_code, content, response.headers, url, len(events))
 
     def close(self) -> None:
         """Close the session; the next ``export`` opens a new one."""
@@ -128,9 +149,61 @@ class HTTPExporter:
         self._session = None
 
 
+class _Unfinished(Exception):
+    """An answer not read whole: too slow (past the request's deadline) or too large."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+def read_answer(raw: Any, deadline: float, cap: int) -> bytes:
+    """The body of an answer (urllib3's ``raw``), read by this thread before ``deadline``
+    and up to ``cap`` bytes: a server that drips its answer or sends without end cannot
+    hold the sender or fill its memory. Each read waits at most the time left and takes
+    what one socket read gives."""
+    from urllib3.exceptions import ReadTimeoutError
+
+    read = getattr(raw, "read1", None) or raw.read  # read1 (urllib3 2.x): at most one socket read
+    chunks: List[bytes] = []
+    size = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left > 0:
+            _read_timeout(raw, left)
+            try:
+                chunk = read(CHUNK_BYTES)
+            except (ReadTimeoutError, socket.timeout):
+                left = 0.0
+        if left <= 0:
+            raise _Unfinished(f"answered too slowly: the whole answer did not arrive within the request's "
+                              f"timeout ({size} bytes read)", "timeout")
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > cap:
+            raise _Unfinished(f"answered with more than {cap} bytes: not the ingestion API's answer", "not_api")
+        chunks.append(chunk)
+
+
+def _read_timeout(raw: Any, seconds: float) -> None:
+    """Bound the next socket read of ``raw`` by ``seconds`` (where urllib3 tells its socket)."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.settimeout(max(0.001, seconds))
+        except OSError:  # closed meanwhile: the read says so
+            pass
+
+
 def classify(status: int, content: bytes, headers: Any, url: str, count: int) -> ExportResult:
     """The ``ExportResult`` of an HTTP answer to a batch of ``count`` events."""
     if status == 200:
+        if not _is_api_answer(content):  # a proxy or captive portal answering 200 with a page
+            kind = headers.get("Content-Type", "no content type")
+            return ExportResult.retry(f"{url} answered HTTP 200 but not with the ingestion API's JSON ({kind}, "
+                                      f"{len(content)} bytes): a proxy or a captive portal? The batch is not "
+                                      "taken as delivered", cause="not_api")
         return ExportResult.delivered(_rejections(content, count))
     detail = _detail(content)
     if status in (401, 403):
@@ -151,6 +224,12 @@ def classify(status: int, content: bytes, headers: Any, url: str, count: int) ->
     if status in RETRYABLE_STATUSES:
         return ExportResult.retry(error, status=status, retry_after=retry_after)
     return ExportResult("failed", error=error, status=status, retry_after=retry_after)
+
+
+def _is_api_answer(content: bytes) -> bool:
+    """A 200 of the ingestion API: a JSON object with ``logged_events`` (checked without
+    parsing the echo of the whole batch; per-event errors are parsed when present)."""
+    return content.lstrip()[:1] == b"{" and b'"logged_events"' in content
 
 
 def _reason(exc: BaseException) -> str:

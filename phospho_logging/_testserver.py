@@ -184,6 +184,9 @@ class _Reply:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+    repeat: int = 1  # the body is sent this many times over
+    drip: float | None = None  # seconds between two bytes of the body
 
 
 def _json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> _Reply:
@@ -277,13 +280,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body) * reply.repeat))
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(reply.body)
+        if self.command == "HEAD":
+            return
+        try:
+            if reply.drip is not None:
+                self.wfile.flush()
+                for i in range(len(reply.body)):
+                    if owner._stopping.wait(reply.drip):
+                        self.close_connection = True
+                        return
+                    self.wfile.write(reply.body[i:i + 1])
+                    self.wfile.flush()
+                return
+            for _ in range(reply.repeat):
+                if owner._stopping.is_set():
+                    self.close_connection = True
+                    return
+                self.wfile.write(reply.body)
+        except OSError:  # the client gave up on the answer: expected in these faults
+            self.close_connection = True
 
     do_GET = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_POST
 
@@ -460,6 +480,22 @@ class PhosphoTestServer:
         with self._cond:
             self._faults.extend(None for _ in range(after))
         self._push(count, _json_reply(status, body, headers))
+
+    def answer_next(self, status: int = 200, body: bytes = b"", count: int = 1, *,
+                    content_type: str = "text/html", repeat: int = 1, drip: float | None = None) -> None:
+        """Answer the next ``count`` log requests with ``body`` as is, logging nothing: a
+        proxy's page (``answer_next(200, b"<html>...")``), an endless answer (``repeat``:
+        the body sent that many times over, without holding it all in memory), or a
+        dripping one (``drip``: seconds between two bytes of the body).
+
+        Raises:
+            ValueError: If ``status`` is outside 200-599 or ``repeat`` below 1.
+        """
+        if not 200 <= status <= 599:
+            raise ValueError(f"status must be within 200-599, got {status}")
+        if repeat < 1:
+            raise ValueError(f"repeat must be at least 1, got {repeat}")
+        self._push(count, _Reply("respond", status, body, {}, content_type, repeat, drip))
 
     def hang_next(self, count: int = 1) -> None:
         """Read the next ``count`` log requests and never answer (until stop())."""

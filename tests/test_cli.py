@@ -190,6 +190,21 @@ class TestCheck:
         assert main(["check", *credentials(server), "--local-dir", str(tmp_path)]) == 7
         assert "HTTP 503" in capsys.readouterr().err
 
+    def test_a_page_that_is_not_the_api_exit_5(self, server: PhosphoTestServer, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+        """A proxy's HTML page with status 200 is not the API answering: exit 5, said so."""
+        server.answer_next(200, b"<html><body>Sign in to the Wi-Fi</body></html>")
+        assert main(["check", *credentials(server), "--local-dir", str(tmp_path)]) == 5
+        assert "not with the ingestion API's JSON (text/html" in capsys.readouterr().err
+
+    def test_a_dripping_answer_ends_at_the_timeout_exit_5(self, server: PhosphoTestServer, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+        """An answer dripping a byte every 0.4 s: check gives up at its --timeout (the
+        whole answer, not each socket read), exit 5."""
+        server.answer_next(200, b'{"logged_events": []}', content_type="application/json", drip=0.4)
+        assert main(["check", *credentials(server), "--timeout", "1", "--local-dir", str(tmp_path)]) == 5
+        assert "answered too slowly" in capsys.readouterr().err
+
     def test_spooled_tasks_are_mentioned(self, server: PhosphoTestServer, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
         """check says how many tasks of this project wait in the spool, and how to send them."""

@@ -209,6 +209,57 @@ class TestBackendDown:
             assert_books(50_000, server, local_dir, drops=drops)
 
 
+API_ANSWER = b'{"logged_events": []}'
+
+
+class TestBadAnswers:
+    """Answers that must not hold the sender, fill its memory, or pass for delivery."""
+
+    def test_a_dripping_answer(self, local_dir: Path) -> None:
+        """A 200 whose body arrives a byte every 0.3 s: each request ends at its timeout
+        (not per socket read), the batch is retried or spooled, nothing is lost, and the
+        next start delivers what was kept."""
+        with PhosphoTestServer() as server:
+            server.answer_next(200, API_ANSWER, count=3, content_type="application/json", drip=0.3)
+            child = Child(env_for(server.url, local_dir, 50, flush=20, timeout=1.0, max_attempts=2,
+                                  shutdown_timeout=SHUTDOWN), stdin_wait=True).finish()
+            stats = child.report["stats"]
+            assert child.exit_seconds < EXIT_LIMIT, child.exit_seconds
+            assert stats["sent"] + stats["spooled"] == 50 and stats["requests"] >= 2, stats
+            delivered = {t["input"] for t in server.tasks}
+        left = set(spooled(local_dir))
+        assert delivered | left == {f"q{i}" for i in range(50)}
+        with PhosphoTestServer() as server:
+            replay(server, local_dir, len(left - delivered))
+            assert set(t["input"] for t in server.tasks) | delivered == {f"q{i}" for i in range(50)}
+
+    def test_an_endless_answer(self, local_dir: Path) -> None:
+        """A 200 of 320 MB: the sender reads at most its cap (memory stays bounded), takes
+        it for no acknowledgement, and delivers the batch on the next attempt."""
+        with PhosphoTestServer() as server:
+            server.answer_next(200, b"x" * 65536, count=1, repeat=5000)
+            child = Child(env_for(server.url, local_dir, 50, flush=30), stdin_wait=True).finish()
+            report = child.report
+            assert report["rss_growth_kb"] < 100 * 1024, report["rss_growth_kb"]
+            assert report["stats"]["sent"] == 50 and report["stats"]["retries"] >= 1, report
+            assert_books(50, server, local_dir)
+
+    def test_an_html_page_is_not_a_delivery(self, local_dir: Path) -> None:
+        """A proxy or captive portal answering 200 with HTML: not counted as sent; the
+        tasks are kept and delivered once the real API answers."""
+        page = b"<html><body>Please log in to the Wi-Fi</body></html>"
+        with PhosphoTestServer() as server:
+            server.answer_next(200, page, count=10_000)
+            child = Child(env_for(server.url, local_dir, 30, flush=20, max_attempts=2,
+                                  shutdown_timeout=SHUTDOWN), stdin_wait=True).finish()
+            stats = child.report["stats"]
+            assert stats["sent"] == 0 and stats["spooled"] == 30, stats
+            assert "not with the ingestion API's JSON" in stats["last_error"], stats
+        with PhosphoTestServer() as server:
+            replay(server, local_dir, 30)
+            assert_books(30, server, local_dir)
+
+
 class TestRecoverable:
     @pytest.mark.parametrize("status, retry_after", [(503, "0.2"), (429, None), (502, "0")])
     def test_retried_until_delivered(self, local_dir: Path, status: int, retry_after: Optional[str]) -> None:
