@@ -410,7 +410,7 @@ def end_to_end(n: int) -> Dict[str, Any]:
 
 def end_to_end_50ms(n: int) -> Dict[str, Any]:
     """``end_to_end`` with a server that takes 50 ms a request, as a distant backend does:
-    one request is in flight at a time, so the rate is bounded by max_batch_size / 50 ms."""
+    requests overlap (``max_in_flight``) and grow with the backlog, so the wait is hidden."""
     return _to_test_server(n, delay=0.05)
 
 

@@ -32,7 +32,7 @@ class Options:
     project_id: Optional[str] = None
     base_url: str = DEFAULT_BASE_URL
     local_dir: Optional[str] = None
-    max_batch_size: int = 100
+    max_batch_size: int = 5000
     max_batch_bytes: int = 1_000_000
     flush_interval: float = 1.0
     max_queue_size: int = 100_000
@@ -47,6 +47,7 @@ class Options:
     durable: bool = False
     max_spool_tasks: int = 100_000
     max_retry_time: float = 60.0
+    max_in_flight: int = 3
 
     def __repr__(self) -> str:
         # The key is never shown, even masked, so a repr pasted in a bug report is safe.
@@ -72,7 +73,8 @@ class Options:
 
 
 _INT_OPTIONS = {
-    "max_batch_size", "max_batch_bytes", "max_queue_size", "max_attempts", "max_field_chars", "max_spool_tasks"
+    "max_batch_size", "max_batch_bytes", "max_queue_size", "max_attempts", "max_field_chars", "max_spool_tasks",
+    "max_in_flight",
 }
 _FLOAT_OPTIONS = {"flush_interval", "timeout", "shutdown_timeout", "max_retry_time"}
 _STR_OPTIONS = {"api_key", "project_id", "base_url", "local_dir", "version_id"}

@@ -117,6 +117,10 @@ class Circuit:
         self.failures = 0
         self.open_until = 0.0
         self.cooldown = CIRCUIT_COOLDOWN
+        #: The last request succeeded: several may be in flight. Until then (at the start,
+        #: after any failure), one at a time, so a refused key or a failing endpoint sees
+        #: one request, not one per sender.
+        self.proven = False
 
     def is_open(self) -> bool:
         return time.monotonic() < self.open_until
@@ -125,14 +129,17 @@ class Circuit:
         self.failures = 0
         self.open_until = 0.0
         self.cooldown = CIRCUIT_COOLDOWN
+        self.proven = True
 
     def failure(self) -> None:
+        self.proven = False
         self.failures += 1
         if self.failures >= CIRCUIT_THRESHOLD:
             self.trip(self.cooldown)
             self.cooldown = min(self.cooldown * 2, CIRCUIT_COOLDOWN_CAP)
 
     def trip(self, seconds: float, quiet: bool = False) -> None:
+        self.proven = False
         self.open_until = time.monotonic() + seconds
         if not quiet:
             _diag.warn_once(
@@ -233,6 +240,7 @@ class Delivery:
                 out.append(Resolution("failed", events, _reason(result), _message(result), result))
                 return
             attempt += 1
+            self.circuit.proven = False  # one request at a time until one succeeds again
             if kind == "retry" and attempt < self.options.max_attempts and time.monotonic() < give_up_at:
                 with self.books.lock:
                     self.books.retries += 1

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Set
 
 from . import _capture, _lifecycle
 from ._config import Options
@@ -36,7 +36,7 @@ from ._http import HTTPExporter
 from ._settle import Settler
 from ._spool import Spool
 from ._store import LocalStoreExporter
-from ._worker import EXIT_GRACE, STUCK_AFTER, Flush, Held, Marker, Passing, Stop, WorkerLoop
+from ._worker import EXIT_GRACE, STUCK_AFTER, Flush, Held, Marker, Passing, Senders, Stop, WorkerLoop
 
 _serials = itertools.count()
 #: How often a stopping thread looks at the worker's progress.
@@ -144,7 +144,8 @@ class Engine(WorkerLoop):
         self._flush_lock = threading.RLock()  # control calls only: flush() commits its result
         self._stop: Optional[Stop] = None
         self._building: Optional[Held] = None
-        self._flight: Optional[Held] = None
+        self._flights: Set[Held] = set()  # batches being sent (several with sender threads)
+        self._senders: Optional[Senders] = None
         self._barrier_losses = 0
         self.settler = Settler(self.options, self.exporter, self.books, self.spool, self._past_grace,
                                self._time_left)
@@ -311,7 +312,9 @@ class Engine(WorkerLoop):
         return self._commit(base, losses)
 
     def _on_worker(self) -> bool:
-        return self._running and self._loop_ident == threading.get_ident()
+        ident = threading.get_ident()
+        senders = self._senders
+        return self._running and (self._loop_ident == ident or (senders is not None and ident in senders.idents))
 
     def _commit(self, base: int, losses: int) -> bool:
         """A flush's answer: no loss since ``base`` (the count the previous flush saw)."""

@@ -12,6 +12,7 @@ import json
 import platform
 import re
 import socket
+import threading
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any, Dict, List, Optional, Sequence
@@ -75,7 +76,8 @@ def make_session(url: str) -> Any:
 
 
 class HTTPExporter:
-    """POSTs batches to ``{base_url}/v2/log/{project_id}``.
+    """POSTs batches to ``{base_url}/v2/log/{project_id}``; several threads may export at
+    once (``concurrent``), over one pool of keep-alive connections.
 
     Args:
         endpoint: the ingestion URL of the project.
@@ -94,7 +96,12 @@ class HTTPExporter:
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
         }
-        self._session: Any = None  # made on first use, on the sending thread
+        self._session: Any = None  # made on first use, on a sending thread
+        self._session_lock = threading.Lock()
+
+    #: ``export`` may be called from several threads at once (the engine then keeps
+    #: ``max_in_flight`` requests in flight).
+    concurrent = True
 
     def __repr__(self) -> str:
         return f"HTTPExporter({self.destination!r})"
@@ -104,12 +111,16 @@ class HTTPExporter:
         import requests
 
         url = self.destination
-        if self._session is None:
-            self._session = make_session(url)
+        session = self._session
+        if session is None:
+            with self._session_lock:
+                if self._session is None:
+                    self._session = make_session(url)
+                session = self._session
         body = request_body(events)
         deadline = time.monotonic() + timeout
         try:
-            response = self._session.post(
+            response = session.post(
                 url,
                 data=body,
                 headers=self._headers,
@@ -147,6 +158,7 @@ class HTTPExporter:
         if self._session is not None:
             _inherited.append(self._session)  # never closed here: the sockets are the parent's
         self._session = None
+        self._session_lock = threading.Lock()  # a parent's thread may have held it at the fork
 
 
 class _Unfinished(Exception):

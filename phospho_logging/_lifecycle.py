@@ -120,6 +120,14 @@ def exporting(exporter: Any) -> Callable[[float], Any]:
     """What ``Delivery`` enters around each export of ``exporter`` (given the request's
     timeout): the exporter's lock (``Busy`` if another engine holds it longer) and the
     own-I/O flag."""
+    if getattr(exporter, "concurrent", False) is True:  # takes requests from several threads at once
+
+        @contextlib.contextmanager
+        def concurrently(timeout: float) -> Iterator[None]:
+            with own_io():
+                yield
+
+        return concurrently
     with _control_lock:
         try:
             lock = _exporter_locks.get(exporter)

@@ -16,7 +16,7 @@ import queue as queue_module
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from . import _diag, _lifecycle
 from ._batch import Batch
@@ -38,6 +38,8 @@ STUCK_AFTER = 0.1
 RESCUE_CHUNK = 1000
 #: Internal errors in a row after which the worker gives up (leaving tasks counted as queued).
 MAX_CRASHES = 100
+#: How often a wait for a sender (a free slot, the batches in flight) looks up.
+SENDER_POLL = 0.05
 
 
 @contextlib.contextmanager
@@ -144,6 +146,80 @@ class Held:
         return self._settled
 
 
+class Senders:
+    """Threads that send batches for the worker, so that ``max_in_flight`` requests are in
+    flight at once (for exporters that say ``concurrent = True``: the HTTP exporter). The
+    worker goes on taking and building the next batch meanwhile. Started by the worker
+    (never by a producer) on its first batch, ended when the worker ends; where no thread
+    can start (interpreter shutdown), the worker sends itself."""
+
+    def __init__(self, loop: WorkerLoop, count: int, name: str) -> None:
+        self._loop = loop
+        self._count = count
+        self._name = name
+        self._slots = threading.Semaphore(count)
+        self._jobs: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
+        self._threads: List[threading.Thread] = []
+        self._settled = threading.Event()
+        self.idents: Set[int] = set()
+
+    def dispatch(self, held: Held, stored: bool) -> bool:
+        """Hand ``held`` to a sender once one is free; False if none can take it (then
+        the caller sends it). Until a request succeeds (at the start, after a failure),
+        one request at a time: this returns False once the batches in flight are settled."""
+        if not self._loop.delivery.circuit.proven:
+            self.wait_settled(held)
+            return False
+        while not self._slots.acquire(timeout=SENDER_POLL):
+            if self._loop._abandoned:
+                return False
+        if not self._started():
+            self._slots.release()
+            return False
+        self._jobs.put((held, stored))
+        return True
+
+    def _started(self) -> bool:
+        try:
+            while len(self._threads) < self._count:
+                thread = threading.Thread(target=self._run, name=f"{self._name}-sender", daemon=True)
+                thread.start()
+                self._threads.append(thread)
+        except RuntimeError:  # interpreter shutdown: no new thread
+            return bool(self._threads)
+        return True
+
+    def _run(self) -> None:
+        self.idents.add(threading.get_ident())
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                try:
+                    self._loop._deliver(*job)
+                finally:
+                    self._slots.release()
+                    self._settled.set()
+        finally:
+            self.idents.discard(threading.get_ident())
+
+    def wait_settled(self, besides: Optional[Held] = None) -> None:
+        """Until no batch in flight (``besides`` this one) is unsettled: sent and settled,
+        or rescued."""
+        flights = self._loop._flights
+        while any(not h.settled and h is not besides for h in list(flights)) and not self._loop._abandoned:
+            self._settled.wait(SENDER_POLL)
+            self._settled.clear()
+
+    def close(self) -> None:
+        """The worker ends: the senders end once the batches in flight are settled."""
+        self.wait_settled()
+        for _ in self._threads:
+            self._jobs.put(None)
+        self._threads = []
+
+
 class WorkerLoop:
     """The worker thread's half of ``Engine`` (see the module docstring)."""
 
@@ -160,7 +236,10 @@ class WorkerLoop:
     _start_lock: Any
     _running: bool
     _building: Optional[Held]
-    _flight: Optional[Held]
+    _flights: Set[Held]
+    _senders: Optional[Senders]
+    _name: str
+    exporter: Any
     _abandoned: bool
     _beats: int
     _stop: Optional[Stop]
@@ -189,6 +268,9 @@ class WorkerLoop:
                     continue  # what it held is kept; the queue goes on being drained
             if self._abandoned or self._park():
                 break
+        senders, self._senders = self._senders, None
+        if senders is not None:
+            senders.close()
         self.release_resources()
 
     def _park(self) -> bool:
@@ -272,8 +354,17 @@ class WorkerLoop:
             if not batch:
                 due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
             elif not batch.fits(event):
-                held = self._send(held)
+                # The event starts the next batch before the full one is sent: held by a
+                # holder all along, so a rescue meanwhile keeps it.
+                full, held = held, self._hold()
+                held.add(event)
                 due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
+                self._dispatch(full)
+                if held.settled:  # rescued while the full one was sent: a new batch
+                    held = self._hold()
+                elif held.batch.full:
+                    held = self._send(held)
+                continue
             if not held.add(event):  # the batch was rescued meanwhile: a new one
                 held = self._hold()
                 held.add(event)
@@ -288,7 +379,7 @@ class WorkerLoop:
     def _holding(self) -> int:
         """Events taken off the queue and not settled yet."""
         count = 0
-        for held in (self._building, self._flight):
+        for held in (self._building, *self._flights):
             if held is not None and not held.settled:
                 count += len(held.batch)
         return count
@@ -325,13 +416,33 @@ class WorkerLoop:
             return None
 
     def _send(self, held: Held) -> Held:
-        """Deliver (or keep) the events ``held``; returns a new, empty holder."""
-        self._flight = held
+        """Deliver (or keep) the events ``held``, here or on a sender thread; returns a
+        new, empty holder."""
         nxt = self._hold()
-        events = held.batch.events
+        self._dispatch(held)
+        return nxt
+
+    def _dispatch(self, held: Held) -> None:
+        """Deliver (or keep) the events ``held`` (no longer the batch being built), here
+        or on a sender thread."""
+        self._flights.add(held)
         with self.books.lock:
             self.books.batches += 1
-        stored = self.settler.durable_copy(events)
+        stored = self.settler.durable_copy(held.batch.events)
+        senders = self._sending_threads()
+        if senders is None or not senders.dispatch(held, stored):
+            self._deliver(held, stored)
+
+    def _sending_threads(self) -> Optional[Senders]:
+        """The sender threads, for an exporter that takes concurrent requests."""
+        senders = self._senders
+        if senders is None and self.options.max_in_flight > 1 and getattr(self.exporter, "concurrent", False) is True:
+            senders = self._senders = Senders(self, self.options.max_in_flight, self._name)
+        return senders
+
+    def _deliver(self, held: Held, stored: bool) -> None:
+        """Send one batch and settle it (on the worker or a sender thread)."""
+        events = held.batch.events
         try:
             results = self.delivery.attempt(events)
         except BaseException as exc:  # noqa: BLE001 - never lose a batch to a bug of ours
@@ -341,10 +452,12 @@ class WorkerLoop:
         self._beats += 1
         if held.claim():  # else rescued at the shutdown deadline meanwhile
             self.settler.settle(results, stored)
-        self._flight = None
-        return nxt
+        self._flights.discard(held)
 
     def _barrier(self, marker: Marker) -> None:
+        senders = self._senders
+        if senders is not None:
+            senders.wait_settled()  # a marker is reached once what came before it is settled
         marker.losses = self._losses()
         marker.done.set()
 
@@ -354,10 +467,11 @@ class WorkerLoop:
     def _abandon(self, exc: BaseException) -> None:
         """After an internal error in the loop: what the worker held is kept, not lost."""
         _diag.warn_once("worker_error", "internal error in the worker, which goes on: %r", exc)
-        for held in (self._flight, self._building):
+        for held in (*self._flights, self._building):
             if held is not None and held.claim():
                 self.settler.keep(held.batch.events, "internal_error", f"internal error: {exc!r}")
-        self._flight = self._building = None
+        self._flights.clear()
+        self._building = None
 
     # -- out of time -----------------------------------------------------------------------
 
@@ -370,7 +484,7 @@ class WorkerLoop:
         if until is None:
             until = (self._deadline or time.monotonic()) + EXIT_GRACE
         with uninterrupted():
-            for held in (self._flight, self._building):
+            for held in (*list(self._flights), self._building):
                 if held is not None and held.claim() and held.batch:
                     self.settler.keep(held.batch.events, reason, message)
             if at_exit:

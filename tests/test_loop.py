@@ -30,7 +30,7 @@ class TestSelfTraffic:
             # urllib3 did log our requests on the root logger...
             assert any(name.startswith("urllib3") for name in seen_on_root)
             # ...and none of it was shipped or looped: five tasks, five requests.
-            assert [t["input"] for t in server.tasks] == [f"q{i}" for i in range(5)]
+            assert sorted(t["input"] for t in server.tasks) == [f"q{i}" for i in range(5)]  # batches overlap
             assert len(server.requests) == 5
         finally:
             root.removeHandler(spy)

@@ -63,8 +63,9 @@ class TestConfigure:
         for i in range(25):
             log.info("t", extra={"input": f"q{i}"})
         assert pipeline.flush(timeout=10)
-        assert [r.n_events for r in server.requests] == [10, 10, 5]
-        assert [t["input"] for t in server.tasks] == [f"q{i}" for i in range(25)]
+        # Requests overlap (max_in_flight), so they may arrive in any order.
+        assert sorted(r.n_events for r in server.requests) == [5, 10, 10]
+        assert sorted(int(t["input"][1:]) for t in server.tasks) == list(range(25))
 
     def test_batches_by_bytes(self, server: PhosphoTestServer, creds: dict) -> None:
         """max_batch_bytes caps the body size; every task still arrives."""
@@ -279,6 +280,52 @@ class TestDelivery:
         assert pipeline.flush(timeout=10)
         assert server.rejected == [] and len(server.tasks) == 1
         assert wire_errors(server.tasks[0]) is None
+
+
+class TestInFlight:
+    def test_requests_overlap_once_one_succeeded(self, server: PhosphoTestServer, creds: dict) -> None:
+        """After a first success, batches go out while earlier ones are still in flight: two
+        requests that never answer do not keep a third from arriving; they time out, are
+        retried, and every task arrives once."""
+        pipeline = phospho_logging.configure(**creds, max_batch_size=10, max_in_flight=3, timeout=1.0)
+        log.info("t", extra={"input": "first"})
+        assert pipeline.flush(timeout=10)  # one request at a time until one succeeds
+        server.hang_next(2)
+        for i in range(30):
+            log.info("t", extra={"input": f"q{i}"})
+        assert server.wait_for_requests(4, timeout=10)
+        hung, third = server.requests[1], server.requests[3]
+        assert third.time - hung.time < 0.5  # made while the hung ones waited for their 1 s timeout
+        assert pipeline.flush(timeout=30)
+        assert sorted(t["input"] for t in server.tasks) == sorted(["first"] + [f"q{i}" for i in range(30)])
+        stats = pipeline.stats()
+        assert stats["sent"] == 31 and stats["retries"] >= 2 and reconciles(stats)
+
+    def test_one_at_a_time_until_one_succeeds(self, server: PhosphoTestServer, creds: dict) -> None:
+        """At the start (and after a failure) one request at a time: three batches behind a
+        request that hangs wait for it, so a failing endpoint never sees a burst."""
+        pipeline = phospho_logging.configure(**creds, max_batch_size=10, max_in_flight=3, timeout=1.0,
+                                             max_attempts=1)
+        server.hang_next(1)
+        for i in range(30):
+            log.info("t", extra={"input": f"q{i}"})
+        assert server.wait_for_requests(1, timeout=10)
+        assert pipeline.flush(timeout=30)
+        # The hung request timed out before the second was made: no two overlapped.
+        times = [(r.time, r.n_events) for r in server.requests]
+        assert times[1][0] - times[0][0] >= 0.9, times
+        stats = pipeline.stats()
+        assert stats["sent"] == 20 and stats["sent"] + stats["spooled"] + stats["dropped"] == 30 and reconciles(stats)
+
+    def test_a_backlog_goes_out_in_large_requests(self, server: PhosphoTestServer, creds: dict) -> None:
+        """A backlog goes out in requests as large as max_batch_bytes allows (not 100 tasks
+        each): 3,000 tasks logged at once take a handful of requests."""
+        pipeline = phospho_logging.configure(**creds, flush_interval=60)
+        for i in range(3000):
+            log.info("t", extra={"input": f"q{i}"})
+        assert pipeline.flush(timeout=30)
+        assert len(server.tasks) == 3000 and len(server.requests) <= 5, [r.n_events for r in server.requests]
+        assert all(r.body_bytes <= pipeline.options.max_batch_bytes for r in server.requests)
 
 
 class TestHandlers:
