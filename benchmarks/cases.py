@@ -414,6 +414,59 @@ def end_to_end_50ms(n: int) -> Dict[str, Any]:
     return _to_test_server(n, delay=0.05)
 
 
+SERVER_PROCESS = """
+import sys
+from phospho_logging.testing import PhosphoTestServer
+server = PhosphoTestServer().start()
+print(server.url, server.api_key, server.project_id, flush=True)
+sys.stdin.read()  # until the benchmark closes it
+server.stop()
+"""
+
+
+def cpu_per_task(n: int) -> Dict[str, Any]:
+    """CPU time of this process per task shipped, in ns: the caller, the worker and the
+    HTTP client (``time.process_time()`` over the log-and-flush loop, divided by the
+    tasks), with the server in another process so its work is not counted."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-c", SERVER_PROCESS], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    pipeline = None
+    try:
+        assert proc.stdout is not None
+        url, key, project = proc.stdout.readline().split()
+        pipeline = phospho_logging.configure(api_key=key, project_id=project, base_url=url,
+                                             **{"max_queue_size": n, **E2E_OPTIONS})
+        pipeline.logger.propagate = False
+        info, extra = pipeline.logger.info, EXTRA
+        for _ in repeat(None, 1000):  # warm: the connection, the sender threads
+            info("answered", extra=extra)
+        pipeline.flush(timeout=60)
+        sent_before = pipeline.stats()["sent"]
+        gc.collect()
+        start = time.process_time()
+        for _ in repeat(None, n):
+            info("answered", extra=extra)
+        flushed = pipeline.flush(timeout=120)
+        cpu = time.process_time() - start
+        sent = pipeline.stats()["sent"] - sent_before
+    finally:
+        if pipeline is not None:
+            pipeline.shutdown(timeout=10)
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    result: Dict[str, Any] = {"value": cpu / n * 1e9, "unit": "ns CPU/task", "sent": sent, "flushed": flushed}
+    if sent != n or not flushed:
+        result["error"] = f"{sent} of {n} tasks sent (flush returned {flushed})"
+    return result
+
+
 def end_to_end_local(n: int) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="phospho-bench-") as tmp:
         pipeline = phospho_logging.configure(local_dir=tmp, **{"max_queue_size": n, **E2E_OPTIONS})
@@ -681,7 +734,7 @@ CASES: Dict[str, Callable[[int], Dict[str, Any]]] = {
     for f in (
         null_extra, stdlib_queue, hot_path, floor_handler, null_messages, hot_path_messages,
         null_plain, non_task, structlog_enqueue, structlog_processor, floor_processor, end_to_end,
-        end_to_end_50ms, end_to_end_local,
+        end_to_end_50ms, end_to_end_local, cpu_per_task,
         latency_up, latency_down, exit_hung, sdk_log, sdk_end_to_end,
         wrap_plain, wrap_call, stream_plain, stream_wrapped,
     )

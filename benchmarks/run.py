@@ -39,12 +39,12 @@ CASES_FILE = Path(__file__).resolve().parent / "cases.py"
 ORDER = [
     "null_extra", "stdlib_queue", "hot_path", "floor_handler", "null_messages", "hot_path_messages",
     "null_plain", "non_task", "structlog_enqueue", "structlog_processor", "floor_processor",
-    "end_to_end", "end_to_end_50ms", "end_to_end_local",
+    "end_to_end", "end_to_end_50ms", "end_to_end_local", "cpu_per_task",
     "wrap_plain", "wrap_call", "stream_plain", "stream_wrapped",
     "latency_up", "latency_down", "exit_hung", "sdk_log", "sdk_end_to_end",
 ]
 END_TO_END = {
-    "end_to_end", "end_to_end_50ms", "end_to_end_local", "latency_up", "latency_down",
+    "end_to_end", "end_to_end_50ms", "end_to_end_local", "cpu_per_task", "latency_up", "latency_down",
     "sdk_end_to_end",
 }
 BASELINE = {
@@ -59,6 +59,7 @@ BASELINE = {
     "stream_wrapped": "stream_plain",
     "latency_down": "latency_up",
     "sdk_log": "null_extra",
+    "cpu_per_task": "null_extra",
 }
 # case -> (text printed beside the ratio, limit checked or None)
 TARGETS = {
@@ -69,6 +70,7 @@ TARGETS = {
     "floor_handler": ("reference", None),
     "floor_processor": ("reference", None),
     "latency_down": ("<= 1.5x", 1.5),
+    "cpu_per_task": ("<= 3.0x", 3.0),
 }
 #: Cases whose size is part of what they measure, in every mode.
 FIXED_N = {"exit_hung": 1000, "latency_up": 50_000, "latency_down": 50_000}
