@@ -232,14 +232,18 @@ def _peak_rss_mb() -> Optional[float]:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
-def _throughput(pipeline: Any, n: int, count: Callable[[], int]) -> Dict[str, Any]:
-    """Log ``n`` tasks on the pipeline's logger, flush, and check ``count()`` == n."""
+def _throughput(pipeline: Any, n: int, count: Callable[[], int],
+                arrived: Optional[Callable[[], Any]] = None) -> Dict[str, Any]:
+    """Log ``n`` tasks on the pipeline's logger, flush (then wait for ``arrived()``, if
+    given: what a flush left in the spool is sent from there), and check ``count()`` == n."""
     info = pipeline.logger.info
     extra = EXTRA
     start = time.perf_counter()
     for _ in repeat(None, n):
         info("answered", extra=extra)
     flushed = pipeline.flush(timeout=120)
+    if arrived is not None:
+        arrived()
     elapsed = time.perf_counter() - start
     delivered = count()
     stats = pipeline.stats()
@@ -384,7 +388,7 @@ def structlog_processor(n: int) -> Dict[str, Any]:
 E2E_OPTIONS: Dict[str, Any] = {}
 
 
-def _to_test_server(n: int, delay: float = 0.0) -> Dict[str, Any]:
+def _to_test_server(n: int, delay: float = 0.0, **options: Any) -> Dict[str, Any]:
     """``_throughput`` to a ``PhosphoTestServer`` that waits ``delay`` s before each reply."""
     srv = PhosphoTestServer()
     pipeline = None
@@ -392,10 +396,12 @@ def _to_test_server(n: int, delay: float = 0.0) -> Dict[str, Any]:
         srv.start()
         srv.delay = delay
         pipeline = phospho_logging.configure(
-            api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url, **{"max_queue_size": n, **E2E_OPTIONS}
+            api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url,
+            **{"max_queue_size": n, **E2E_OPTIONS, **options}
         )
         pipeline.logger.propagate = False
-        return _throughput(pipeline, n, lambda: len(srv.task_ids))
+        arrived = (lambda: srv.wait_for_tasks(n, timeout=60)) if options.get("durable") else None
+        return _throughput(pipeline, n, lambda: len(srv.task_ids), arrived)
     finally:
         if pipeline is not None:
             pipeline.shutdown(timeout=10)
@@ -465,6 +471,13 @@ def cpu_per_task(n: int) -> Dict[str, Any]:
     if sent != n or not flushed:
         result["error"] = f"{sent} of {n} tasks sent (flush returned {flushed})"
     return result
+
+
+def end_to_end_durable(n: int) -> Dict[str, Any]:
+    """``end_to_end`` with ``durable=True``: each batch is written to the spool before it is
+    sent and removed once acknowledged; a batch no request can take at once is sent from the
+    spool later. Timed until every task arrived (a private spool: see ``private_store``)."""
+    return _to_test_server(n, durable=True)
 
 
 def end_to_end_local(n: int) -> Dict[str, Any]:
@@ -734,7 +747,7 @@ CASES: Dict[str, Callable[[int], Dict[str, Any]]] = {
     for f in (
         null_extra, stdlib_queue, hot_path, floor_handler, null_messages, hot_path_messages,
         null_plain, non_task, structlog_enqueue, structlog_processor, floor_processor, end_to_end,
-        end_to_end_50ms, end_to_end_local, cpu_per_task,
+        end_to_end_50ms, end_to_end_durable, end_to_end_local, cpu_per_task,
         latency_up, latency_down, exit_hung, sdk_log, sdk_end_to_end,
         wrap_plain, wrap_call, stream_plain, stream_wrapped,
     )

@@ -137,7 +137,7 @@ class Settler:
                 _diag.warn_once("spool_full", "the spool holds max_spool_tasks=%d; its oldest tasks were "
                                 "dropped (counted in stats()['spool_evicted'])", spool.max_tasks)
         self._count_spooled(n, reason)
-        if reason not in _CONFIG_REASONS:
+        if reason not in _CONFIG_REASONS and reason != "requests_busy":  # that one is durable's normal path
             _diag.warn_once("spooled:" + reason, "%d task(s) kept in the spool %s for a later try: %s",
                             n, spool.path, message)
 

@@ -179,6 +179,24 @@ class Senders:
         self._jobs.put((held, stored))
         return True
 
+    def offer(self, held: Held, stored: bool) -> bool:
+        """Hand ``held`` to a sender only if one can take it now (a free slot; until a
+        request succeeds, nothing else in flight); False otherwise. Never waits."""
+        if not self._loop.delivery.circuit.proven and any(
+                not h.settled and h is not held for h in list(self._loop._flights)):
+            return False
+        if not self._slots.acquire(blocking=False):
+            return False
+        if not self._started():
+            self._slots.release()
+            return False
+        self._jobs.put((held, stored))
+        return True
+
+    def busy(self) -> bool:
+        """A batch is in flight and unsettled."""
+        return any(not h.settled for h in list(self._loop._flights))
+
     def _started(self) -> bool:
         try:
             while len(self._threads) < self._count:
@@ -304,7 +322,7 @@ class WorkerLoop:
                 timeout = due - time.monotonic()
             elif self.stopped:
                 timeout = 0.0
-            elif settler.replay_ready() and not self.delivery.circuit.is_open():
+            elif self._may_replay():
                 timeout = 0.0
             else:
                 timeout = IDLE_WAIT
@@ -318,7 +336,7 @@ class WorkerLoop:
                     if exiting is not None:
                         self._barrier(exiting)
                     return
-                elif settler.replay_ready() and not self.delivery.circuit.is_open():
+                elif self._may_replay():
                     settler.replay(self.delivery)
                 continue
             kind = type(item)
@@ -371,6 +389,14 @@ class WorkerLoop:
                 due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
             if held.batch.full:
                 held = self._send(held)
+
+    def _may_replay(self) -> bool:
+        """The worker is idle and may send from the spool; with ``durable=True``, not while
+        a request is still in flight (a replay that hung would stop the writing)."""
+        if not self.settler.replay_ready() or self.delivery.circuit.is_open():
+            return False
+        senders = self._senders
+        return not (self.options.durable and senders is not None and senders.busy())
 
     def _hold(self) -> Held:
         held = self._building = Held(Batch(self.options.max_batch_size, self.options.max_batch_bytes))
@@ -430,13 +456,24 @@ class WorkerLoop:
             self.books.batches += 1
         stored = self.settler.durable_copy(held.batch.events)
         senders = self._sending_threads()
+        if stored and senders is not None:
+            # durable=True: writing does not wait for sending. A batch no sender can take
+            # now stays in the spool, sent from there later; the worker goes on writing.
+            if not senders.offer(held, stored):
+                self._flights.discard(held)
+                if held.claim():
+                    self.settler.settle([Resolution("failed", list(held.batch.events), "requests_busy",
+                                                    "every request in flight is busy; durable=True keeps "
+                                                    "the batch in the spool and sends it from there")], stored)
+            return
         if senders is None or not senders.dispatch(held, stored):
             self._deliver(held, stored)
 
     def _sending_threads(self) -> Optional[Senders]:
         """The sender threads, for an exporter that takes concurrent requests."""
         senders = self._senders
-        if senders is None and self.options.max_in_flight > 1 and getattr(self.exporter, "concurrent", False) is True:
+        wanted = self.options.max_in_flight > 1 or self.options.durable  # durable: writing never waits for a send
+        if senders is None and wanted and getattr(self.exporter, "concurrent", False) is True:
             senders = self._senders = Senders(self, self.options.max_in_flight, self._name)
         return senders
 

@@ -82,6 +82,15 @@ class Child:
         self.proc.communicate(timeout=30)
 
 
+def _exited_within(proc: subprocess.Popen, seconds: float) -> bool:
+    """True if ``proc`` ended within ``seconds`` (a bounded wait on the process itself)."""
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
 def spooled(local_dir: Path) -> List[str]:
     """Task ids waiting in the spool."""
     path = local_dir / "tasks.sqlite3"
@@ -343,6 +352,41 @@ class TestCrash:
         with PhosphoTestServer() as server:
             replay(server, local_dir, 50)
             assert_books(50, server, local_dir)
+
+    DURABLE_STREAM = """
+        import logging, sys, threading, phospho_logging
+        phospho_logging.configure(durable=True)
+        log = logging.getLogger("phospho")
+        for i in range(500):
+            log.info("t", extra={"input": f"q{i}"})
+        threading.Event().wait(1.3)  # the scenario: the first batch is sent (and hangs) meanwhile
+        for i in range(500, 1000):
+            log.info("t", extra={"input": f"q{i}"})
+        print("logged", flush=True)
+        threading.Event().wait(60)  # killed before this ends
+    """
+
+    def test_kill_9_durable_with_a_hung_backend(self, local_dir: Path) -> None:
+        """durable=True, a backend that never answers: 1,000 tasks logged (the second half
+        while the first batch hangs), a kill -9 1.5 s later; the next start delivers all
+        1,000: writing to the spool does not wait for sending."""
+        with PhosphoTestServer() as server:
+            server.hang_next(10**6)
+            env = child_env({"PHOSPHO_API_KEY": server.api_key, "PHOSPHO_PROJECT_ID": server.project_id,
+                             "PHOSPHO_BASE_URL": server.url, "PHOSPHO_LOCAL_DIR": str(local_dir)})
+            proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(self.DURABLE_STREAM)], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                assert proc.stdout is not None and proc.stdout.readline().strip() == "logged"
+                assert not _exited_within(proc, 1.5)  # the scenario's 1.5 s, then kill -9
+            finally:
+                proc.kill()
+                proc.communicate(timeout=30)
+            assert server.wait_for_requests(1, timeout=5)
+        assert len(set(spooled(local_dir))) == 1000
+        with PhosphoTestServer() as server:
+            replay(server, local_dir, 1000)
+            assert sorted(int(t["input"][1:]) for t in server.tasks) == list(range(1000))
 
     def test_kill_9_without_durable_loses_the_batch(self, local_dir: Path) -> None:
         """Without durable, the same kill loses the batch in flight: what durable is for."""
