@@ -696,13 +696,15 @@ def _sdk() -> Any:
 
 
 @contextlib.contextmanager
-def _sdk_on_loopback() -> Iterator[Any]:
-    """The SDK initialised against a loopback server (``(phospho, server)``), or None."""
+def _sdk_on_loopback(delay: float = 0.0) -> Iterator[Any]:
+    """The SDK initialised against a loopback server (``(phospho, server)``) that waits
+    ``delay`` s before each reply, or None."""
     phospho = _sdk()
     if phospho is None:
         yield None
         return
     srv = PhosphoTestServer().start()
+    srv.delay = delay
     try:
         phospho.init(api_key=srv.api_key, project_id=srv.project_id, base_url=srv.url)
         yield phospho, srv
@@ -723,9 +725,9 @@ def sdk_log(n: int) -> Dict[str, Any]:
         return _per_call(lambda: phospho.log(**fields), n)
 
 
-def sdk_end_to_end(n: int) -> Dict[str, Any]:
+def sdk_end_to_end(n: int, delay: float = 0.0) -> Dict[str, Any]:
     """Tasks/s the SDK delivers to a loopback server (same load as ``end_to_end``)."""
-    with _sdk_on_loopback() as sdk:
+    with _sdk_on_loopback(delay) as sdk:
         if sdk is None:
             return dict(SDK_MISSING)
         phospho, srv = sdk
@@ -742,13 +744,18 @@ def sdk_end_to_end(n: int) -> Dict[str, Any]:
     return result
 
 
+def sdk_end_to_end_50ms(n: int) -> Dict[str, Any]:
+    """``sdk_end_to_end`` with a server that takes 50 ms a request (as ``end_to_end_50ms``)."""
+    return sdk_end_to_end(n, delay=0.05)
+
+
 CASES: Dict[str, Callable[[int], Dict[str, Any]]] = {
     f.__name__: f
     for f in (
         null_extra, stdlib_queue, hot_path, floor_handler, null_messages, hot_path_messages,
         null_plain, non_task, structlog_enqueue, structlog_processor, floor_processor, end_to_end,
         end_to_end_50ms, end_to_end_durable, end_to_end_local, cpu_per_task,
-        latency_up, latency_down, exit_hung, sdk_log, sdk_end_to_end,
+        latency_up, latency_down, exit_hung, sdk_log, sdk_end_to_end, sdk_end_to_end_50ms,
         wrap_plain, wrap_call, stream_plain, stream_wrapped,
     )
 }

@@ -41,11 +41,11 @@ ORDER = [
     "null_plain", "non_task", "structlog_enqueue", "structlog_processor", "floor_processor",
     "end_to_end", "end_to_end_50ms", "end_to_end_durable", "end_to_end_local", "cpu_per_task",
     "wrap_plain", "wrap_call", "stream_plain", "stream_wrapped",
-    "latency_up", "latency_down", "exit_hung", "sdk_log", "sdk_end_to_end",
+    "latency_up", "latency_down", "exit_hung", "sdk_log", "sdk_end_to_end", "sdk_end_to_end_50ms",
 ]
 END_TO_END = {
     "end_to_end", "end_to_end_50ms", "end_to_end_durable", "end_to_end_local", "cpu_per_task",
-    "latency_up", "latency_down", "sdk_end_to_end",
+    "latency_up", "latency_down", "sdk_end_to_end", "sdk_end_to_end_50ms",
 }
 BASELINE = {
     "stdlib_queue": "null_extra",
