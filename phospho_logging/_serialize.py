@@ -431,9 +431,12 @@ def _encode(obj: object) -> bytes:
     return _stdlib_encode(obj)
 
 
+#: One encoder for every call: ``json.dumps`` with options builds a new one each time.
+_STDLIB_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
 def _stdlib_encode(obj: object) -> bytes:
-    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return text.encode("utf-8")
+    return _STDLIB_ENCODER.encode(obj).encode("utf-8")
 
 
 def _fix_str(s: str) -> str:
