@@ -173,29 +173,27 @@ class Senders:
         while not self._slots.acquire(timeout=SENDER_POLL):
             if self._loop._abandoned:
                 return False
-        if not self._started():
-            self._slots.release()
-            return False
-        self._jobs.put((held, stored))
-        return True
+        return self._hand(held, stored)
 
     def offer(self, held: Held, stored: bool) -> bool:
         """Hand ``held`` to a sender only if one can take it now (a free slot; until a
         request succeeds, nothing else in flight); False otherwise. Never waits."""
-        if not self._loop.delivery.circuit.proven and any(
-                not h.settled and h is not held for h in list(self._loop._flights)):
+        if not self._loop.delivery.circuit.proven and self.busy(held):
             return False
-        if not self._slots.acquire(blocking=False):
-            return False
+        return self._slots.acquire(blocking=False) and self._hand(held, stored)
+
+    def _hand(self, held: Held, stored: bool) -> bool:
+        """With a slot taken: queue ``held`` for a sender (False, the slot given back, if
+        no sender thread can run)."""
         if not self._started():
             self._slots.release()
             return False
         self._jobs.put((held, stored))
         return True
 
-    def busy(self) -> bool:
-        """A batch is in flight and unsettled."""
-        return any(not h.settled for h in list(self._loop._flights))
+    def busy(self, besides: Optional[Held] = None) -> bool:
+        """A batch in flight (other than ``besides``) is unsettled."""
+        return any(not h.settled and h is not besides for h in list(self._loop._flights))
 
     def _started(self) -> bool:
         try:
@@ -225,8 +223,7 @@ class Senders:
     def wait_settled(self, besides: Optional[Held] = None) -> None:
         """Until no batch in flight (``besides`` this one) is unsettled: sent and settled,
         or rescued."""
-        flights = self._loop._flights
-        while any(not h.settled and h is not besides for h in list(flights)) and not self._loop._abandoned:
+        while self.busy(besides) and not self._loop._abandoned:
             self._settled.wait(SENDER_POLL)
             self._settled.clear()
 

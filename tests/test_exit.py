@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List
 
 import pytest
 
@@ -38,6 +40,15 @@ def popen(code: str, env: Dict[str, str]) -> subprocess.Popen[str]:
 def server_env(server: PhosphoTestServer) -> Dict[str, str]:
     return {"PHOSPHO_API_KEY": server.api_key, "PHOSPHO_PROJECT_ID": server.project_id,
             "PHOSPHO_BASE_URL": server.url}
+
+
+def stored_inputs(local_dir: Path, table: str = "tasks") -> List[str]:
+    """The inputs of the events in the local store (``tasks``) or the spool (``outbox``)."""
+    conn = sqlite3.connect(str(local_dir / "tasks.sqlite3"))
+    try:
+        return [json.loads(row[0])["input"] for row in conn.execute(f"SELECT event FROM {table}")]  # noqa: S608
+    finally:
+        conn.close()
 
 
 LOG_AND_EXIT = """
@@ -124,14 +135,7 @@ class TestMultiprocessing:
         """
         result = run(code, {"PHOSPHO_LOCAL_DIR": str(tmp_path)})
         assert result.returncode == 0, result.stderr
-        import json
-        import sqlite3
-
-        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
-        try:
-            inputs = sorted(json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM tasks"))
-        finally:
-            conn.close()
+        inputs = sorted(stored_inputs(tmp_path))
         assert inputs == sorted(f"child-{i}" for i in range(50))
 
     def test_pool_closed_and_joined_keeps_every_task(self, tmp_path: Path) -> None:
@@ -156,12 +160,5 @@ class TestMultiprocessing:
         """
         result = run(code, {"PHOSPHO_LOCAL_DIR": str(tmp_path)})
         assert result.returncode == 0, result.stderr
-        import json
-        import sqlite3
-
-        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
-        try:
-            inputs = sorted(json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM tasks"))
-        finally:
-            conn.close()
+        inputs = sorted(stored_inputs(tmp_path))
         assert inputs == sorted(f"child{c}-{i}" for c in range(4) for i in range(100))

@@ -31,7 +31,7 @@ import phospho_logging
 from phospho_logging import ExportResult
 from phospho_logging.testing import InMemoryExporter, PhosphoTestServer
 
-from .test_exit import child_env, server_env
+from .test_exit import child_env, server_env, stored_inputs
 
 PACKAGE = Path(__file__).resolve().parent.parent / "phospho_logging"
 log = logging.getLogger("phospho")
@@ -63,14 +63,6 @@ def time_exit(code: str, env: Dict[str, str]) -> Tuple[float, int, str]:
         return time.monotonic() - start, proc.returncode, err
     finally:
         proc.kill()
-
-
-def stored_inputs(local_dir: Path) -> List[str]:
-    conn = sqlite3.connect(str(local_dir / "tasks.sqlite3"))
-    try:
-        return [json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM tasks")]
-    finally:
-        conn.close()
 
 
 SETUP = """
@@ -466,11 +458,7 @@ class TestExitOnTime:
             delivered = {t["input"] for t in server.tasks}
         assert code == 0, err
         assert seconds < 2 + 1.0, seconds
-        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
-        try:
-            spooled = {json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM outbox")}
-        finally:
-            conn.close()
+        spooled = set(stored_inputs(tmp_path, "outbox"))
         assert {f"main-{i}" for i in range(1000)} <= delivered | spooled
 
     def test_exit_drain_honours_max_batch_bytes(self, tmp_path: Path) -> None:
@@ -520,11 +508,7 @@ class TestExitOnTime:
             seconds, code_, err = time_exit(code, dict(server_env(server), PHOSPHO_LOCAL_DIR=str(tmp_path)))
         assert code_ == 0, err
         assert seconds < 2 + 1.0, seconds
-        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
-        try:
-            spooled = {json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM outbox")}
-        finally:
-            conn.close()
+        spooled = set(stored_inputs(tmp_path, "outbox"))
         assert spooled == {f"q{i}" for i in range(20_000)} and "could not be delivered or kept" not in err
 
     def test_exit_report_tallies_every_loss(self, tmp_path: Path) -> None:
@@ -567,11 +551,7 @@ class TestExitOnTime:
             seconds, code_, err = time_exit(code, dict(server_env(server), PHOSPHO_LOCAL_DIR=str(tmp_path)))
         assert code_ == 0, err
         assert seconds < 2 + 1.0, seconds
-        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
-        try:
-            spooled = {json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM outbox")}
-        finally:
-            conn.close()
+        spooled = set(stored_inputs(tmp_path, "outbox"))
         assert spooled == {f"q{i}" for i in range(500)}, err
 
     @pytest.mark.parametrize("how", ["sigint", "sigterm-handler-exits"])
@@ -602,11 +582,7 @@ class TestExitOnTime:
             """
             result = run_child(code, dict(server_env(server), PHOSPHO_LOCAL_DIR=str(tmp_path)), timeout=60,
                                args=[how])
-        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
-        try:
-            spooled = {json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM outbox")}
-        finally:
-            conn.close()
+        spooled = set(stored_inputs(tmp_path, "outbox"))
         assert "the exit drain of an engine was interrupted" in result.stderr, result.stderr
         assert spooled == {f"q{i}" for i in range(500)}, result.stderr
 
@@ -639,11 +615,7 @@ class TestExitOnTime:
             server.hang_next(10**6)
             result = run_child(self.INTERRUPTED_BACKLOG, dict(server_env(server), PHOSPHO_LOCAL_DIR=str(tmp_path)),
                                timeout=60, args=[str(n), str(signals)])
-        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
-        try:
-            spooled = {json.loads(row[0])["input"] for row in conn.execute("SELECT event FROM outbox")}
-        finally:
-            conn.close()
+        spooled = set(stored_inputs(tmp_path, "outbox"))
         err = result.stderr
         assert "the exit drain of an engine was interrupted" in err, err
         assert "shutdown_timeout ran out" not in err, err
