@@ -12,6 +12,9 @@ from typing import Iterable, Iterator, List
 
 from ._export import ENVELOPE_BYTES, WireEvent
 
+#: What ``Batch.offer`` did.
+ADDED, FILLED, NO_ROOM = 0, 1, 2
+
 
 class Batch:
     """Events for one request, in order."""
@@ -41,6 +44,19 @@ class Batch:
         """Append ``event`` (check ``fits`` first)."""
         self.size += len(event.json) + (1 if self.events else 0)
         self.events.append(event)
+
+    def offer(self, event: WireEvent) -> int:
+        """``fits``, ``add`` and ``full`` in one call: ``NO_ROOM`` (not added), ``ADDED``,
+        or ``FILLED`` (added, and no further event can join)."""
+        events = self.events
+        size = len(event.json)
+        if events:
+            if len(events) >= self.max_count or self.size + size + 1 > self.max_bytes:
+                return NO_ROOM
+            size += 1
+        self.size += size
+        events.append(event)
+        return FILLED if len(events) >= self.max_count or self.size >= self.max_bytes else ADDED
 
     @property
     def full(self) -> bool:

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Optional, Set
 from . import _capture, _lifecycle
 from ._config import Options
 from ._delivery import Books, Delivery, count_value
-from ._event import event_budget
+from ._event import PlainEncoder, event_budget
 from ._export import destination_of
 from ._http import HTTPExporter
 from ._settle import Settler
@@ -105,6 +105,7 @@ class Engine(WorkerLoop):
         self._relay: Optional[Callable[[], Any]] = None  # a weak reference to a listener's relay
         self._max_queue = options.max_queue_size
         self._budget = event_budget(options.max_batch_bytes)
+        self._plain_encoder = PlainEncoder(options.project_id, options.version_id)
         self._capturing = False
         self._closed = False
         self.stopped = False

@@ -3,8 +3,8 @@
 ``Snapshot`` is the one item type, read by name everywhere. The two commonest calls (a
 plain record, a plain structlog event) put a smaller plain tuple on the queue instead,
 a third of a ``Snapshot``'s cost; those compact forms are built and read in this module
-only (``plain_record``, ``plain_event_dict``, ``snapshot_of``). A record a queue handler
-copies for other handlers carries its snapshot as an attribute (``carry``).
+only (``plain_record``, ``plain_event_dict``, ``snapshot_of``, ``record_form``). A record a
+queue handler copies for other handlers carries its snapshot as an attribute (``carry``).
 
 Task ids are made here too: the caller's side makes them (the structlog processor hands
 one back) as well as the worker's.
@@ -144,6 +144,12 @@ def plain_event_dict(event_dict: Any, method_name: str, task_id: str) -> Optiona
     except Exception:  # noqa: BLE001 - foreign types, or text functions given on the event
         return None
     return (frozen, _time(), method_name, task_id)
+
+
+def record_form(item: Any) -> Optional[Tuple[bytes, float, Any, Any, str, Any, Any, Any]]:
+    """The parts of a compact plain record item (marshalled fields, created, logger
+    name, level name, message, path, line, function), or None for any other item."""
+    return item if type(item) is tuple and len(item) == 8 else None  # type: ignore[no-any-return]
 
 
 def carry(record: logging.LogRecord, snapshot: Snapshot) -> None:

@@ -433,9 +433,31 @@ def _encode(obj: object) -> bytes:
 
 #: One encoder for every call: ``json.dumps`` with options builds a new one each time.
 _STDLIB_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_encode_basestring = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def _c_iterencoder() -> Callable[[Any, int], Any] | None:
+    """The C encoder ``JSONEncoder.encode`` builds anew for every call, built once (no
+    circular check: ``to_jsonable`` results are trees), or None where it is missing."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        encoder = make(None, _STDLIB_ENCODER.default, _encode_basestring, None, ":", ",", False, False, False)
+        sample = {"a": [1, 2.5, None, True, "é\n"]}
+        if "".join(encoder(sample, 0)) != _STDLIB_ENCODER.encode(sample):
+            return None
+        return encoder  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001 - another Python's signature: the public encoder then
+        return None
+
+
+_C_ITERENCODE = _c_iterencoder()
 
 
 def _stdlib_encode(obj: object) -> bytes:
+    if _C_ITERENCODE is not None:
+        return "".join(_C_ITERENCODE(obj, 0)).encode("utf-8")
     return _STDLIB_ENCODER.encode(obj).encode("utf-8")
 
 
@@ -469,3 +491,19 @@ def _scrub(obj: Any) -> JSON:
     if t is int and _INT_MIN <= obj <= _INT_MAX:
         return obj  # type: ignore[no-any-return]
     return _scrub(to_jsonable(obj))
+
+
+def dumps_text(obj: JSON) -> str:
+    """``dumps`` as text, for a value that is only JSON types (no repair: may raise)."""
+    if _USE_ORJSON and _orjson_dumps is not None:
+        return _orjson_dumps(obj).decode("utf-8")
+    if _C_ITERENCODE is not None:
+        return "".join(_C_ITERENCODE(obj, 0))
+    return _STDLIB_ENCODER.encode(obj)  # type: ignore[no-any-return]
+
+
+def json_str(text: str) -> str:
+    """A string as JSON text (quoted and escaped), as ``dumps`` writes it with either
+    encoder; encoding the result to UTF-8 fails for lone surrogates, which ``dumps``
+    repairs."""
+    return _encode_basestring(text)  # type: ignore[no-any-return]

@@ -19,10 +19,10 @@ import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from . import _diag, _lifecycle
-from ._batch import Batch
+from ._batch import ADDED, FILLED, NO_ROOM, Batch
 from ._config import Options
 from ._delivery import Books, Delivery, Resolution, count_value, interrupts_this_thread
-from ._event import encode
+from ._event import PlainEncoder, encode
 from ._export import WireEvent
 from ._item import snapshot_of
 from ._settle import Settler
@@ -113,6 +113,10 @@ class Passing:
         self.record = record
 
 
+#: ``Held.offer``: the batch was claimed (rescued) meanwhile; the event was not added.
+CLAIMED = 3
+
+
 class Held:
     """Events the worker holds (a batch being filled or sent), settled once: by the
     worker, or by the thread that rescues it at the shutdown deadline. The small lock is
@@ -132,6 +136,13 @@ class Held:
                 return False
             self.batch.add(event)
             return True
+
+    def offer(self, event: WireEvent) -> int:
+        """``Batch.offer`` unless the batch was claimed meanwhile: ``CLAIMED`` then."""
+        with self._lock:
+            if self._settled:
+                return CLAIMED
+            return self.batch.offer(event)
 
     def claim(self) -> bool:
         """True for the first caller only; the batch is theirs to settle."""
@@ -247,6 +258,7 @@ class WorkerLoop:
     _queue: queue_module.SimpleQueue[Any]
     _forward: Optional[Callable[[logging.LogRecord], None]]
     _budget: int
+    _plain_encoder: PlainEncoder
     _deadline: Optional[float]
     _start_lock: Any
     _running: bool
@@ -315,7 +327,8 @@ class WorkerLoop:
         exiting: Optional[Stop] = None
         while True:
             batch = held.batch
-            if batch:
+            pending = batch.events  # a list: its truth is the batch's, without a call
+            if pending:
                 timeout = due - time.monotonic()
             elif self.stopped:
                 timeout = 0.0
@@ -366,25 +379,26 @@ class WorkerLoop:
             event = self._encode(item)
             if event is None:
                 continue
-            if not batch:
-                due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
-            elif not batch.fits(event):
+            done = held.offer(event)
+            if done == ADDED:
+                if len(pending) == 1:  # it opened the batch
+                    due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
+                continue
+            if done == NO_ROOM:
                 # The event starts the next batch before the full one is sent: held by a
                 # holder all along, so a rescue meanwhile keeps it.
                 full, held = held, self._hold()
-                held.add(event)
+                done = held.offer(event)
                 due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
                 self._dispatch(full)
                 if held.settled:  # rescued while the full one was sent: a new batch
                     held = self._hold()
-                elif held.batch.full:
-                    held = self._send(held)
-                continue
-            if not held.add(event):  # the batch was rescued meanwhile: a new one
+                    continue
+            elif done == CLAIMED:  # the batch was rescued meanwhile: a new one
                 held = self._hold()
-                held.add(event)
+                done = held.offer(event)
                 due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
-            if held.batch.full:
+            if done == FILLED:
                 held = self._send(held)
 
     def _may_replay(self) -> bool:
@@ -419,13 +433,16 @@ class WorkerLoop:
         """The wire event of a task taken off the queue (a record goes to the other
         handlers too); a task that cannot be built is counted as dropped here."""
         try:
+            o = self.options
+            event = self._plain_encoder.encode(item, o.max_field_chars, self._budget)
+            if event is not None:
+                return event
             if isinstance(item, logging.LogRecord):
                 self._pass(item)
             snapshot = snapshot_of(item)
             if snapshot is None:
                 self.settler.drop(1, "internal_error", f"a queue item carries no task: {type(item).__name__}")
                 return None
-            o = self.options
             event = encode(snapshot, project_id=o.project_id, version_id=o.version_id,
                            max_field_chars=o.max_field_chars, max_bytes=self._budget)
             if snapshot.problems:

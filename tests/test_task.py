@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+import re
 import sys
 from typing import Any, Dict
 
@@ -305,3 +306,85 @@ class TestProperties:
         if not (type(given) is str and given):
             event.pop("task_id"), full.pop("task_id")  # random when not given (or unusable)
         assert event == full
+
+
+class _Wire:
+    """An exporter that keeps the wire bytes of each event (the documented boundary)."""
+
+    destination = "wire"
+
+    def __init__(self) -> None:
+        self.json: list = []
+
+    def export(self, events: Any, timeout: float) -> Any:
+        from phospho_logging import ExportResult
+
+        self.json.extend(e.json for e in events)
+        return ExportResult.delivered()
+
+    def close(self) -> None:
+        pass
+
+
+_plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+_ids = st.none() | st.text(max_size=6) | st.integers(0, 3)
+
+
+class TestCommonRecordPath:
+    """The worker writes the commonest records' events straight from their fields; what it
+    sends must be what the general path sends, byte for byte (task ids aside)."""
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        input_=st.text(max_size=40) | st.sampled_from(["\ud800", "a\udfffb", "é\n\x01\u2028\"\\"]),
+        output=st.none() | st.text(max_size=40),
+        metadata=st.none() | st.dictionaries(st.text(max_size=6) | st.sampled_from(["log_line", "log_level"]),
+                                             _plain_values, max_size=4) | st.integers(),
+        session_id=_ids, user_id=_ids, version_id=_ids, task_id=st.none() | st.text(max_size=6),
+        other=st.none() | st.text(max_size=5),
+        message=st.text(max_size=12),
+        limit=st.sampled_from([100_000, 400]),
+    )
+    def test_same_bytes_as_the_general_path(self, input_: str, output: Any, metadata: Any, session_id: Any,
+                                            user_id: Any, version_id: Any, task_id: Any, other: Any,
+                                            message: str, limit: int) -> None:
+        import phospho_logging
+
+        extra: Dict[str, Any] = {"input": input_}
+        for key, value in (("output", output), ("metadata", metadata), ("session_id", session_id),
+                           ("user_id", user_id), ("version_id", version_id), ("task_id", task_id),
+                           ("other", other)):
+            if value is not None or key == "output":
+                extra[key] = value
+        fast, general = _Wire(), _Wire()
+        options = dict(api_key="k", project_id="p", version_id="v0", max_field_chars=limit)
+        handlers = [phospho_logging.PhosphoHandler(exporter=fast, **options),
+                    phospho_logging.PhosphoHandler(exporter=general, **options)]
+        handlers[1].addFilter(lambda record: True)  # a filter: the handler's general path
+        # Two loggers, the same call otherwise: what each call site adds is its own.
+        loggers = [logging.getLogger("phospho.test.common_path"), logging.getLogger("phospho.test.other_path")]
+        for logger in loggers:
+            logger.propagate = False
+            logger.setLevel(logging.INFO)
+            for handler in handlers:
+                logger.addHandler(handler)
+        try:
+            for logger in loggers:
+                logger.info(message, extra=extra)
+            for handler in handlers:
+                assert handler.flush(timeout=10)
+        finally:
+            for logger in loggers:
+                for handler in handlers:
+                    logger.removeHandler(handler)
+            for handler in handlers:
+                handler.close()
+        assert len(fast.json) == len(general.json) == 2
+        for mine, theirs in zip(fast.json, general.json):
+            if task_id is None:  # each path drew its own id
+                mine, theirs = (re.sub(rb'^\{"task_id":"task_[0-9a-f]{32}"', b"<id>", e) for e in (mine, theirs))
+            assert mine == theirs
