@@ -8,6 +8,7 @@ library are translated here, once, into ``ExportResult`` values (``_export.KINDS
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import platform
 import re
@@ -15,7 +16,7 @@ import socket
 import threading
 import time
 from email.utils import parsedate_to_datetime
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ._export import ExportResult, WireEvent, request_body
 from ._version import __version__
@@ -59,6 +60,112 @@ def parse_retry_after(value: Optional[str], cap: float = RETRY_AFTER_CAP) -> Opt
     return max(0.0, min(seconds, cap))
 
 
+class _Deadlines:
+    """Ends a wait for an answer's status line and headers at its request's deadline.
+
+    The socket timeout bounds each read, not their sum: a server that sends its headers a
+    byte at a time would hold a sender for as long as it likes. Around ``getresponse`` the
+    connection registers its socket and the sending thread's deadline here; one daemon
+    thread (started on first use, again in a forked child) shuts down the sockets of
+    waits past their deadline, which ends the read at once (the connection is then
+    discarded). The answer's body is bounded by ``read_answer``.
+    """
+
+    def __init__(self) -> None:
+        self.reset_after_fork()
+
+    def reset_after_fork(self) -> None:
+        """Fresh state (at creation; in a forked child, where the parent's thread and lock
+        state do not carry over)."""
+        self._cond = threading.Condition(threading.Lock())
+        self._waits: Dict[int, Any] = {}  # id -> (deadline, socket)
+        self._ids = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+        self.local = threading.local()  # .deadline: the sending thread's, set by export
+
+    def watch(self, sock: Any) -> Optional[int]:
+        deadline = getattr(self.local, "deadline", None)
+        if deadline is None or sock is None:
+            return None
+        key = next(self._ids)
+        with self._cond:
+            self._waits[key] = (deadline, sock)
+            if self._thread is None or not self._thread.is_alive():
+                thread = threading.Thread(target=self._run, name="phospho-logging-deadlines", daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # interpreter shutdown: reads stay bounded per read
+                    del self._waits[key]
+                    return None
+                self._thread = thread
+            self._cond.notify()
+        return key
+
+    def done(self, key: Optional[int]) -> None:
+        if key is not None:
+            with self._cond:
+                self._waits.pop(key, None)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for key, (deadline, sock) in list(self._waits.items()):
+                    if deadline <= now:
+                        del self._waits[key]
+                        try:  # the fd's own shutdown: a TLS socket's state is not touched
+                            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                        except (OSError, ValueError, TypeError):
+                            pass  # closed meanwhile
+                nearest = min((d for d, _ in self._waits.values()), default=None)
+                self._cond.wait(IDLE_CHECK if nearest is None else max(0.001, nearest - now))
+
+
+#: How often the deadline thread looks up when no answer is awaited.
+IDLE_CHECK = 60.0
+_deadlines = _Deadlines()
+
+
+def _connection_classes() -> Tuple[Any, Any]:
+    """urllib3 connection pools whose connections register their wait for an answer's
+    headers with ``_deadlines``."""
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def bounded(base: Any) -> Any:
+        class Bounded(base):  # type: ignore[misc, valid-type]
+            def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+                key = _deadlines.watch(getattr(self, "sock", None))
+                try:
+                    return super().getresponse(*args, **kwargs)
+                finally:
+                    _deadlines.done(key)
+
+        Bounded.__name__ = base.__name__
+        return Bounded
+
+    class Pool(HTTPConnectionPool):  # type: ignore[misc]
+        ConnectionCls = bounded(HTTPConnectionPool.ConnectionCls)
+
+    class TLSPool(HTTPSConnectionPool):  # type: ignore[misc]
+        ConnectionCls = bounded(HTTPSConnectionPool.ConnectionCls)
+
+    return Pool, TLSPool
+
+
+def _bounded_adapter() -> Any:
+    """A requests adapter over ``_connection_classes`` (proxied requests keep urllib3's)."""
+    from requests.adapters import HTTPAdapter
+
+    pools = _connection_classes()
+
+    class BoundedAdapter(HTTPAdapter):  # type: ignore[misc]
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": pools[0], "https": pools[1]}
+
+    return BoundedAdapter()
+
+
 def make_session(url: str) -> Any:
     """A requests session for ``url`` whose environment settings (proxies, ``NO_PROXY``, a
     CA bundle from ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``) are read once, now: requests
@@ -67,6 +174,9 @@ def make_session(url: str) -> Any:
     import requests
 
     session = requests.Session()
+    adapter = _bounded_adapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
     settings = session.merge_environment_settings(url, {}, None, None, None)
     session.trust_env = False
     session.proxies = settings["proxies"]
@@ -108,7 +218,6 @@ class HTTPExporter:
 
     def export(self, events: Sequence[WireEvent], timeout: float) -> ExportResult:
         """POST one batch and classify the answer; never raises for network problems."""
-        import requests
 
         url = self.destination
         session = self._session
@@ -119,6 +228,7 @@ class HTTPExporter:
                 session = self._session
         body = request_body(events)
         deadline = time.monotonic() + timeout
+        _deadlines.local.deadline = deadline
         try:
             response = session.post(
                 url,
@@ -136,15 +246,10 @@ class HTTPExporter:
             response.raw.release_conn()  # read whole: the connection is kept for the next request
         except _Unfinished as exc:
             return ExportResult.retry(f"{url} {exc}", cause=exc.cause)
-        except requests.exceptions.SSLError as exc:
-            return ExportResult.retry(f"TLS error talking to {url}: {_reason(exc)}", cause="tls")
-        except (requests.Timeout, socket.timeout):
-            return ExportResult.retry(f"no answer from {url} within {timeout:g} s", cause="timeout")
-        except (requests.RequestException, OSError) as exc:
-            reason = _reason(exc)
-            return ExportResult.retry(f"cannot reach {url}: {reason}", cause=_cause(reason))
-        except Exception as exc:  # noqa: BLE001 - urllib3's own errors while reading the answer
-            return ExportResult.retry(f"cannot read the answer of {url}: {type(exc).__name__}", cause="connection")
+        except Exception as exc:  # noqa: BLE001 - requests', urllib3's and the socket's, sorted here
+            return _failure(exc, url, timeout, deadline)
+        finally:
+            _deadlines.local.deadline = None
         return classify(response.status_code, content, response.headers, url, len(events))
 
     def close(self) -> None:
@@ -155,10 +260,28 @@ class HTTPExporter:
 
     def reset_after_fork(self) -> None:
         """In a forked child: forget the parent's connections without closing them."""
+        _deadlines.reset_after_fork()
         if self._session is not None:
             _inherited.append(self._session)  # never closed here: the sockets are the parent's
         self._session = None
         self._session_lock = threading.Lock()  # a parent's thread may have held it at the fork
+
+
+def _failure(exc: Exception, url: str, timeout: float, deadline: float) -> ExportResult:
+    """The ``ExportResult`` of a request that raised ``exc``."""
+    import requests
+
+    if isinstance(exc, (requests.Timeout, socket.timeout)):
+        return ExportResult.retry(f"no answer from {url} within {timeout:g} s", cause="timeout")
+    if time.monotonic() >= deadline:  # the read was ended at the deadline (``_deadlines``)
+        return ExportResult.retry(f"no answer from {url} within {timeout:g} s (none, or too slow to arrive whole)",
+                                  cause="timeout")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ExportResult.retry(f"TLS error talking to {url}: {_reason(exc)}", cause="tls")
+    if isinstance(exc, (requests.RequestException, OSError)):
+        reason = _reason(exc)
+        return ExportResult.retry(f"cannot reach {url}: {reason}", cause=_cause(reason))
+    return ExportResult.retry(f"cannot read the answer of {url}: {type(exc).__name__}", cause="connection")
 
 
 class _Unfinished(Exception):

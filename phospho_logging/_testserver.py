@@ -187,6 +187,7 @@ class _Reply:
     content_type: str = "application/json"
     repeat: int = 1  # the body is sent this many times over
     drip: float | None = None  # seconds between two bytes of the body
+    drip_head: float | None = None  # seconds between two bytes of the status line and headers
 
 
 def _json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> _Reply:
@@ -279,6 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.kind == "close":
             self.close_connection = True
             return
+        if reply.drip_head is not None:
+            self._drip_head(reply, owner)
+            return
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body) * reply.repeat))
@@ -304,6 +308,21 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(reply.body)
         except OSError:  # the client gave up on the answer: expected in these faults
             self.close_connection = True
+
+    def _drip_head(self, reply: _Reply, owner: Any) -> None:
+        """Send the status line and headers a byte at a time, then the body at once."""
+        head = (f"HTTP/1.1 {reply.status} OK\r\nContent-Type: {reply.content_type}\r\n"
+                f"Content-Length: {len(reply.body)}\r\n\r\n").encode("latin-1")
+        self.close_connection = True
+        try:
+            for i in range(len(head)):
+                if owner._stopping.wait(reply.drip_head):
+                    return
+                self.wfile.write(head[i:i + 1])
+                self.wfile.flush()
+            self.wfile.write(reply.body)
+        except OSError:  # the client gave up on the answer: expected in these faults
+            pass
 
     do_GET = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = do_POST
 
@@ -482,11 +501,13 @@ class PhosphoTestServer:
         self._push(count, _json_reply(status, body, headers))
 
     def answer_next(self, status: int = 200, body: bytes = b"", count: int = 1, *,
-                    content_type: str = "text/html", repeat: int = 1, drip: float | None = None) -> None:
+                    content_type: str = "text/html", repeat: int = 1, drip: float | None = None,
+                    drip_head: float | None = None) -> None:
         """Answer the next ``count`` log requests with ``body`` as is, logging nothing: a
         proxy's page (``answer_next(200, b"<html>...")``), an endless answer (``repeat``:
         the body sent that many times over, without holding it all in memory), or a
-        dripping one (``drip``: seconds between two bytes of the body).
+        dripping one (``drip``: seconds between two bytes of the body; ``drip_head``: of
+        the status line and headers).
 
         Raises:
             ValueError: If ``status`` is outside 200-599 or ``repeat`` below 1.
@@ -495,7 +516,7 @@ class PhosphoTestServer:
             raise ValueError(f"status must be within 200-599, got {status}")
         if repeat < 1:
             raise ValueError(f"repeat must be at least 1, got {repeat}")
-        self._push(count, _Reply("respond", status, body, {}, content_type, repeat, drip))
+        self._push(count, _Reply("respond", status, body, {}, content_type, repeat, drip, drip_head))
 
     def hang_next(self, count: int = 1) -> None:
         """Read the next ``count`` log requests and never answer (until stop())."""

@@ -242,6 +242,22 @@ class TestBadAnswers:
             replay(server, local_dir, len(left - delivered))
             assert set(t["input"] for t in server.tasks) | delivered == {f"q{i}" for i in range(50)}
 
+    def test_dripping_headers(self, local_dir: Path) -> None:
+        """A server that sends its status line and headers a byte every 0.3 s (about 25 s
+        for the whole head): each request still ends at its 1 s timeout, nothing is lost,
+        and exit stays on time."""
+        with PhosphoTestServer() as server:
+            server.answer_next(200, API_ANSWER, count=3, content_type="application/json", drip_head=0.3)
+            child = Child(env_for(server.url, local_dir, 50, flush=20, timeout=1.0, max_attempts=2,
+                                  shutdown_timeout=SHUTDOWN), stdin_wait=True).finish()
+            stats = child.report["stats"]
+            assert child.exit_seconds < EXIT_LIMIT, child.exit_seconds
+            assert stats["sent"] + stats["spooled"] == 50 and stats["requests"] >= 2, stats
+            assert "too slow to arrive whole" in (stats["last_error"] or "") or stats["sent"] == 50, stats
+            delivered = {t["input"] for t in server.tasks}
+        left = set(spooled(local_dir))
+        assert delivered | left == {f"q{i}" for i in range(50)}
+
     def test_an_endless_answer(self, local_dir: Path) -> None:
         """A 200 of 320 MB: the sender reads at most its cap (memory stays bounded), takes
         it for no acknowledgement, and delivers the batch on the next attempt."""
