@@ -275,6 +275,9 @@ class PlainEncoder:
             return None
         try:
             frozen, created, name, level, msg, path, line, function = item
+            if (type(line) is not int or type(name) is not str or type(level) is not str or type(path) is not str
+                    or (function is not None and type(function) is not str)):
+                return None  # a hand-made record: 1.0 or True would find line 1's cached log fields
             fields = _marshal_loads(frozen)
             get = fields.get
             text_in, text_out, metadata = get("input"), get("output"), get("metadata")

@@ -338,6 +338,35 @@ class TestCommonRecordPath:
     """The worker writes the commonest records' events straight from their fields; what it
     sends must be what the general path sends, byte for byte (task ids aside)."""
 
+    def test_hand_made_records_with_odd_log_fields(self) -> None:
+        """Records built by hand (or rewritten by a filter) may hold a float or a bool where
+        logging puts an int or a str: equal values of other types are not confused."""
+        import phospho_logging
+
+        fast, general = _Wire(), _Wire()
+        handlers = [phospho_logging.PhosphoHandler(exporter=fast, api_key="k", project_id="p"),
+                    phospho_logging.PhosphoHandler(exporter=general, api_key="k", project_id="p")]
+        handlers[1].addFilter(lambda record: True)
+        logger = logging.getLogger("phospho.test.hand_made")
+        logger.propagate = False
+        for handler in handlers:
+            logger.addHandler(handler)
+        try:
+            for lineno, func in ((1, "fn"), (1.0, "fn"), (True, "fn"), (0, 0), (0, 0.0), (0, False)):
+                record = logging.LogRecord("phospho.test.hand_made", logging.INFO, "f.py", lineno, "m", None, None,
+                                           func=func)  # type: ignore[arg-type]
+                record.input = "hi"
+                logger.handle(record)
+            for handler in handlers:
+                assert handler.flush(timeout=10)
+        finally:
+            for handler in handlers:
+                logger.removeHandler(handler)
+                handler.close()
+        strip = re.compile(rb'^\{"task_id":"task_[0-9a-f]{32}"')
+        assert [strip.sub(b"", e) for e in fast.json] == [strip.sub(b"", e) for e in general.json]
+        assert len(fast.json) == 6
+
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
         input_=st.text(max_size=40) | st.sampled_from(["\ud800", "a\udfffb", "é\n\x01\u2028\"\\"]),
