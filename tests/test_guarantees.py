@@ -280,6 +280,9 @@ class TestNeverDeadlocks:
             while not exporter.events and time.monotonic() < deadline:
                 threading.Event().wait(0.01)  # bounded polling on what the exporter got
             assert answers == [(False, False)] and [e["input"] for e in exporter.events] == ["q"]
+            deadline = time.monotonic() + 10
+            while not any("worker's own thread" in m for m in diag) and time.monotonic() < deadline:
+                threading.Event().wait(0.01)  # said from the control thread: bounded polling
             assert any("worker's own thread" in m for m in diag)
         finally:
             lg.removeHandler(handler)
