@@ -33,21 +33,9 @@ class Batch:
     def __bool__(self) -> bool:
         return bool(self.events)
 
-    def fits(self, event: WireEvent) -> bool:
-        """True if ``event`` can join without exceeding a limit (an empty batch takes any)."""
-        events = self.events
-        return not events or (
-            len(events) < self.max_count and self.size + len(event.json) + 1 <= self.max_bytes
-        )
-
-    def add(self, event: WireEvent) -> None:
-        """Append ``event`` (check ``fits`` first)."""
-        self.size += len(event.json) + (1 if self.events else 0)
-        self.events.append(event)
-
     def offer(self, event: WireEvent) -> int:
-        """``fits``, ``add`` and ``full`` in one call: ``NO_ROOM`` (not added), ``ADDED``,
-        or ``FILLED`` (added, and no further event can join)."""
+        """Append ``event`` if it fits (an empty batch takes any): ``NO_ROOM`` (not added),
+        ``ADDED``, or ``FILLED`` (added, and no further event can join)."""
         events = self.events
         size = len(event.json)
         if events:
@@ -58,19 +46,14 @@ class Batch:
         events.append(event)
         return FILLED if len(events) >= self.max_count or self.size >= self.max_bytes else ADDED
 
-    @property
-    def full(self) -> bool:
-        """True when no further event can join."""
-        return len(self.events) >= self.max_count or self.size >= self.max_bytes
-
 
 def batches(events: Iterable[WireEvent], max_count: int, max_bytes: int) -> Iterator[List[WireEvent]]:
     """Cut ``events`` into consecutive batches within both limits."""
     batch = Batch(max_count, max_bytes)
     for event in events:
-        if not batch.fits(event):
+        if batch.offer(event) == NO_ROOM:
             yield batch.events
             batch = Batch(max_count, max_bytes)
-        batch.add(event)
+            batch.offer(event)
     if batch:
         yield batch.events

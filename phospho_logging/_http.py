@@ -218,7 +218,6 @@ class HTTPExporter:
 
     def export(self, events: Sequence[WireEvent], timeout: float) -> ExportResult:
         """POST one batch and classify the answer; never raises for network problems."""
-
         url = self.destination
         session = self._session
         if session is None:

@@ -129,14 +129,6 @@ class Held:
         self._lock = threading.Lock()
         self._settled = False
 
-    def add(self, event: WireEvent) -> bool:
-        """Append ``event``; False if the batch was claimed meanwhile (then it is not added)."""
-        with self._lock:
-            if self._settled:
-                return False
-            self.batch.add(event)
-            return True
-
     def offer(self, event: WireEvent) -> int:
         """``Batch.offer`` unless the batch was claimed meanwhile: ``CLAIMED`` then."""
         with self._lock:

@@ -15,7 +15,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import pytest
 
@@ -221,6 +221,23 @@ class TestBackendDown:
 API_ANSWER = b'{"logged_events": []}'
 
 
+def _three_slow_answers(local_dir: Path, **slow: float) -> Tuple[Dict[str, Any], Set[str], Set[str]]:
+    """A child logs 50 tasks (timeout 1 s, 2 attempts) to a server whose first three
+    answers are slow (``answer_next``'s ``drip`` or ``drip_head``); it must exit on time with
+    every task sent or spooled. Returns its stats and the inputs delivered and spooled."""
+    with PhosphoTestServer() as server:
+        server.answer_next(200, API_ANSWER, count=3, content_type="application/json", **slow)
+        child = Child(env_for(server.url, local_dir, 50, flush=20, timeout=1.0, max_attempts=2,
+                              shutdown_timeout=SHUTDOWN), stdin_wait=True).finish()
+        stats = child.report["stats"]
+        assert child.exit_seconds < EXIT_LIMIT, child.exit_seconds
+        assert stats["sent"] + stats["spooled"] == 50 and stats["requests"] >= 2, stats
+        delivered = {t["input"] for t in server.tasks}
+    left = set(spooled(local_dir))
+    assert delivered | left == {f"q{i}" for i in range(50)}
+    return stats, delivered, left
+
+
 class TestBadAnswers:
     """Answers that must not hold the sender, fill its memory, or pass for delivery."""
 
@@ -228,16 +245,7 @@ class TestBadAnswers:
         """A 200 whose body arrives a byte every 0.3 s: each request ends at its timeout
         (not per socket read), the batch is retried or spooled, nothing is lost, and the
         next start delivers what was kept."""
-        with PhosphoTestServer() as server:
-            server.answer_next(200, API_ANSWER, count=3, content_type="application/json", drip=0.3)
-            child = Child(env_for(server.url, local_dir, 50, flush=20, timeout=1.0, max_attempts=2,
-                                  shutdown_timeout=SHUTDOWN), stdin_wait=True).finish()
-            stats = child.report["stats"]
-            assert child.exit_seconds < EXIT_LIMIT, child.exit_seconds
-            assert stats["sent"] + stats["spooled"] == 50 and stats["requests"] >= 2, stats
-            delivered = {t["input"] for t in server.tasks}
-        left = set(spooled(local_dir))
-        assert delivered | left == {f"q{i}" for i in range(50)}
+        stats, delivered, left = _three_slow_answers(local_dir, drip=0.3)
         with PhosphoTestServer() as server:
             replay(server, local_dir, len(left - delivered))
             assert set(t["input"] for t in server.tasks) | delivered == {f"q{i}" for i in range(50)}
@@ -246,17 +254,8 @@ class TestBadAnswers:
         """A server that sends its status line and headers a byte every 0.3 s (about 25 s
         for the whole head): each request still ends at its 1 s timeout, nothing is lost,
         and exit stays on time."""
-        with PhosphoTestServer() as server:
-            server.answer_next(200, API_ANSWER, count=3, content_type="application/json", drip_head=0.3)
-            child = Child(env_for(server.url, local_dir, 50, flush=20, timeout=1.0, max_attempts=2,
-                                  shutdown_timeout=SHUTDOWN), stdin_wait=True).finish()
-            stats = child.report["stats"]
-            assert child.exit_seconds < EXIT_LIMIT, child.exit_seconds
-            assert stats["sent"] + stats["spooled"] == 50 and stats["requests"] >= 2, stats
-            assert "too slow to arrive whole" in (stats["last_error"] or "") or stats["sent"] == 50, stats
-            delivered = {t["input"] for t in server.tasks}
-        left = set(spooled(local_dir))
-        assert delivered | left == {f"q{i}" for i in range(50)}
+        stats, _, _ = _three_slow_answers(local_dir, drip_head=0.3)
+        assert "too slow to arrive whole" in (stats["last_error"] or "") or stats["sent"] == 50, stats
 
     def test_an_endless_answer(self, local_dir: Path) -> None:
         """A 200 of 320 MB: the sender reads at most its cap (memory stays bounded), takes
