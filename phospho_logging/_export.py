@@ -42,7 +42,13 @@ class WireEvent(NamedTuple):
 
 def request_body(events: Sequence[WireEvent]) -> bytes:
     """The body of ``POST /v2/log/{project_id}`` for these events."""
-    return b'{"batched_log_events":[' + b",".join(e.json for e in events) + b"]}"
+    if not events:
+        return b'{"batched_log_events":[]}'
+    parts = [e.json for e in events]
+    # The envelope joins the first and last events: the body is made in one copy.
+    parts[0] = b'{"batched_log_events":[' + parts[0]
+    parts[-1] = parts[-1] + b"]}"
+    return b",".join(parts)
 
 
 #: What an ``ExportResult`` can say, and what the engine does about it.
