@@ -7,6 +7,7 @@ library are translated here, once, into ``ExportResult`` values (``_export.KINDS
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import itertools
 import json
@@ -200,6 +201,7 @@ class HTTPExporter:
         import requests  # noqa: F401
 
         self.destination = endpoint
+        self._secret = api_key
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -217,7 +219,11 @@ class HTTPExporter:
         return f"HTTPExporter({self.destination!r})"
 
     def export(self, events: Sequence[WireEvent], timeout: float) -> ExportResult:
-        """POST one batch and classify the answer; never raises for network problems."""
+        """POST one batch and classify the answer; never raises for network problems.
+        Text that came from the server (a 401 may echo the token) never holds the key."""
+        return without_secret(self._export(events, timeout), self._secret)
+
+    def _export(self, events: Sequence[WireEvent], timeout: float) -> ExportResult:
         url = self.destination
         session = self._session
         if session is None:
@@ -264,6 +270,21 @@ class HTTPExporter:
             _inherited.append(self._session)  # never closed here: the sockets are the parent's
         self._session = None
         self._session_lock = threading.Lock()  # a parent's thread may have held it at the fork
+
+
+#: What stands for the API key in text from the server.
+HIDDEN_KEY = "[api key hidden]"
+
+
+def without_secret(result: ExportResult, secret: str) -> ExportResult:
+    """``result`` with ``secret`` removed from its texts (its error and rejection reasons)."""
+    if not secret or (secret not in result.error and not any(secret in r for r in result.rejected.values())):
+        return result
+    return dataclasses.replace(
+        result,
+        error=result.error.replace(secret, HIDDEN_KEY),
+        rejected={i: r.replace(secret, HIDDEN_KEY) for i, r in result.rejected.items()},
+    )
 
 
 def _failure(exc: Exception, url: str, timeout: float, deadline: float) -> ExportResult:

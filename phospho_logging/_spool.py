@@ -78,7 +78,8 @@ class Spool:
         lease = now + LEASE if leased else 0.0
         pid = os.getpid()
         rows = [(self.destination, tid, now, lease, pid, enc) for tid, enc in zip(task_ids, encoded)]
-        with self._transaction(wait) as conn:
+
+        def put_rows(conn: sqlite3.Connection) -> Tuple[int, int]:
             stored = insert_rows(
                 conn,
                 "INSERT OR IGNORE INTO outbox (destination, task_id, spooled_at, lease_until, owner, event) VALUES",
@@ -92,7 +93,9 @@ class Spool:
                     "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE destination = ? ORDER BY id LIMIT ?)",
                     (self.destination, evicted),
                 )
-        return stored, evicted
+            return stored, evicted
+
+        return self._db.write(put_rows, wait)  # type: ignore[no-any-return]
 
     def claim(self, limit: int, wait: Optional[float] = None) -> List[Tuple[int, bytes]]:
         """Lease the oldest ``limit`` rows nobody else holds: [(row id, event bytes)]."""

@@ -81,10 +81,23 @@ def after_fork_in_child() -> None:
     _lock = threading.RLock()
 
 
+class StoreReplaced(sqlite3.OperationalError):
+    """The store was found damaged during an operation and moved aside: the operation may
+    be run again at once, on a new store."""
+
+
+def is_damaged(exc: BaseException) -> bool:
+    """True for SQLite's "not a database" and "malformed" errors (a locked, read-only or
+    full store is an ``OperationalError`` instead, and is not damaged)."""
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+
+
 def move_aside(path: Path, exc: Exception) -> None:
     """Rename a damaged store (and its -wal/-shm files) out of the way, saying so once."""
+    global _generation
     for conn in list(_open_connections):
         close_connection(conn)  # any connection may be to the damaged file
+    _generation += 1  # every thread reopens
     target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
     for suffix in ("", "-wal", "-shm"):
         source = Path(str(path) + suffix)
@@ -106,14 +119,52 @@ def move_aside(path: Path, exc: Exception) -> None:
 BUSY_TIMEOUT = 10.0
 
 
+class StoreRefused(OSError):
+    """The store's path is a symbolic link (or its -wal/-shm file is): never followed."""
+
+
+def make_private_dir(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each 0700 whatever the umask (those
+    that exist are left as they are)."""
+    missing: List[Path] = []
+    current = directory
+    while not os.path.lexists(current) and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by another process: theirs
+        os.chmod(folder, 0o700)  # the umask may have taken bits away
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def _refuse_links(path: Path) -> None:
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if os.path.islink(candidate):
+            raise StoreRefused(f"{candidate} is a symbolic link; phospho-logging does not follow links for its "
+                               "local files (another program's database could be written). Remove the link, or "
+                               "set PHOSPHO_LOCAL_DIR to another directory")
+
+
 def connect(path: Path, *, create: bool = True, wait: float = BUSY_TIMEOUT) -> sqlite3.Connection:
     """Open (and if needed create, owner-only) the store at ``path``, waiting at most
-    ``wait`` seconds for another connection's lock."""
+    ``wait`` seconds for another connection's lock. A symbolic link at the store's path
+    (or its -wal/-shm) is refused (``StoreRefused``), never followed."""
+    _refuse_links(path)
     if create:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # Create the file ourselves so its mode is 0600 from the first byte; SQLite gives
-        # its -wal and -shm files the same mode.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        make_private_dir(path.parent)
+        # Create the file ourselves so its mode is 0600 from the first byte, whatever the
+        # umask; SQLite gives its -wal and -shm files the same mode.
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+        except FileExistsError:
+            fd = os.open(path, os.O_RDWR | _NOFOLLOW)
+        else:
+            os.fchmod(fd, 0o600)
         os.close(fd)
     elif not path.exists():
         raise FileNotFoundError(str(path))
@@ -209,17 +260,44 @@ class Database:
 
     @contextlib.contextmanager
     def transaction(self, wait: Optional[float] = None) -> Iterator[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE), committed on success."""
+        """A write transaction (BEGIN IMMEDIATE), committed on success. A store SQLite
+        finds damaged meanwhile is moved aside (``StoreReplaced``: run it again)."""
         with _locked(wait) as left:
             conn = self._conn(left)
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                yield conn
+            try:
+                with conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    yield conn
+            except sqlite3.DatabaseError as exc:
+                self._damaged(exc)
+                raise
 
     def query(self, sql: str, params: Sequence[Any] = (), wait: Optional[float] = None) -> List[Any]:
-        """Rows of a read."""
+        """Rows of a read (``StoreReplaced`` as for ``transaction``)."""
         with _locked(wait) as left:
-            return self._conn(left).execute(sql, params).fetchall()
+            try:
+                return self._conn(left).execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                self._damaged(exc)
+                raise
+
+    def _damaged(self, exc: sqlite3.DatabaseError) -> None:
+        """Move the store aside if ``exc`` says it is damaged (raising ``StoreReplaced``)."""
+        if is_damaged(exc):
+            move_aside(self.path, exc)
+            raise StoreReplaced(f"the local store {self.path} was damaged ({exc}); it was moved aside") from exc
+
+    def write(self, body: Callable[[sqlite3.Connection], Any], wait: Optional[float] = None) -> Any:
+        """``body`` in a transaction; run once more on a new store if the store was found
+        damaged (and moved aside) meanwhile."""
+        for attempt in (0, 1):
+            try:
+                with self.transaction(wait) as conn:
+                    return body(conn)
+            except StoreReplaced:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         """Close this thread's connection (soon, or not at all if another thread holds the
@@ -273,9 +351,9 @@ class LocalStoreExporter:
         now = time.time()
         rows = [(e.task_id, e.session_id, e.created, now, e.json.decode("utf-8")) for e in events]
         try:
-            with self._db.transaction(wait=min(timeout, BUSY_TIMEOUT)) as conn:
-                insert_rows(conn, "INSERT OR IGNORE INTO tasks (task_id, session_id, created_at, stored_at, event) "
-                                  "VALUES", rows)
+            self._db.write(lambda conn: insert_rows(
+                conn, "INSERT OR IGNORE INTO tasks (task_id, session_id, created_at, stored_at, event) VALUES", rows,
+            ), wait=min(timeout, BUSY_TIMEOUT))
         except (sqlite3.Error, OSError) as exc:
             self.close()
             return ExportResult.retry(f"cannot write the local store {self.path}: {exc}")

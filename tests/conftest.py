@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Iterator, List
 
@@ -65,6 +67,15 @@ def diag() -> Iterator[List[str]]:
         yield messages
     finally:
         _diag.logger.removeHandler(handler)
+
+
+def said(diag: List[str], text: str, timeout: float = 10) -> int:
+    """How many of the ``diag`` notices hold ``text``, once one does (notices are said from
+    the control thread: bounded polling, at most ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while not any(text in m for m in diag) and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
+    return sum(text in m for m in diag)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import pytest
 
 from phospho_logging.testing import PhosphoTestServer
+from tests.conftest import said
 from tests.test_exit import child_env
 
 CHILD = """
@@ -240,6 +241,32 @@ def _three_slow_answers(local_dir: Path, **slow: float) -> Tuple[Dict[str, Any],
 
 class TestBadAnswers:
     """Answers that must not hold the sender, fill its memory, or pass for delivery."""
+
+    def test_the_key_echoed_by_the_server_is_never_shown(self, tmp_path: Path, diag: List[str],
+                                                         capsys: pytest.CaptureFixture) -> None:
+        """A 401 (and a per-event rejection) whose text echoes the token: the key is in no
+        warning, not in stats()["last_error"], not in ``check``'s output."""
+        import logging
+
+        import phospho_logging
+        from phospho_logging.cli import main
+
+        with PhosphoTestServer() as server:
+            key = server.api_key
+            server.fail_next(401, count=50, body={"detail": f"Invalid token Bearer {key} for this project"})
+            pipeline = phospho_logging.configure(api_key=key, project_id=server.project_id, base_url=server.url,
+                                                 local_dir=str(tmp_path), max_attempts=1)
+            logging.getLogger("phospho").info("t", extra={"input": "q"})
+            pipeline.flush(timeout=10)
+            last_error = pipeline.stats()["last_error"] or ""
+            phospho_logging.shutdown(timeout=5)
+            assert "Invalid token Bearer [api key hidden]" in last_error and key not in last_error
+            assert main(["check", "--api-key", key, "--project-id", server.project_id, "--base-url", server.url,
+                         "--local-dir", str(tmp_path)]) != 0
+        out = capsys.readouterr()
+        assert "[api key hidden]" in out.err + out.out
+        assert key not in out.err + out.out
+        assert said(diag, "rejected the API key") and not any(key in message for message in diag)
 
     def test_a_dripping_answer(self, local_dir: Path) -> None:
         """A 200 whose body arrives a byte every 0.3 s: each request ends at its timeout

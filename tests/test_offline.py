@@ -9,11 +9,13 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import List
 
 import pytest
 
 import phospho_logging
 from phospho_logging import _store
+from tests.conftest import said
 from tests.test_exit import child_env
 
 log = logging.getLogger("phospho")
@@ -101,6 +103,101 @@ class TestLocalStore:
         log.info("t", extra={"input": "q"})
         assert pipeline.flush(timeout=20) is False
         assert pipeline.stats()["dropped"] == 1
+
+
+def _other_app_db(path: Path) -> None:
+    """Another program's SQLite database (rollback journal, one table)."""
+    conn = sqlite3.connect(str(path))
+    try:
+        conn.execute("CREATE TABLE theirs (x)")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+class TestLocalFiles:
+    """The files the package creates: never through a link, private whatever the umask,
+    and a damaged store moved aside whenever SQLite finds it damaged."""
+
+    def test_a_link_at_the_store_path_is_not_followed(self, tmp_path: Path, diag: List[str]) -> None:
+        """A symlink to another program's database: that database is left as it was (no
+        tables of ours, no WAL mode); the task is counted as lost and the link named."""
+        other = tmp_path / "other.db"
+        _other_app_db(other)
+        store_dir = tmp_path / "store"
+        store_dir.mkdir()
+        (store_dir / "tasks.sqlite3").symlink_to(other)
+        pipeline = phospho_logging.configure(local_dir=str(store_dir), max_attempts=1)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=20) is False
+        assert pipeline.stats()["dropped"] == 1
+        conn = sqlite3.connect(str(other))
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert tables == {"theirs"}
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        finally:
+            conn.close()
+        assert said(diag, "symbolic link") >= 1
+
+    def test_a_dangling_link_creates_nothing(self, tmp_path: Path) -> None:
+        """A link to a path that does not exist: no database is created there."""
+        target = tmp_path / "elsewhere" / "made.db"
+        target.parent.mkdir()
+        store_dir = tmp_path / "store"
+        store_dir.mkdir()
+        (store_dir / "tasks.sqlite3").symlink_to(target)
+        pipeline = phospho_logging.configure(local_dir=str(store_dir), max_attempts=1)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=20) is False
+        assert not target.exists() and list(target.parent.iterdir()) == []
+
+    def test_private_whatever_the_umask(self, tmp_path: Path) -> None:
+        """Under umask 000 the missing parents of local_dir are created 0700 and the store
+        0600; a directory that existed keeps its mode."""
+        tmp_path.chmod(0o755)
+        local_dir = tmp_path / "home" / ".local" / "share" / "phospho-logging"
+        code = (
+            "import logging, os, sys, phospho_logging\n"
+            "os.umask(0)\n"
+            "p = phospho_logging.configure(local_dir=sys.argv[1])\n"
+            "logging.getLogger('phospho').info('t', extra={'input': 'q'})\n"
+            "assert p.flush(timeout=20)\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code, str(local_dir)], env=child_env({}), capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        for folder in (tmp_path / "home", tmp_path / "home" / ".local", tmp_path / "home" / ".local" / "share",
+                       local_dir):
+            assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+        for name in ("tasks.sqlite3", "tasks.sqlite3-wal", "tasks.sqlite3-shm"):
+            if (local_dir / name).exists():
+                assert stat.S_IMODE((local_dir / name).stat().st_mode) == 0o600, name
+        assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+
+    def test_damaged_pages_are_moved_aside_while_running(self, tmp_path: Path, diag: List[str]) -> None:
+        """A store whose header is intact but whose pages are damaged opens fine and then
+        fails writes as "malformed": it is moved aside then, with one warning, and the
+        task goes to a new store instead of being lost."""
+        path = tmp_path / "tasks.sqlite3"
+        conn = _store.connect(path)
+        try:
+            conn.execute("PRAGMA journal_mode = DELETE")  # everything in the main file
+            _store.insert_rows(conn, "INSERT INTO tasks (task_id, session_id, created_at, stored_at, event) VALUES",
+                               [(f"t{i}", None, 0, 0.0, "x" * 2000) for i in range(500)])
+        finally:
+            _store.close_connection(conn)
+        size = path.stat().st_size
+        with open(path, "r+b") as f:  # damage pages in the middle; the header page stays
+            f.seek(size // 2)
+            f.write(b"\xff" * (size // 4))
+        pipeline = phospho_logging.configure(local_dir=str(tmp_path), max_attempts=1)
+        log.info("t", extra={"input": "after the damage"})
+        assert pipeline.flush(timeout=20)
+        assert [e["input"] for e in _store.latest(path)] == ["after the damage"]
+        aside = [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+        assert aside and pipeline.stats()["dropped"] == 0
+        assert said(diag, "could not be read") == 1
 
 
 class TestQuickstart:
