@@ -32,6 +32,7 @@ EXIT_PROJECT = 4  # 404: unknown project
 EXIT_UNREACHABLE = 5  # connection refused, DNS, timeout
 EXIT_TLS = 6  # certificate or TLS handshake problem
 EXIT_HTTP = 7  # any other HTTP status
+EXIT_STORE = 8  # the local directory (the store, the spool) cannot be written
 EXIT_INTERRUPTED = 130
 
 #: check sends one request and waits this long at most (push uses the ``timeout`` option).
@@ -93,9 +94,27 @@ def no_credentials(path: Path) -> str:
     )
 
 
+def unwritable_store(path: Path) -> CLIError:
+    """The error for a local directory that cannot be written, or an empty CLIError
+    (code ``EXIT_OK``) when it can."""
+    why = _store.unwritable(path.parent)
+    if why is None:
+        return CLIError("", EXIT_OK)
+    return CLIError(f"the local directory {path.parent} cannot be written ({why}): tasks the app keeps there "
+                    "(offline, or the spool when phospho cannot be reached) are lost; set PHOSPHO_LOCAL_DIR "
+                    "(or --local-dir) to a writable directory", EXIT_STORE)
+
+
 def require_store(path: Path) -> None:
     if not path.exists():
-        raise CLIError(f"no local store at {path} yet: log a task first (see examples/quickstart.py)")
+        existing = path.parent
+        while not os.path.lexists(existing) and existing != existing.parent:
+            existing = existing.parent  # the app would create what is missing below it
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+            raise CLIError(f"no local store at {path}, and {existing} cannot be written, so the app cannot keep "
+                           "tasks there (set PHOSPHO_LOCAL_DIR to a writable directory)", EXIT_STORE)
+        raise CLIError(f"no local store at {path} yet: log a task first (`phospho-logging check` shows where "
+                       "tasks go)")
 
 
 @contextlib.contextmanager
@@ -171,12 +190,17 @@ def cmd_check(args: argparse.Namespace) -> int:
         out(f"  {label:<13}{value or defaults[label]}  ({source})\n")
     path = store_path(args)
     options = options_from(args)
+    store_error = unwritable_store(path)
     if not options.online:
         out(f"  tasks go to  the local store {path} (offline)\n")
         sys.stdout.flush()
-        raise CLIError(no_credentials(path), EXIT_CONFIG)
+        if store_error.code:
+            raise store_error
+        out("offline: the local store can be written, so tasks are kept there (`phospho-logging tail` shows "
+            "them); set PHOSPHO_API_KEY and PHOSPHO_PROJECT_ID to send them to phospho\n")
+        return EXIT_OK
     out(f"  tasks go to  {options.endpoint}\n")
-    waiting = spool_count(path, options.project_id)
+    waiting = spool_count(path, options.project_id) if not store_error.code else 0
     out(f"  spool        {path} ({waiting} task(s) waiting for this project)\n")
     out("checking the key and project with an empty batch... ")
     sys.stdout.flush()
@@ -192,6 +216,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         raise explain(result, options)
     out(f"ok (HTTP 200 in {time.monotonic() - started:.2f} s)\n")
+    if store_error.code:
+        raise store_error
     if waiting:
         out(f"{waiting} task(s) wait in the spool: `phospho-logging push` sends them now "
             "(your app also sends them on its next start)\n")

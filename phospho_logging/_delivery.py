@@ -343,6 +343,8 @@ def _reason(result: ExportResult) -> str:
         return "exporter_error"
     if result.cause == "not_api":
         return "not_the_api"
+    if result.cause == "storage":
+        return "local_store_error"
     return "unreachable" if result.kind == "retry" else result.kind
 
 

@@ -9,6 +9,7 @@ attached, Python's last-resort handler prints its warnings to stderr; attach a h
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 
@@ -21,6 +22,13 @@ _suppressed: dict[str, int] = {}
 
 #: Seconds during which a repeated problem of the same kind is counted, not printed.
 REPEAT_INTERVAL = 60.0
+
+
+def quiet(key: str) -> None:
+    """``key``'s problem was already explained (by a notice of its own): its ``warn_once``
+    reports are counted silently for the rest of the run."""
+    with _lock:
+        _last[key] = math.inf
 
 
 def warn_once(key: str, message: str, *args: object, level: int = logging.WARNING) -> None:

@@ -76,8 +76,9 @@ class ExportResult:
         status: the HTTP status, if there was one.
         retry_after: the server's wish, in seconds, before the next try.
         cause: for failures without a status: ``"timeout"``, ``"refused"``, ``"dns"``,
-            ``"tls"`` or ``"connection"`` (and ``"exporter"`` when the engine made the
-            result because the exporter raised or returned something else).
+            ``"tls"``, ``"connection"``, ``"storage"`` (a local file could not be written),
+            and ``"exporter"`` when the engine made the result because the exporter raised
+            or returned something else.
     """
 
     kind: str

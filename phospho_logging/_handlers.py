@@ -14,13 +14,13 @@ import logging
 import sys
 from typing import Any, Dict, NamedTuple, Optional
 
-from . import _context, _lifecycle
+from . import _context, _diag, _lifecycle
 from ._config import Options, TextFunction, resolve
 from ._engine import Engine
 from ._item import Snapshot, carried, plain_record
 from ._lifecycle import OWN_IO, made_by_own_io
 from ._snapshot import snapshot_record
-from ._store import LocalStoreExporter
+from ._store import LocalStoreExporter, unwritable
 
 _context_get = _context.current
 
@@ -53,12 +53,22 @@ def notice_offline(engine: Engine) -> None:
     if not isinstance(engine.exporter, LocalStoreExporter) or engine.destination in _noticed:
         return
     _noticed.add(engine.destination)
+    directory = engine.exporter.path.parent
+    why = unwritable(directory)
+    if why is None:
+        text = (f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks are kept in the "
+                f"{engine.destination}.\nphospho-logging: see them with `phospho-logging tail`; "
+                "set both variables to send them to phospho.\n")
+    else:
+        # Said here, once: the failed writes that follow are counted without another line
+        # (the exit report gives the tally).
+        _diag.quiet("dropped:local_store_error")
+        text = (f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks go to the local store, "
+                f"but its directory {directory} cannot be written ({why}): the tasks logged are lost, counted "
+                "in stats()['dropped'].\nphospho-logging: set PHOSPHO_LOCAL_DIR (or local_dir=) to a writable "
+                "directory, or set PHOSPHO_API_KEY and PHOSPHO_PROJECT_ID to send them to phospho.\n")
     try:
-        sys.stderr.write(
-            f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks are kept in the "
-            f"{engine.destination}.\nphospho-logging: see them with `phospho-logging tail`; "
-            "set both variables to send them to phospho.\n"
-        )
+        sys.stderr.write(text)
     except Exception:  # noqa: BLE001 - a closed stderr must not break the app
         pass
 

@@ -299,9 +299,10 @@ class Settler:
                 why = "; shutdown_timeout ran out"
             else:
                 why = ""
-            _diag.warn_once("exit_lost:" + str(id(owner)),
-                            "%d task(s) of this run could not be delivered or kept (%s)%s",
-                            sum(lost.values()) + unsettled, ", ".join(parts), why)
+            what = ("could not be kept in the local store" if getattr(self.exporter, "local", False) is True
+                    else "could not be delivered or kept")
+            _diag.warn_once("exit_lost:" + str(id(owner)), "%d task(s) of this run %s (%s)%s",
+                            sum(lost.values()) + unsettled, what, ", ".join(parts), why)
         if self.spool is None or not books.spooled:
             return
         if finished:  # the worker is done with the spool: how many wait there is exact

@@ -139,6 +139,20 @@ def make_private_dir(directory: Path) -> None:
         os.chmod(folder, 0o700)  # the umask may have taken bits away
 
 
+def unwritable(directory: Path) -> Optional[str]:
+    """Why the store cannot be created in ``directory`` (made if missing, 0700), or None
+    when a file can be created there."""
+    try:
+        make_private_dir(directory)
+        probe = directory / f".phospho-logging-probe-{os.getpid()}-{threading.get_ident()}"
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -356,7 +370,7 @@ class LocalStoreExporter:
             ), wait=min(timeout, BUSY_TIMEOUT))
         except (sqlite3.Error, OSError) as exc:
             self.close()
-            return ExportResult.retry(f"cannot write the local store {self.path}: {exc}")
+            return ExportResult.retry(f"cannot write the local store {self.path}: {exc}", cause="storage")
         return ExportResult.delivered()
 
     def close(self) -> None:

@@ -116,13 +116,26 @@ class TestCheck:
         assert "($PHOSPHO_API_KEY)" in out and "($PHOSPHO_BASE_URL)" in out and str(tmp_path) in out
         assert len(server.requests) == 1
 
-    def test_no_credentials_exit_2(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-        """Without a key and project: exit 2, how to set them, and that tasks stay local."""
-        assert main(["check", "--local-dir", str(tmp_path)]) == 2
+    def test_offline_with_a_writable_store_exit_0(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        """Without a key and project (offline, a supported mode) and a writable local
+        directory: exit 0, a line saying tasks are kept locally and how to send them."""
+        assert main(["check", "--local-dir", str(tmp_path)]) == 0
         captured = capsys.readouterr()
         assert "(not set)" in captured.out and "local store" in captured.out
-        assert captured.err.count("\n") == 1 and captured.err.startswith("phospho-logging: ")
-        assert "PHOSPHO_API_KEY" in captured.err and "offline" in captured.err
+        assert "offline: the local store can be written" in captured.out and "PHOSPHO_API_KEY" in captured.out
+        assert captured.err == ""
+
+    @pytest.mark.parametrize("online", [False, True])
+    def test_unwritable_local_dir_exit_8(self, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         server: PhosphoTestServer, online: bool) -> None:
+        """A local directory that cannot be written (a file where it should be): exit 8,
+        naming the directory and what to set, offline and online (the spool) alike."""
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        args = ["check", "--local-dir", str(blocker / "store")] + (credentials(server) if online else [])
+        assert main(args) == 8
+        err = capsys.readouterr().err
+        assert str(blocker / "store") in err and "PHOSPHO_LOCAL_DIR" in err and err.count("\n") == 1
 
     def test_half_the_credentials_exit_2(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         """A key without a project id is a configuration error (exit 2) naming what is missing."""
@@ -263,6 +276,15 @@ class TestTail:
         first, last = (json.loads(line) for line in capsys.readouterr().out.splitlines())
         assert first["_source"] == "store" and "_project" not in first
         assert last == {**last, "task_id": ids[0], "_source": "spool", "_project": "p1"}
+
+    def test_store_that_cannot_be_made_is_said(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        """No store, and a local directory that cannot be created: exit 8 saying so (not
+        "log a task first")."""
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        assert main(["tail", "--local-dir", str(blocker / "store")]) == 8
+        err = capsys.readouterr().err
+        assert "cannot be written" in err and "log a task first" not in err
 
     def test_missing_store_is_one_line(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         """No store yet: a one-line explanation and exit code 1, no traceback."""

@@ -175,6 +175,66 @@ class TestLocalFiles:
                 assert stat.S_IMODE((local_dir / name).stat().st_mode) == 0o600, name
         assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
 
+    def test_offline_with_an_unwritable_directory_says_so_once(self, tmp_path: Path) -> None:
+        """No credentials and a local directory that cannot be written: the start-up line
+        says so (naming the directory, that tasks are lost, what to set), in offline words;
+        no line per failed write; at exit, how many were lost. configure() does not raise
+        (a logging setup must not stop the app)."""
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        code = (
+            "import logging, phospho_logging\n"
+            "p = phospho_logging.configure(max_attempts=1)\n"
+            "for i in range(100):\n"
+            "    logging.getLogger('phospho').info('t', extra={'input': str(i)})\n"
+            "p.flush(timeout=10)\n"
+            "for i in range(100):\n"
+            "    logging.getLogger('phospho').info('t', extra={'input': str(i)})\n"
+            "print(p.stats()['dropped_by_reason'])\n"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], env=child_env({"PHOSPHO_LOCAL_DIR": str(blocker / "s")}),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 3, proc.stderr
+        assert str(blocker / "s") in lines[0] and "cannot be written" in lines[0] and "lost" in lines[0]
+        assert "PHOSPHO_LOCAL_DIR" in lines[1]
+        assert lines[2] == ("phospho-logging: 200 task(s) of this run could not be kept in the local store "
+                            "(200 local_store_error)")
+        assert "endpoint" not in proc.stderr and "spool" not in proc.stderr and "are kept" not in proc.stderr
+
+    def test_exit_on_time_when_another_process_holds_the_spool(self, tmp_path: Path) -> None:
+        """Another process holds the SQLite file (BEGIN EXCLUSIVE: a backup, a `push`) while
+        the backend refuses, so every batch goes to the locked spool: every wait on it is
+        bounded by the time left, exit with shutdown_timeout=2 takes about 2 s, and the
+        tasks that could not be kept are counted in the exit report. (Offline, with the
+        local store locked: ``TestEdges::test_exit_with_the_store_locked_by_another_process``.)"""
+        from tests.test_guarantees import time_exit
+
+        path = tmp_path / "tasks.sqlite3"
+        _store.close_connection(_store.connect(path))
+        locker = subprocess.Popen(
+            [sys.executable, "-c", "import sqlite3, sys\n"
+             "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+             "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.readline()", str(path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+            env = {"PHOSPHO_LOCAL_DIR": str(tmp_path), "PHOSPHO_API_KEY": "k", "PHOSPHO_PROJECT_ID": "p",
+                   "PHOSPHO_BASE_URL": "http://127.0.0.1:9"}  # nothing listens: every batch goes to the spool
+            seconds, code, err = time_exit("""
+                import logging, phospho_logging
+                phospho_logging.configure(shutdown_timeout=2, max_attempts=1)
+                for i in range(200):
+                    logging.getLogger("phospho").info("t", extra={"input": f"q{i}"})
+                print("exit now", flush=True)
+            """, env)
+        finally:
+            locker.communicate("\n", timeout=10)
+        assert code == 0, err
+        assert seconds < 2 + 1.0, seconds
+        assert "200 task(s) of this run could not be delivered or kept" in err, err
+
     def test_damaged_pages_are_moved_aside_while_running(self, tmp_path: Path, diag: List[str]) -> None:
         """A store whose header is intact but whose pages are damaged opens fine and then
         fails writes as "malformed": it is moved aside then, with one warning, and the
