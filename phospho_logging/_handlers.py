@@ -73,6 +73,24 @@ def notice_offline(engine: Engine) -> None:
         pass
 
 
+#: Loggers already told that a record with an output but no input is not a task.
+_no_input_said: set[str] = set()
+#: Past this many loggers, no more such notices (logger names made per request).
+NO_INPUT_NOTICES = 100
+
+
+def notice_no_input(record: logging.LogRecord) -> None:
+    """Say once per logger that a record carrying task fields without an ``input`` is not
+    a task (from the control thread: safe in a signal handler)."""
+    name = record.name if type(record.name) is str else repr(record.name)
+    if name in _no_input_said or len(_no_input_said) >= NO_INPUT_NOTICES:
+        return
+    _no_input_said.add(name)
+    _lifecycle.report("no_input:" + name, "logger %r logged a record with an 'output' or a 'session_id' but no "
+                      "'input': it is not a task and is not shipped (add extra={'input': ...}); said once per "
+                      "logger", name)
+
+
 def apply_filters(handler: logging.Handler, record: logging.LogRecord) -> Optional[logging.LogRecord]:
     """The record to handle after the handler's filters (which may replace it), or None."""
     if not handler.filters:
@@ -121,9 +139,12 @@ class TaskIntake:
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
         """Snapshot a task-carrying record and submit it; ignore the others (one dict
         lookup). No handler lock: nothing here waits, and the queue is thread-safe."""
-        if "input" not in record.__dict__:
+        attrs = record.__dict__
+        if "input" not in attrs:
             if type(record.msg) is dict and "input" in record.msg:
                 return self._handle_general(record)  # a structlog event dict
+            if "output" in attrs or "session_id" in attrs:
+                notice_no_input(record)
             return False
         engine = self._short_engine
         if engine is not None:

@@ -370,6 +370,39 @@ class TestRecoverable:
             assert "output" in task["metadata"]["phospho_logging_truncated"]
             assert len(task["output"]) < 6000
 
+    def test_many_small_metadata_keys_fit_the_request_limit(self, local_dir: Path) -> None:
+        """One event with 100,000 small metadata keys (1.5 MB) behind a 1 MB body limit:
+        cut to max_batch_bytes before sending (metadata keys dropped, marked as truncation
+        is), so the server takes it on the first request instead of refusing it."""
+        code = """
+            import logging, phospho_logging
+            p = phospho_logging.configure(max_batch_bytes=1_000_000)
+            metadata = {f"k{i}": i for i in range(100_000)}
+            logging.getLogger("phospho").info("t", extra={"input": "q", "metadata": metadata})
+            assert p.flush(timeout=30)
+        """
+        with PhosphoTestServer(max_body_bytes=1_000_000) as server:
+            result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                                    env=child_env(env_for(server.url, local_dir, 0)), timeout=60)
+            assert result.returncode == 0, result.stderr
+            assert [r.status for r in server.requests] == [200]
+            [task] = server.tasks
+            [cut] = task["metadata"]["phospho_logging_truncated"]
+            assert cut.startswith("metadata (") and cut.endswith("keys dropped)")
+            assert "truncated" in task["metadata"]["phospho_logging_problems"]
+
+    def test_400_is_split_like_422(self, local_dir: Path) -> None:
+        """A server that answers 400 to one event whatever the batch: the batch is split
+        until that event is isolated; it is rejected and counted, the others delivered,
+        and nothing is spooled to be replayed (and refused) at every start."""
+        with PhosphoTestServer() as server:
+            server.fail_next(400, count=4, after=0)  # the whole batch, then the halves with the bad event
+            child = Child(env_for(server.url, local_dir, 8, flush=30), stdin_wait=True).finish()
+            stats = child.report["stats"]
+            assert stats["spooled"] == 0 and spooled(local_dir) == [], stats
+            assert stats["sent"] + stats["rejected"] == 8 and stats["rejected"] >= 1, stats
+            assert len(server.tasks) == stats["sent"]
+
     def test_per_event_rejections(self, local_dir: Path) -> None:
         """Quota errors in a 200 reply: counted as rejected with the reason, not retried."""
         with PhosphoTestServer() as server:

@@ -56,6 +56,24 @@ class TestMessages:
         assert "phospho rejected the API key" in diag[0] and "phospho-logging check" in diag[0]
         assert not any("keeps failing" in m for m in diag)
 
+    def test_output_without_input_said_once_per_logger(self, tmp_path) -> None:
+        """A record with an output (or a session_id) but no input is not a task: one line
+        per logger says so and how to fix it; records of neither kind say nothing."""
+        result = run("""
+            import logging, phospho_logging
+            logging.getLogger().setLevel(logging.INFO)
+            p = phospho_logging.configure(logger="")
+            for _ in range(3):
+                logging.getLogger("app.a").info("done", extra={"output": "4"})
+            logging.getLogger("app.b").info("done", extra={"session_id": "s-1"})
+            logging.getLogger("app.c").info("plain")
+            assert p.flush(timeout=10) and p.stats()["sent"] == 0
+        """, {"PHOSPHO_LOCAL_DIR": str(tmp_path)})
+        assert result.returncode == 0, result.stderr
+        said = [line for line in result.stderr.splitlines() if "but no 'input'" in line]
+        assert len(said) == 2 and "'app.a'" in said[0] and "'app.b'" in said[1], result.stderr
+        assert "extra={'input': ...}" in said[0]
+
     def test_spool_total_said_at_exit(self, tmp_path) -> None:
         """With the backend down, exit says how many tasks wait in the spool and how to send them."""
         with PhosphoTestServer() as gone:

@@ -536,6 +536,18 @@ class TestOptions:
         with pytest.raises((ValueError, TypeError), match=message):
             phospho_logging.configure(**options)
 
+    def test_plain_http_refusal_names_both_switches(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The refusal names the option and the variable (dictConfig and docker-compose
+        users set variables), and the variable does let a trusted endpoint through."""
+        with pytest.raises(ValueError) as refused:
+            phospho_logging.configure(api_key="k", project_id="p", base_url="http://example.com")
+        assert "allow_insecure_http=True" in str(refused.value)
+        assert "PHOSPHO_ALLOW_INSECURE_HTTP=1" in str(refused.value)
+        monkeypatch.setenv("PHOSPHO_ALLOW_INSECURE_HTTP", "1")
+        pipeline = phospho_logging.configure(api_key="k", project_id="p", base_url="http://example.com")
+        assert pipeline.options.endpoint == "http://example.com/v2/log/p"
+        pipeline.shutdown(timeout=0)
+
     def test_insecure_http_allowed_explicitly(self) -> None:
         """allow_insecure_http=True lets a trusted plain-http endpoint through."""
         pipeline = phospho_logging.configure(api_key="k", project_id="p", base_url="http://example.com",
