@@ -303,11 +303,11 @@ class Settler:
                     else "could not be delivered or kept")
             _diag.warn_once("exit_lost:" + str(id(owner)), "%d task(s) of this run %s (%s)%s",
                             sum(lost.values()) + unsettled, what, ", ".join(parts), why)
-        if self.spool is None or not books.spooled:
+        if self.spool is None or not (books.spooled or books.replayed or self.spool.path.exists()):
             return
         if finished:  # the worker is done with the spool: how many wait there is exact
             try:
-                waiting = self.spool.count(wait=0.2)
+                waiting = self.spool.count(wait=0.2)  # this run's and earlier runs'
             except Exception:  # noqa: BLE001 - only a message depends on it
                 waiting = books.spooled
             where = "wait in"

@@ -38,6 +38,8 @@ STUCK_AFTER = 0.1
 RESCUE_CHUNK = 1000
 #: Internal errors in a row after which the worker gives up (leaving tasks counted as queued).
 MAX_CRASHES = 100
+#: At exit, spooled tasks are replayed while at least this many seconds are left.
+REPLAY_AT_EXIT = 0.5
 #: How often a wait for a sender (a free slot, the batches in flight) looks up.
 SENDER_POLL = 0.05
 
@@ -334,6 +336,12 @@ class WorkerLoop:
                 if batch:
                     held = self._send(held)
                 elif self.stopped:
+                    if (exiting is not None and exiting.deadline - time.monotonic() > REPLAY_AT_EXIT
+                            and self._may_replay()):
+                        # At exit, the queue drained: the time left sends what earlier runs
+                        # spooled (a short-lived program would otherwise never catch up).
+                        settler.replay(self.delivery)
+                        continue
                     self._building = None
                     if exiting is not None:
                         self._barrier(exiting)

@@ -12,6 +12,8 @@ import textwrap
 from pathlib import Path
 from typing import List
 
+import pytest
+
 import phospho_logging
 from phospho_logging._spool import Spool
 from phospho_logging.testing import PhosphoTestServer
@@ -126,6 +128,35 @@ class TestKeyNeverStored:
 
 
 class TestReplay:
+    @pytest.mark.parametrize("delay", [0.0, 0.3])
+    def test_a_short_run_replays_what_its_exit_allows(self, tmp_path: Path, server: PhosphoTestServer,
+                                                      delay: float) -> None:
+        """After a key is fixed, a short-lived program (log one task, exit) sends what
+        earlier runs spooled within shutdown_timeout at exit, batch after batch; what is left
+        is said at exit with `push` to send it now."""
+        spool = Spool(tmp_path / "tasks.sqlite3", server.project_id, 10_000)
+        spool.put([f"old{i}" for i in range(2000)],
+                  [json.dumps({"task_id": f"old{i}", "input": f"old{i}", "client_created_at": 1}).encode()
+                   for i in range(2000)])
+        spool.close()
+        server.delay = delay
+        result = subprocess.run(
+            [sys.executable, "-c", "import logging, phospho_logging\n"
+             "phospho_logging.configure(max_batch_size=200, shutdown_timeout=2)\n"
+             "logging.getLogger('phospho').info('t', extra={'input': 'new'})\n"],
+            env=child_env({"PHOSPHO_API_KEY": server.api_key, "PHOSPHO_PROJECT_ID": server.project_id,
+                           "PHOSPHO_BASE_URL": server.url, "PHOSPHO_LOCAL_DIR": str(tmp_path)}),
+            capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        sent_old = len([t for t in server.tasks if t["input"].startswith("old")])
+        left = Spool(tmp_path / "tasks.sqlite3", server.project_id, 10_000).count()
+        assert sent_old + left == 2000 and "new" in [t["input"] for t in server.tasks]
+        if delay == 0.0:
+            assert left == 0 and "wait in the spool" not in result.stderr, result.stderr
+        else:  # 0.3 s a request, 2 s at exit: a few batches of 200, the rest said
+            assert 200 < sent_old < 2000, sent_old
+            assert f"{left} task(s) wait in the spool" in result.stderr and "phospho-logging push" in result.stderr
+
     def test_replayed_on_next_start_without_blocking(self, tmp_path: Path, server: PhosphoTestServer) -> None:
         """Spooled tasks go out in the background after configure() returns, oldest first."""
         spool = Spool(tmp_path / "tasks.sqlite3", server.project_id, 100)
