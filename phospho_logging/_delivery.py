@@ -144,7 +144,8 @@ class Circuit:
         if not quiet:
             _diag.warn_once(
                 "circuit_open",
-                "the endpoint keeps failing: tasks go to the spool for %.0f s before it is tried again",
+                "sending to phospho failed several times in a row: for the next %.0f s new tasks go straight "
+                "to the spool (sent from there once sending works again), then sending is tried again",
                 seconds,
             )
 
@@ -193,7 +194,8 @@ class Delivery:
         """Deliver ``events`` (one batch) as far as the policy allows; never raises."""
         out: List[Resolution] = []
         if self.circuit.is_open():
-            return [Resolution("failed", list(events), "circuit_open", "the endpoint is resting after failures")]
+            return [Resolution("failed", list(events), "circuit_open",
+                               "not tried: sending failed several times in a row and is paused for a few seconds")]
         self._attempt(list(events), time.monotonic() + self.options.max_retry_time, out)
         return out
 

@@ -57,7 +57,7 @@ KINDS = {
     "retry": "may succeed later unchanged (timeouts, connection errors, 408/425/429/5xx): retried with back-off",
     "too_large": "the request was too large (413): the batch is split, a single event truncated",
     "invalid": "the server could not accept the batch (400/422): split until the bad event is isolated, rejected",
-    "auth": "the key was refused (401/403): the tasks are spooled and the endpoint rested",
+    "auth": "the key was refused (401/403): the tasks are spooled and sending is paused",
     "not_found": "unknown project (404): as for auth",
     "failed": "anything else: not retried, the tasks are spooled",
 }

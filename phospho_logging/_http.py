@@ -18,6 +18,7 @@ import threading
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
 
 from ._export import ExportResult, WireEvent, request_body
 from ._version import __version__
@@ -277,13 +278,20 @@ HIDDEN_KEY = "[api key hidden]"
 
 
 def without_secret(result: ExportResult, secret: str) -> ExportResult:
-    """``result`` with ``secret`` removed from its texts (its error and rejection reasons)."""
+    """``result`` with ``secret`` removed from its texts (its error and rejection reasons).
+    A short key (a test's) is replaced only where it stands alone, not inside a word."""
     if not secret or (secret not in result.error and not any(secret in r for r in result.rejected.values())):
         return result
+    if len(secret) >= 16:
+        def hide(text: str) -> str:
+            return text.replace(secret, HIDDEN_KEY)
+    else:
+        alone = re.compile(r"(?<![\w-])" + re.escape(secret) + r"(?![\w-])")
+
+        def hide(text: str) -> str:
+            return alone.sub(HIDDEN_KEY, text)
     return dataclasses.replace(
-        result,
-        error=result.error.replace(secret, HIDDEN_KEY),
-        rejected={i: r.replace(secret, HIDDEN_KEY) for i, r in result.rejected.items()},
+        result, error=hide(result.error), rejected={i: hide(r) for i, r in result.rejected.items()},
     )
 
 
@@ -300,7 +308,16 @@ def _failure(exc: Exception, url: str, timeout: float, deadline: float) -> Expor
         return ExportResult.retry(f"TLS error talking to {url}: {_reason(exc)}", cause="tls")
     if isinstance(exc, (requests.RequestException, OSError)):
         reason = _reason(exc)
-        return ExportResult.retry(f"cannot reach {url}: {reason}", cause=_cause(reason))
+        cause = _cause(reason)
+        host = urlsplit(url).hostname or url
+        if cause == "dns":
+            what = (f"the host name {host} could not be resolved (DNS: {reason}); check base_url "
+                    "(PHOSPHO_BASE_URL) for a typo, and the network")
+        elif cause == "refused":
+            what = f"{host} refused the connection ({reason}); check base_url (PHOSPHO_BASE_URL) and that it is up"
+        else:
+            what = f"the connection failed ({reason})"
+        return ExportResult.retry(f"cannot reach {url}: {what}", cause=cause)
     return ExportResult.retry(f"cannot read the answer of {url}: {type(exc).__name__}", cause="connection")
 
 

@@ -7,12 +7,13 @@ import logging.config
 import subprocess
 import sys
 import textwrap
-from typing import List
+from typing import Any, List
 
 import pytest
 
 import phospho_logging
 from phospho_logging.testing import PhosphoTestServer
+from tests.conftest import said
 from tests.test_exit import child_env
 
 
@@ -73,6 +74,43 @@ class TestMessages:
         said = [line for line in result.stderr.splitlines() if "but no 'input'" in line]
         assert len(said) == 2 and "'app.a'" in said[0] and "'app.b'" in said[1], result.stderr
         assert "extra={'input': ...}" in said[0]
+
+    def test_a_mistyped_host_is_named_as_such(self, tmp_path, diag: List[str], monkeypatch: pytest.MonkeyPatch) -> None:
+        """A host name the resolver does not know: the message says DNS, names the host and
+        what to check, not only "ConnectionError". (The resolver's answer is simulated: no
+        test may query a real DNS server.)"""
+        import socket
+
+        real = socket.getaddrinfo
+
+        def resolver(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if host == "api.phospho-typo.example":
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return real(host, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", resolver)
+        pipeline = phospho_logging.configure(api_key="k", project_id="p", base_url="https://api.phospho-typo.example",
+                                             local_dir=str(tmp_path), max_attempts=1)
+        logging.getLogger("phospho").info("t", extra={"input": "q"})
+        pipeline.flush(timeout=10)
+        error = pipeline.stats()["last_error"] or ""
+        assert "api.phospho-typo.example could not be resolved (DNS" in error, error
+        assert "PHOSPHO_BASE_URL" in error and "not known" in error  # a short key is not hidden inside words
+        assert said(diag, "kept in the spool") and any("could not be resolved" in m for m in diag)
+
+    def test_refused_and_repeated_failures_in_plain_words(self, tmp_path, diag: List[str]) -> None:
+        """Connection refused names the host and what to check; failing batches in a row
+        say what happens to new tasks, without internal words (endpoint, circuit)."""
+        with PhosphoTestServer() as gone:
+            url = gone.url
+        pipeline = phospho_logging.configure(api_key="k", project_id="p", base_url=url, local_dir=str(tmp_path),
+                                             max_attempts=1)
+        for _ in range(4):
+            logging.getLogger("phospho").info("t", extra={"input": "q"})
+            pipeline.flush(timeout=10)
+        assert said(diag, "failed several times in a row")
+        assert any("127.0.0.1 refused the connection" in m and "check base_url" in m for m in diag), diag
+        assert not any("endpoint" in m or "circuit" in m or "resting" in m for m in diag), diag
 
     def test_spool_total_said_at_exit(self, tmp_path) -> None:
         """With the backend down, exit says how many tasks wait in the spool and how to send them."""
