@@ -291,6 +291,7 @@ class TestTail:
         assert main(["tail", "--local-dir", str(tmp_path / "none")]) == 1
         err = capsys.readouterr().err
         assert "no local store" in err and "Traceback" not in err and err.count("\n") == 1
+        assert "examples/" not in err  # a hint that works from a wheel too (no examples there)
 
     def test_lines_fit_the_width(self) -> None:
         """Long input and output are cut to the terminal width."""
@@ -544,3 +545,13 @@ class TestConsoleScript:
                                 env=child_env({}), capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["input"] == "no answer"
+
+
+class TestInstalledMetadata:
+    def test_pip_show_has_an_author_and_links(self) -> None:
+        """What `pip show` and a package index show: an author and project links."""
+        from importlib.metadata import metadata
+
+        meta = metadata("phospho-logging")
+        assert meta["Author"]
+        assert any(url.endswith("https://phospho.ai") for url in meta.get_all("Project-URL") or [])
