@@ -303,6 +303,10 @@ class Settler:
                     else "could not be delivered or kept")
             _diag.warn_once("exit_lost:" + str(id(owner)), "%d task(s) of this run %s (%s)%s",
                             sum(lost.values()) + unsettled, what, ", ".join(parts), why)
+        if books.spool_evicted:
+            _diag.warn_once("evicted_at_exit:" + str(id(owner)), "%d spooled task(s) were dropped, oldest first, to "
+                            "keep the spool within max_spool_tasks=%d (stats()['spool_evicted'])",
+                            books.spool_evicted, self.options.max_spool_tasks)
         if self.spool is None or not (books.spooled or books.replayed or self.spool.path.exists()):
             return
         if finished:  # the worker is done with the spool: how many wait there is exact

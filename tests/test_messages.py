@@ -112,6 +112,21 @@ class TestMessages:
         assert any("127.0.0.1 refused the connection" in m and "check base_url" in m for m in diag), diag
         assert not any("endpoint" in m or "circuit" in m or "resting" in m for m in diag), diag
 
+    def test_exit_counts_what_the_capped_spool_holds(self, tmp_path) -> None:
+        """500 tasks with the backend down and max_spool_tasks=100: exit says the 100 that
+        wait (not a running total of 500) and the 400 dropped to keep the cap."""
+        result = run("""
+            import logging, phospho_logging
+            phospho_logging.configure(max_spool_tasks=100, max_batch_size=50, max_attempts=1)
+            for i in range(500):
+                logging.getLogger("phospho").info("t", extra={"input": str(i)})
+        """, {"PHOSPHO_API_KEY": "k", "PHOSPHO_PROJECT_ID": "p", "PHOSPHO_BASE_URL": "http://127.0.0.1:9",
+              "PHOSPHO_LOCAL_DIR": str(tmp_path), "PHOSPHO_SHUTDOWN_TIMEOUT": "2"})
+        assert result.returncode == 0, result.stderr
+        assert "100 task(s) wait in the spool" in result.stderr, result.stderr
+        assert "400 spooled task(s) were dropped, oldest first, to keep the spool within max_spool_tasks=100" \
+            in result.stderr, result.stderr
+
     def test_spool_total_said_at_exit(self, tmp_path) -> None:
         """With the backend down, exit says how many tasks wait in the spool and how to send them."""
         with PhosphoTestServer() as gone:
