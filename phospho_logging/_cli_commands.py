@@ -95,24 +95,33 @@ def no_credentials(path: Path) -> str:
 
 
 def unwritable_store(path: Path) -> CLIError:
-    """The error for a local directory that cannot be written, or an empty CLIError
-    (code ``EXIT_OK``) when it can."""
+    """The error for a local store that cannot be written (its directory, or the file
+    itself: a link, not a regular file, held by another process), or an empty CLIError
+    (code ``EXIT_OK``) when it can. Makes the directory and the store, as the app would."""
     why = _store.unwritable(path.parent)
     if why is None:
+        try:
+            conn = _store.connect(path, wait=1.0)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            finally:
+                _store.close_connection(conn)
+        except (sqlite3.Error, OSError) as exc:
+            why = str(exc)
+    if why is None:
         return CLIError("", EXIT_OK)
-    return CLIError(f"the local directory {path.parent} cannot be written ({why}): tasks the app keeps there "
-                    "(offline, or the spool when phospho cannot be reached) are lost; set PHOSPHO_LOCAL_DIR "
-                    "(or --local-dir) to a writable directory", EXIT_STORE)
+    return CLIError(f"the local store {path} cannot be written ({why}): tasks the app keeps there (offline, or "
+                    "the spool when phospho cannot be reached) are lost; set PHOSPHO_LOCAL_DIR (or --local-dir) "
+                    "to a writable directory", EXIT_STORE)
 
 
 def require_store(path: Path) -> None:
     if not path.exists():
-        existing = path.parent
-        while not os.path.lexists(existing) and existing != existing.parent:
-            existing = existing.parent  # the app would create what is missing below it
-        if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-            raise CLIError(f"no local store at {path}, and {existing} cannot be written, so the app cannot keep "
-                           "tasks there (set PHOSPHO_LOCAL_DIR to a writable directory)", EXIT_STORE)
+        why = _store.cannot_create_in(path.parent)
+        if why is not None:
+            raise CLIError(f"no local store at {path}, and the app cannot make one ({why}); set PHOSPHO_LOCAL_DIR "
+                           "to a writable directory", EXIT_STORE)
         raise CLIError(f"no local store at {path} yet: log a task first (`phospho-logging check` shows where "
                        "tasks go)")
 
@@ -154,8 +163,8 @@ def explain(result: ExportResult, options: Options) -> CLIError:
     if result.cause == "tls":
         return CLIError(f"{result.error}; check that base_url really serves https and that the CA certificates "
                         "are installed (or REQUESTS_CA_BUNDLE)", EXIT_TLS)
-    if result.cause == "timeout":
-        return CLIError(result.error, EXIT_UNREACHABLE)
+    if result.cause in ("timeout", "dns", "refused"):
+        return CLIError(result.error, EXIT_UNREACHABLE)  # the message says what to check
     if result.cause is not None:
         return CLIError(f"{result.error}; check base_url and the network", EXIT_UNREACHABLE)
     return CLIError(result.error or f"HTTP {result.status}", EXIT_HTTP)
@@ -200,7 +209,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             "them); set PHOSPHO_API_KEY and PHOSPHO_PROJECT_ID to send them to phospho\n")
         return EXIT_OK
     out(f"  tasks go to  {options.endpoint}\n")
-    waiting = spool_count(path, options.project_id) if not store_error.code else 0
+    if store_error.code:  # said first: the spool is what keeps tasks when phospho cannot be reached
+        out(f"  spool        {path} (cannot be written)\n")
+        sys.stdout.flush()
+        raise store_error
+    waiting = spool_count(path, options.project_id)
     out(f"  spool        {path} ({waiting} task(s) waiting for this project)\n")
     out("checking the key and project with an empty batch... ")
     sys.stdout.flush()
@@ -216,8 +229,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         raise explain(result, options)
     out(f"ok (HTTP 200 in {time.monotonic() - started:.2f} s)\n")
-    if store_error.code:
-        raise store_error
     if waiting:
         out(f"{waiting} task(s) wait in the spool: `phospho-logging push` sends them now "
             "(your app also sends them on its next start)\n")

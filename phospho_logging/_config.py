@@ -242,8 +242,8 @@ def _check(options: Options) -> None:
     ):
         raise ValueError(
             f"phospho_logging: refusing to send the API key over plain http to {parts.hostname}; "
-            "use https, or if this network is trusted pass allow_insecure_http=True (or set "
-            "PHOSPHO_ALLOW_INSECURE_HTTP=1, e.g. in a dictConfig or docker-compose setup)"
+            "use https, or if this network is trusted pass allow_insecure_http=True or set "
+            "PHOSPHO_ALLOW_INSECURE_HTTP=1"
         )
 
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Union
 from . import _diag, _lifecycle
 from ._config import Options, resolve
 from ._engine import Engine, wait_limit
-from ._handlers import notice_offline
+from ._handlers import notice_start
 from ._queue_pair import PhosphoQueueHandler
 
 _lock = _lifecycle.ProcessLock()  # configure() and shutdown() only, never a logging call
@@ -122,7 +122,7 @@ def configure(
         # A named logger inherits the root's WARNING by default, which would drop info().
         target.setLevel(logging.INFO)
     _warn_if_level_hides_info(target)
-    notice_offline(engine)
+    notice_start(engine)
     return pipeline
 
 

@@ -3,7 +3,7 @@
 Every function takes values already snapshotted by `to_jsonable` (dicts, lists, str...),
 so it only ever reads plain containers; none of them raises, whatever the shape.
 The rules follow the official SDK so that tasks look the same in the phospho UI whichever
-client logged them (see PROTOCOL.md, section 4), extended to the message shapes of
+client logged them, extended to the message shapes of
 multimodal content parts, tool calls and the Anthropic and Ollama APIs.
 """
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional
 
 from . import _context, _diag, _lifecycle
@@ -48,29 +49,48 @@ class Route(NamedTuple):
 _noticed: set[str] = set()
 
 
-def notice_offline(engine: Engine) -> None:
-    """Say once per store, on stderr, that tasks are kept locally and how to see them."""
-    if not isinstance(engine.exporter, LocalStoreExporter) or engine.destination in _noticed:
+def notice_start(engine: Engine) -> None:
+    """Say once per destination, on stderr, where tasks go when that needs saying: offline,
+    the local store and how to see it (or that its directory cannot be written); online,
+    only a spool directory that cannot be written."""
+    if engine.destination in _noticed:
         return
     _noticed.add(engine.destination)
-    directory = engine.exporter.path.parent
-    why = unwritable(directory)
-    if why is None:
-        text = (f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks are kept in the "
-                f"{engine.destination}.\nphospho-logging: see them with `phospho-logging tail`; "
-                "set both variables to send them to phospho.\n")
+    if isinstance(engine.exporter, LocalStoreExporter):
+        text = _offline_text(engine, engine.exporter.path.parent)
     else:
-        # Said here, once: the failed writes that follow are counted without another line
-        # (the exit report gives the tally).
-        _diag.quiet("dropped:local_store_error")
-        text = (f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks go to the local store, "
-                f"but its directory {directory} cannot be written ({why}): the tasks logged are lost, counted "
-                "in stats()['dropped'].\nphospho-logging: set PHOSPHO_LOCAL_DIR (or local_dir=) to a writable "
-                "directory, or set PHOSPHO_API_KEY and PHOSPHO_PROJECT_ID to send them to phospho.\n")
+        spool = engine.settler.spool
+        why = None if spool is None else unwritable(spool.path.parent)
+        if spool is None or why is None:
+            return
+        # Said here, once: the failed spool writes that follow are counted without more
+        # lines (the exit report gives the tally).
+        _diag.quiet("dropped:spool_error")
+        _diag.quiet("spool_error")
+        text = (f"phospho-logging: the local directory {spool.path.parent} cannot be written ({why}): tasks that "
+                "cannot be delivered (phospho unreachable, a wrong key) cannot be kept in the spool and are lost, "
+                "counted in stats()['dropped'].\nphospho-logging: set PHOSPHO_LOCAL_DIR (or local_dir=) to a "
+                "writable directory.\n")
     try:
         sys.stderr.write(text)
     except Exception:  # noqa: BLE001 - a closed stderr must not break the app
         pass
+
+
+def _offline_text(engine: Engine, directory: Path) -> str:
+    why = unwritable(directory)
+    if why is None:
+        return (f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks are kept in the "
+                f"{engine.destination}.\nphospho-logging: see them with `phospho-logging tail`; "
+                "set both variables to send them to phospho.\n")
+    # Said here, once: the failed writes that follow are counted without another line
+    # (the exit report gives the tally).
+    _diag.quiet("dropped:local_store_error")
+    return (f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks go to the local store, "
+            f"but its directory {directory} cannot be written ({why}): the tasks logged are lost, counted in "
+            "stats()['dropped_by_reason']['local_store_error'].\nphospho-logging: set PHOSPHO_LOCAL_DIR (or "
+            "local_dir=) to a writable directory, or set PHOSPHO_API_KEY and PHOSPHO_PROJECT_ID to send them "
+            "to phospho.\n")
 
 
 #: Loggers already told that a record with an output but no input is not a task.
@@ -225,7 +245,7 @@ class PhosphoHandler(TaskIntake, logging.Handler):
         self.options: Options = resolved
         self.engine = Engine(resolved, exporter)
         self._bind_route(self.engine, resolved.input_to_str, resolved.output_to_str)
-        notice_offline(self.engine)
+        notice_start(self.engine)
 
     @property
     def exporter(self) -> Any:

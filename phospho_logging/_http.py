@@ -278,18 +278,23 @@ HIDDEN_KEY = "[api key hidden]"
 
 
 def without_secret(result: ExportResult, secret: str) -> ExportResult:
-    """``result`` with ``secret`` removed from its texts (its error and rejection reasons).
-    A short key (a test's) is replaced only where it stands alone, not inside a word."""
-    if not secret or (secret not in result.error and not any(secret in r for r in result.rejected.values())):
+    """``result`` with ``secret`` removed from its texts (its error and rejection reasons),
+    as is and as JSON escapes it (a server's nested detail is shown as JSON). A short key
+    (a test's) is replaced only where it stands alone, not inside a word."""
+    if not secret:
         return result
-    if len(secret) >= 16:
-        def hide(text: str) -> str:
-            return text.replace(secret, HIDDEN_KEY)
-    else:
-        alone = re.compile(r"(?<![\w-])" + re.escape(secret) + r"(?![\w-])")
+    forms = {secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    texts = [result.error, *result.rejected.values()]
+    if not any(form in text for form in forms for text in texts):
+        return result
+    pattern = "|".join(re.escape(form) for form in sorted(forms, key=len, reverse=True))
+    if len(secret) < 16:
+        pattern = r"(?<![\w-])(?:" + pattern + r")(?![\w-])"
+    hidden = re.compile(pattern)
 
-        def hide(text: str) -> str:
-            return alone.sub(HIDDEN_KEY, text)
+    def hide(text: str) -> str:
+        return hidden.sub(HIDDEN_KEY, text)
+
     return dataclasses.replace(
         result, error=hide(result.error), rejected={i: hide(r) for i, r in result.rejected.items()},
     )

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from pathlib import Path
@@ -153,6 +154,24 @@ def unwritable(directory: Path) -> Optional[str]:
     return None
 
 
+def cannot_create_in(directory: Path) -> Optional[str]:
+    """Why a file could not be created in ``directory`` (missing parts would be made), or
+    None; tried with a file made and removed in the nearest existing part, creating no
+    directory (for commands that only read)."""
+    existing = directory
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not os.path.isdir(existing):
+        return f"{existing} is not a directory"
+    try:
+        probe = existing / f".phospho-logging-probe-{os.getpid()}-{threading.get_ident()}"
+        os.close(os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+        os.unlink(probe)
+    except OSError as exc:
+        return f"{existing}: {exc.strerror or exc}"
+    return None
+
+
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -167,7 +186,8 @@ def _refuse_links(path: Path) -> None:
 def connect(path: Path, *, create: bool = True, wait: float = BUSY_TIMEOUT) -> sqlite3.Connection:
     """Open (and if needed create, owner-only) the store at ``path``, waiting at most
     ``wait`` seconds for another connection's lock. A symbolic link at the store's path
-    (or its -wal/-shm) is refused (``StoreRefused``), never followed."""
+    (or its -wal/-shm), a file with other names (hard links) or something else than a
+    regular file is refused (``StoreRefused``), never written."""
     _refuse_links(path)
     if create:
         make_private_dir(path.parent)
@@ -179,11 +199,31 @@ def connect(path: Path, *, create: bool = True, wait: float = BUSY_TIMEOUT) -> s
             fd = os.open(path, os.O_RDWR | _NOFOLLOW)
         else:
             os.fchmod(fd, 0o600)
-        os.close(fd)
     elif not path.exists():
         raise FileNotFoundError(str(path))
-    conn = sqlite3.connect(str(path), timeout=wait, isolation_level=None, check_same_thread=False)
-    _open_connections.add(conn)
+    else:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+    try:
+        mine = os.fstat(fd)
+        if not stat.S_ISREG(mine.st_mode):
+            raise StoreRefused(f"{path} is not a regular file; set PHOSPHO_LOCAL_DIR to another directory")
+        if mine.st_nlink != 1:
+            raise StoreRefused(f"{path} has other names (hard links): another program's file could be written; "
+                               "remove them, or set PHOSPHO_LOCAL_DIR to another directory")
+        conn = sqlite3.connect(str(path), timeout=wait, isolation_level=None, check_same_thread=False)
+        _open_connections.add(conn)
+        try:
+            now = os.lstat(path)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            # Replaced between our check and SQLite's open (SQLite follows links): this
+            # narrows the window; a process that can already write into the user's own
+            # directory is not a boundary (it could write the file itself).
+            close_connection(conn)
+            raise StoreRefused(f"{path} was replaced while it was being opened; it is not written")
+    finally:
+        os.close(fd)
     try:
         conn.execute(f"PRAGMA busy_timeout = {_ms(wait)}")
         if create:

@@ -1,7 +1,7 @@
 """A loopback phospho ingestion server for tests, with scriptable faults.
 
 It serves ``POST /v2/log/{project_id}`` with the backend's validation rules
-(PROTOCOL.md), re-implemented here on purpose: the package's own validator is
+(as the phospho backend applies them), re-implemented here on purpose: the package's own validator is
 what the tests check, so it must not also be the referee.
 """
 

@@ -291,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phospho-logging",
         description="Check the phospho configuration, look at the tasks kept locally, and push them to phospho.",
-        epilog="exit codes: 0 ok, 1 error, 2 configuration (no key/project, bad option), 3 API key rejected, "
-               "4 unknown project, 5 unreachable or timeout, 6 TLS error, 7 other HTTP status, 130 interrupted",
+        epilog="exit codes: 0 ok, 1 error, 2 configuration (a key without a project, bad option), 3 API key "
+               "rejected, 4 unknown project, 5 unreachable or timeout, 6 TLS error, 7 other HTTP status, 8 the local "
+               "directory cannot be written, 130 interrupted",
     )
     parser.add_argument("--version", action="version", version=f"phospho-logging {__version__}")
     _common(parser, sub=False)
@@ -300,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="show the configuration and verify the key and project", description=(
         "Print the resolved configuration (key masked) and where tasks go, then POST an empty batch to verify "
-        "the key and project. Exit 2 without credentials, 3 key rejected, 4 unknown project, 5 unreachable, "
-        "6 TLS error, 7 other HTTP status."))
+        "the key and project; offline (no credentials), that the local store can be written. Exit 0 ok, 2 a key "
+        "without a project (or the reverse), 3 key rejected, 4 unknown project, 5 unreachable, 6 TLS error, "
+        "7 other HTTP status, 8 the local directory cannot be written."))
     check.add_argument("--timeout", type=seconds, default=CHECK_TIMEOUT, metavar="SECONDS",
                        help=f"how long to wait for phospho (default {CHECK_TIMEOUT:g})")
     check.set_defaults(func=cmd_check)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import signal
 import sqlite3
 import subprocess
@@ -125,17 +126,36 @@ class TestCheck:
         assert "offline: the local store can be written" in captured.out and "PHOSPHO_API_KEY" in captured.out
         assert captured.err == ""
 
-    @pytest.mark.parametrize("online", [False, True])
+    @pytest.mark.parametrize("online", ["offline", "online", "online, phospho unreachable"])
     def test_unwritable_local_dir_exit_8(self, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                         server: PhosphoTestServer, online: bool) -> None:
+                                         server: PhosphoTestServer, stopped_url: str, online: str) -> None:
         """A local directory that cannot be written (a file where it should be): exit 8,
-        naming the directory and what to set, offline and online (the spool) alike."""
+        naming the directory and what to set, offline and online (the spool) alike, said
+        before the network is tried (an unreachable phospho is when the spool matters)."""
         blocker = tmp_path / "file"
         blocker.write_text("not a directory")
-        args = ["check", "--local-dir", str(blocker / "store")] + (credentials(server) if online else [])
+        args = ["check", "--local-dir", str(blocker / "store")]
+        if online != "offline":
+            args += credentials(server)
+        if online == "online, phospho unreachable":
+            args += ["--base-url", stopped_url]
         assert main(args) == 8
         err = capsys.readouterr().err
         assert str(blocker / "store") in err and "PHOSPHO_LOCAL_DIR" in err and err.count("\n") == 1
+
+    @pytest.mark.parametrize("what", ["symlink", "fifo"])
+    def test_a_store_path_the_app_refuses_exit_8(self, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                 what: str) -> None:
+        """Offline, a link or a FIFO at the store's path: the app keeps nothing there, so
+        check says so (exit 8) instead of "can be written"."""
+        path = tmp_path / "tasks.sqlite3"
+        if what == "symlink":
+            path.symlink_to(tmp_path / "elsewhere.db")
+        else:
+            os.mkfifo(path)
+        assert main(["check", "--local-dir", str(tmp_path)]) == 8
+        captured = capsys.readouterr()
+        assert "can be written" not in captured.out and str(path) in captured.err
 
     def test_half_the_credentials_exit_2(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         """A key without a project id is a configuration error (exit 2) naming what is missing."""
@@ -172,6 +192,7 @@ class TestCheck:
                      "--local-dir", str(tmp_path)]) == 5
         err = capsys.readouterr().err
         assert "cannot reach" in err and "Traceback" not in err and err.count("\n") == 1
+        assert "refused the connection" in err and err.count("check base_url") == 1  # the hint once
 
     def test_timeout_exit_5(self, server: PhosphoTestServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         """A server that never answers: exit 5 after --timeout."""
@@ -277,14 +298,25 @@ class TestTail:
         assert first["_source"] == "store" and "_project" not in first
         assert last == {**last, "task_id": ids[0], "_source": "spool", "_project": "p1"}
 
-    def test_store_that_cannot_be_made_is_said(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-        """No store, and a local directory that cannot be created: exit 8 saying so (not
-        "log a task first")."""
-        blocker = tmp_path / "file"
-        blocker.write_text("not a directory")
-        assert main(["tail", "--local-dir", str(blocker / "store")]) == 8
-        err = capsys.readouterr().err
-        assert "cannot be written" in err and "log a task first" not in err
+    @pytest.mark.parametrize("where", ["under a file", "in /proc"])
+    def test_store_that_cannot_be_made_is_said(self, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               where: str) -> None:
+        """No store, and a local directory where none can be made (also as root, whom
+        permission bits do not stop): exit 8 saying why, not "log a task first"."""
+        if where == "under a file":
+            blocker = tmp_path / "file"
+            blocker.write_text("not a directory")
+            local_dir = blocker / "store"
+        else:
+            if not os.path.isdir("/proc/self"):
+                pytest.skip("no /proc here")
+            local_dir = Path("/proc/phospho-logging-nope")
+        for command in ("tail", "stats"):
+            assert main([command, "--local-dir", str(local_dir)]) == 8
+            err = capsys.readouterr().err
+            assert "cannot make one" in err and "log a task first" not in err
+        if where == "under a file":
+            assert "is not a directory" in err
 
     def test_missing_store_is_one_line(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         """No store yet: a one-line explanation and exit code 1, no traceback."""

@@ -268,6 +268,24 @@ class TestBadAnswers:
         assert key not in out.err + out.out
         assert said(diag, "rejected the API key") and not any(key in message for message in diag)
 
+    def test_a_key_with_json_escapes_is_hidden_in_nested_details(self, tmp_path: Path) -> None:
+        """A key holding quotes or backslashes, echoed inside a nested JSON detail (shown
+        as JSON, so escaped): hidden too."""
+        import logging
+
+        import phospho_logging
+
+        key = 'sk-"secret"\\-1234567890'
+        with PhosphoTestServer(api_key=key) as server:
+            server.fail_next(403, count=50, body={"detail": {"reason": f"token {key} not allowed"}})
+            pipeline = phospho_logging.configure(api_key=key, project_id=server.project_id, base_url=server.url,
+                                                 local_dir=str(tmp_path), max_attempts=1)
+            logging.getLogger("phospho").info("t", extra={"input": "q"})
+            pipeline.flush(timeout=10)
+            last_error = pipeline.stats()["last_error"] or ""
+            phospho_logging.shutdown(timeout=5)
+        assert "[api key hidden]" in last_error and "secret" not in last_error, last_error
+
     def test_a_dripping_answer(self, local_dir: Path) -> None:
         """A 200 whose body arrives a byte every 0.3 s: each request ends at its timeout
         (not per socket read), the batch is retried or spooled, nothing is lost, and the

@@ -152,6 +152,27 @@ class TestLocalFiles:
         assert pipeline.flush(timeout=20) is False
         assert not target.exists() and list(target.parent.iterdir()) == []
 
+    def test_online_with_an_unwritable_spool_directory_says_so_at_start(self, tmp_path: Path) -> None:
+        """Online, a local directory that cannot be written means the spool cannot keep
+        undelivered tasks: one start-up line says so and what to set; the failed writes
+        add no line; the exit line counts the loss."""
+        blocker = tmp_path / "file"
+        blocker.write_text("not a directory")
+        code = (
+            "import logging, phospho_logging\n"
+            "phospho_logging.configure(max_attempts=1, shutdown_timeout=2)\n"
+            "logging.getLogger('phospho').info('t', extra={'input': 'q'})\n"
+        )
+        env = child_env({"PHOSPHO_LOCAL_DIR": str(blocker / "s"), "PHOSPHO_API_KEY": "k", "PHOSPHO_PROJECT_ID": "p",
+                         "PHOSPHO_BASE_URL": "http://127.0.0.1:9"})  # nothing listens
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert str(blocker / "s") in lines[0] and "cannot be kept in the spool" in lines[0], proc.stderr
+        assert "PHOSPHO_LOCAL_DIR" in lines[1]
+        assert not any("spool" in line and "cannot write" in line for line in lines), proc.stderr
+        assert "1 task(s) of this run could not be delivered or kept (1 spool_error)" in lines[-1], proc.stderr
+
     def test_private_whatever_the_umask(self, tmp_path: Path) -> None:
         """Under umask 000 the missing parents of local_dir are created 0700 and the store
         0600; a directory that existed keeps its mode."""

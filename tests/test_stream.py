@@ -643,7 +643,7 @@ class TestOpenAIStreams:
 
 
 class TestSDKFailureCases:
-    """PROTOCOL.md section 5: the official SDK's streaming and wrap failures, each working here."""
+    """The official SDK's streaming and wrap failures, each working here."""
 
     def test_sdk_plain_string_generator_ends_without_none_or_stop(self) -> None:
         """SDK: a generator of plain strings never ends a task unless it yields None. Here it does."""
