@@ -140,6 +140,25 @@ class TestLocalFiles:
             conn.close()
         assert said(diag, "symbolic link") >= 1
 
+    def test_a_hard_link_at_the_store_path_is_refused(self, tmp_path: Path, diag: List[str]) -> None:
+        """A hard link (another name for another program's database): refused too, and
+        that database is left as it was."""
+        other = tmp_path / "other.db"
+        _other_app_db(other)
+        store_dir = tmp_path / "store"
+        store_dir.mkdir()
+        os.link(other, store_dir / "tasks.sqlite3")
+        pipeline = phospho_logging.configure(local_dir=str(store_dir), max_attempts=1)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=20) is False
+        conn = sqlite3.connect(str(other))
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            assert tables == {"theirs"} and conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        finally:
+            conn.close()
+        assert said(diag, "hard links") >= 1
+
     def test_a_dangling_link_creates_nothing(self, tmp_path: Path) -> None:
         """A link to a path that does not exist: no database is created there."""
         target = tmp_path / "elsewhere" / "made.db"
