@@ -21,7 +21,7 @@ from ._engine import Engine
 from ._item import Snapshot, carried, plain_record
 from ._lifecycle import OWN_IO, made_by_own_io
 from ._snapshot import snapshot_record
-from ._store import LocalStoreExporter, unwritable
+from ._store import LocalStoreExporter, refusal, unwritable
 
 _context_get = _context.current
 
@@ -57,10 +57,10 @@ def notice_start(engine: Engine) -> None:
         return
     _noticed.add(engine.destination)
     if isinstance(engine.exporter, LocalStoreExporter):
-        text = _offline_text(engine, engine.exporter.path.parent)
+        text = _offline_text(engine, engine.exporter.path)
     else:
         spool = engine.settler.spool
-        why = None if spool is None else unwritable(spool.path.parent)
+        why = None if spool is None else unwritable(spool.path.parent) or refusal(spool.path)
         if spool is None or why is None:
             return
         # Said here, once: the failed spool writes that follow are counted without more
@@ -77,8 +77,9 @@ def notice_start(engine: Engine) -> None:
         pass
 
 
-def _offline_text(engine: Engine, directory: Path) -> str:
-    why = unwritable(directory)
+def _offline_text(engine: Engine, path: Path) -> str:
+    directory = path.parent
+    why = unwritable(directory) or refusal(path)
     if why is None:
         return (f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks are kept in the "
                 f"{engine.destination}.\nphospho-logging: see them with `phospho-logging tail`; "
@@ -87,7 +88,7 @@ def _offline_text(engine: Engine, directory: Path) -> str:
     # (the exit report gives the tally).
     _diag.quiet("dropped:local_store_error")
     return (f"phospho-logging: no PHOSPHO_API_KEY/PHOSPHO_PROJECT_ID set, so tasks go to the local store, "
-            f"but its directory {directory} cannot be written ({why}): the tasks logged are lost, counted in "
+            f"but it cannot be written in {directory} ({why}): the tasks logged are lost, counted in "
             "stats()['dropped_by_reason']['local_store_error'].\nphospho-logging: set PHOSPHO_LOCAL_DIR (or "
             "local_dir=) to a writable directory, or set PHOSPHO_API_KEY and PHOSPHO_PROJECT_ID to send them "
             "to phospho.\n")

@@ -175,6 +175,23 @@ def cannot_create_in(directory: Path) -> Optional[str]:
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
+def refusal(path: Path) -> Optional[str]:
+    """Why ``connect`` would refuse the store at ``path`` as it stands (a link, another
+    kind of file, hard links), or None; looks without opening it."""
+    try:
+        _refuse_links(path)
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return str(exc)
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file"
+    if info.st_nlink != 1:
+        return f"{path} has other names (hard links)"
+    return None
+
+
 def _refuse_links(path: Path) -> None:
     for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         if os.path.islink(candidate):
