@@ -145,6 +145,7 @@ class Engine(WorkerLoop):
         self._flush_lock = threading.RLock()  # control calls only: flush() commits its result
         self._stop: Optional[Stop] = None
         self._building: Optional[Held] = None
+        self._test_run = None  # phospho's test runner, looked up as each batch starts
         self._flights: Set[Held] = set()  # batches being sent (several with sender threads)
         self._senders: Optional[Senders] = None
         self._barrier_losses = 0

@@ -16,7 +16,8 @@ import json
 import logging
 import marshal
 import math
-from typing import Any, Dict, List, Optional, Tuple
+import os
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from ._export import ENVELOPE_BYTES, WireEvent
 from ._extract import detect, input_text, output_text
@@ -112,12 +113,32 @@ def _take_event_dict_log(fields: Dict[str, JSON], log: LogInfo) -> LogInfo:
     )
 
 
+class TestRun(NamedTuple):
+    """phospho's test runner is running this process (``PHOSPHO_TEST_ID`` is set): with
+    the metric ``evaluate``, events carry ``test_id``; with any other, they are not sent
+    (as the phospho SDK does)."""
+
+    test_id: str
+    metric: Optional[str]
+
+    @property
+    def evaluated(self) -> bool:
+        return self.metric == "evaluate"
+
+
+def test_run() -> Optional[TestRun]:
+    """The test run this process is part of, read from the environment now."""
+    test_id = os.environ.get("PHOSPHO_TEST_ID")
+    return TestRun(test_id, os.environ.get("PHOSPHO_TEST_METRIC")) if test_id else None
+
+
 def build_event(
     snapshot: Snapshot,
     *,
     project_id: Optional[str] = None,
     version_id: Optional[str] = None,
     max_field_chars: Optional[int] = 100_000,
+    test_id: Optional[str] = None,
 ) -> Dict[str, JSON]:
     """Turn a snapshot into a protocol event that passes the backend's strict validation.
 
@@ -167,6 +188,8 @@ def build_event(
         "project_id": project_id,
         "version_id": version_id,
     }
+    if test_id is not None:
+        event["test_id"] = test_id
     for key in _ID_KEYS:
         value = fields.pop(key, None)
         if value is not None:
@@ -218,12 +241,14 @@ def encode(
     version_id: Optional[str] = None,
     max_field_chars: int = 100_000,
     max_bytes: Optional[int] = None,
+    test_id: Optional[str] = None,
 ) -> Optional[WireEvent]:
     """``build_event``, cut to size, as the ``WireEvent`` exporters receive. ``max_bytes``
     bounds the encoded event (``max_batch_bytes`` less a request's envelope); None when
     even truncation cannot bring it under that. Never raises otherwise.
     """
-    event = build_event(snapshot, project_id=project_id, version_id=version_id, max_field_chars=None)
+    event = build_event(snapshot, project_id=project_id, version_id=version_id, max_field_chars=None,
+                        test_id=test_id)
     encoded = fit(event, snapshot.problems, max_field_chars, max_bytes)
     if encoded is None:
         return None

@@ -22,7 +22,7 @@ from . import _diag, _lifecycle
 from ._batch import ADDED, FILLED, NO_ROOM, Batch
 from ._config import Options
 from ._delivery import Books, Delivery, Resolution, count_value, interrupts_this_thread
-from ._event import PlainEncoder, encode
+from ._event import PlainEncoder, TestRun, encode, test_run
 from ._export import WireEvent
 from ._item import snapshot_of
 from ._settle import Settler
@@ -253,6 +253,7 @@ class WorkerLoop:
     _forward: Optional[Callable[[logging.LogRecord], None]]
     _budget: int
     _plain_encoder: PlainEncoder
+    _test_run: Optional[TestRun]
     _deadline: Optional[float]
     _start_lock: Any
     _running: bool
@@ -376,6 +377,8 @@ class WorkerLoop:
                 self._barrier(exiting)
                 return
             self._beats += 1
+            if not pending:  # the event opens a batch: phospho's test runner sets this as it runs
+                self._test_run = test_run()
             event = self._encode(item)
             if event is None:
                 continue
@@ -434,17 +437,25 @@ class WorkerLoop:
         handlers too); a task that cannot be built is counted as dropped here."""
         try:
             o = self.options
-            event = self._plain_encoder.encode(item, o.max_field_chars, self._budget)
-            if event is not None:
-                return event
+            test_run = self._test_run
+            if test_run is None:
+                event = self._plain_encoder.encode(item, o.max_field_chars, self._budget)
+                if event is not None:
+                    return event
             if isinstance(item, logging.LogRecord):
                 self._pass(item)
             snapshot = snapshot_of(item)
             if snapshot is None:
                 self.settler.drop(1, "internal_error", f"a queue item carries no task: {type(item).__name__}")
                 return None
+            if test_run is not None and not test_run.evaluated:
+                self.settler.drop(1, "test_run", f"PHOSPHO_TEST_ID is set and PHOSPHO_TEST_METRIC is "
+                                  f"{test_run.metric!r}, not 'evaluate' (a phospho test run): tasks are not sent, "
+                                  "as the phospho SDK does")
+                return None
             event = encode(snapshot, project_id=o.project_id, version_id=o.version_id,
-                           max_field_chars=o.max_field_chars, max_bytes=self._budget)
+                           max_field_chars=o.max_field_chars, max_bytes=self._budget,
+                           test_id=None if test_run is None else test_run.test_id)
             if snapshot.problems:
                 self.settler.count_problems(snapshot.problems)
             if event is None:

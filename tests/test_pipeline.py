@@ -282,6 +282,32 @@ class TestDelivery:
         assert wire_errors(server.tasks[0]) is None
 
 
+class TestPhosphoTestRunner:
+    """phospho's test runner sets PHOSPHO_TEST_ID (and PHOSPHO_TEST_METRIC) while it runs
+    the app's code: as with the phospho SDK, tasks carry test_id under the metric
+    "evaluate", and are not sent under another."""
+
+    def test_evaluate_tags_compare_holds_back(self, server: PhosphoTestServer, creds: dict,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+        pipeline = phospho_logging.configure(**creds)
+        log = logging.getLogger("phospho")
+        monkeypatch.setenv("PHOSPHO_TEST_ID", "test-42")
+        monkeypatch.setenv("PHOSPHO_TEST_METRIC", "evaluate")
+        log.info("t", extra={"input": "evaluated"})
+        log.info("t", extra={"input": "evaluated too", "metadata": {"k": 1}})
+        assert pipeline.flush(timeout=10)
+        monkeypatch.setenv("PHOSPHO_TEST_METRIC", "compare")
+        log.info("t", extra={"input": "compared"})
+        assert pipeline.flush(timeout=10) is False  # held back: counted, not delivered
+        monkeypatch.delenv("PHOSPHO_TEST_ID")
+        monkeypatch.delenv("PHOSPHO_TEST_METRIC")
+        log.info("t", extra={"input": "after the test run"})
+        assert pipeline.flush(timeout=10)
+        tags = {t["input"]: t.get("test_id") for t in server.tasks}
+        assert tags == {"evaluated": "test-42", "evaluated too": "test-42", "after the test run": None}
+        assert pipeline.stats()["dropped_by_reason"] == {"test_run": 1}
+
+
 class TestInFlight:
     def test_requests_overlap_once_one_succeeded(self, server: PhosphoTestServer, creds: dict) -> None:
         """After a first success, batches go out while earlier ones are still in flight: two
