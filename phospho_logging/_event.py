@@ -161,6 +161,18 @@ def build_event(
     raw_out = fields.pop("output", None)
     explicit_raw_in = fields.pop("raw_input", None)
     explicit_raw_out = fields.pop("raw_output", None)
+    # Bytes that hold a JSON object or array (a raw HTTP body, say) are that value, as
+    # the phospho SDK reads them: the raw field keeps it, and the text is taken from it.
+    if input_type == "bytes":
+        if explicit_raw_in is not None:
+            explicit_raw_in = _json_of(explicit_raw_in)
+        else:
+            raw_in = _json_of(raw_in)
+    if output_type == "bytes":
+        if explicit_raw_out is not None:
+            explicit_raw_out = _json_of(explicit_raw_out)
+        else:
+            raw_out = _json_of(raw_out)
     metadata_value = fields.pop("metadata", None)
     if metadata_value is None:
         metadata: Dict[str, JSON] = {}
@@ -227,6 +239,17 @@ def build_event(
         fit(event, problems, max_field_chars, None)
     _mark(metadata, problems)
     return event
+
+
+def _json_of(value: JSON) -> JSON:
+    """The JSON object or array a text (decoded bytes) holds, else the text itself."""
+    if type(value) is not str or value.lstrip()[:1] not in ("{", "["):
+        return value
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    return to_jsonable(parsed) if isinstance(parsed, (dict, list)) else value
 
 
 def _mark(metadata: Dict[str, JSON], problems: List[str]) -> None:

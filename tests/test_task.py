@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import math
 import re
@@ -121,6 +122,24 @@ class TestFields:
 
 
 class TestExtraction:
+    def test_json_bytes_are_their_value(self) -> None:
+        """Bytes holding a JSON object or array (a raw HTTP body) become that value in
+        raw_input/raw_output, as the phospho SDK reads them, and the text, model and token
+        counts are taken from it; other bytes stay decoded text."""
+        body_in = b'{"model": "llama3", "prompt": "Why is the sky blue?"}'
+        body_out = json.dumps({"model": "llama3", "response": "Rayleigh.", "done": True,
+                               "prompt_eval_count": 5, "eval_count": 7}).encode()
+        event = task(input=body_in, output=body_out)
+        assert event["raw_input"] == {"model": "llama3", "prompt": "Why is the sky blue?"}
+        assert event["raw_output"]["response"] == "Rayleigh."
+        assert (event["input"], event["output"]) == ("Why is the sky blue?", "Rayleigh.")
+        assert (event["model"], event["prompt_tokens"], event["completion_tokens"]) == ("llama3", 5, 7)
+        assert wire_errors(event) is None
+        for plain in (b"just text", b"[not json", b"42"):
+            event = task(input=plain)
+            assert event["raw_input"] == plain.decode() and event["input"] == plain.decode()
+        assert task(input="q", raw_output=b'[{"a": 1}]', output="x")["raw_output"] == [{"a": 1}]
+
     def test_openai_request_and_response(self) -> None:
         """messages -> last user text; choices -> answer; model, system prompt and usage detected."""
         request = {"model": "gpt-x", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]}
