@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import time
 import types
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union, overload
@@ -108,15 +109,41 @@ def _where(fn: Callable[..., Any]) -> Where:
         return __file__, 0, "wrapped"
 
 
-class _Call:
-    __slots__ = ("input", "raw_input", "started", "stream_flag", "where")
+#: Keyword arguments that are the call's content, not its settings (never in metadata).
+_CONTENT_KEYS = frozenset({"messages", "prompt", "input", "system", "contents", "query", "question", "text"})
+#: A text keyword argument longer than this is content, not a setting.
+SETTING_MAX_CHARS = 200
+_SCALARS = (str, int, float, bool)
 
-    def __init__(self, input: Any, raw_input: Any, started: float, stream_flag: bool, where: Where) -> None:
+
+def _settings(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """The call's keyword arguments that are settings (``temperature=0.2``,
+    ``max_tokens=50``, ``style="short"``): JSON scalars, texts up to SETTING_MAX_CHARS,
+    not the content keys. The phospho SDK sends them at the top level, where the backend
+    files them as metadata the dashboard filters on; here they go into the metadata."""
+    found = {}
+    for key, value in kwargs.items():
+        if type(key) is not str or key in _CONTENT_KEYS or type(value) not in _SCALARS:
+            continue
+        if type(value) is str and len(value) > SETTING_MAX_CHARS:
+            continue
+        if type(value) is float and not math.isfinite(value):
+            continue
+        found[key] = value
+    return found
+
+
+class _Call:
+    __slots__ = ("input", "raw_input", "started", "stream_flag", "where", "settings")
+
+    def __init__(self, input: Any, raw_input: Any, started: float, stream_flag: bool, where: Where,
+                 settings: Optional[Dict[str, Any]] = None) -> None:
         self.input = input
         self.raw_input = raw_input
         self.started = started
         self.stream_flag = stream_flag
         self.where = where  # the caller's line: what the task's log_file/log_line point at
+        self.settings = settings or {}  # the call's keyword settings, for the metadata
 
 
 class _Wrapped:
@@ -153,7 +180,7 @@ class _Wrapped:
                 value, _ = snapshot_input(_input_of(arguments), self.input_to_str)
             else:
                 value = _input_of(raw) if type(raw) is dict else raw
-            return _Call(value, raw, _perf(), flag, caller(2))  # the frame that called the wrapper
+            return _Call(value, raw, _perf(), flag, caller(2), _settings(kwargs))  # caller(2): the wrapper's caller
         except Exception as exc:  # noqa: BLE001
             _diag.warn_once("wrap_start", "a wrapped call's arguments could not be recorded: %r", exc)
             return None
@@ -170,7 +197,7 @@ class _Wrapped:
         if call is None:
             return
         try:
-            metadata = dict(self.metadata)
+            metadata = {**call.settings, **self.metadata}
             metadata["latency_s"] = round(_perf() - call.started, 6)
             metadata.update(error_metadata(exc))
             extra = self._extra(call, metadata)
@@ -190,7 +217,7 @@ class _Wrapped:
             stream = self._stream(call, result)
             if stream is not None:
                 return stream
-            metadata = dict(self.metadata)
+            metadata = {**call.settings, **self.metadata}
             metadata["latency_s"] = round(_perf() - call.started, 6)
             extra = self._extra(call, metadata)
             extra["output"] = result
@@ -226,8 +253,8 @@ class _Wrapped:
             call = _Call(None, None, _perf(), False, self.where)
         extra = self._extra(call, {})
         del extra["metadata"]
-        return Recorder(self.logger, self.message, call.where, extra, dict(self.metadata), call.started,
-                         self.stop, False, self.output_to_str)
+        return Recorder(self.logger, self.message, call.where, extra, {**call.settings, **self.metadata},
+                         call.started, self.stop, False, self.output_to_str)
 
 
 @overload

@@ -281,6 +281,20 @@ class TestInput:
 
 
 class TestOutcome:
+    def test_settings_of_a_plain_function(self) -> None:
+        """Keyword scalars are settings; positional arguments, containers, long texts and
+        non-finite numbers are not (they stay in raw_input)."""
+        def answer(question: str, style: str = "", n: int = 1, opts: Any = None, note: str = "",
+                   ratio: float = 0.0) -> str:
+            return "ok"
+
+        with capture_tasks() as tasks:
+            wrap(answer)("why?", style="short", n=2, opts={"a": 1}, note="x" * 500, ratio=float("nan"))
+        metadata = tasks[0]["metadata"]
+        assert (metadata["style"], metadata["n"]) == ("short", 2)
+        assert not {"question", "opts", "note", "ratio"} & set(metadata)
+        assert tasks[0]["raw_input"]["opts"] == {"a": 1}
+
     def test_latency_in_metadata(self) -> None:
         """latency_s is a float number of seconds."""
         with capture_tasks() as tasks:
@@ -589,6 +603,19 @@ class TestOpenAIClient:
         assert task["system_prompt"] == "Be terse." and task["metadata"]["feature"] == "chat"
         assert set(task["raw_input"]) == {"model", "messages"}
         assert wire_errors(task) is None
+
+    def test_call_settings_go_to_metadata(self, fake: FakeOpenAI) -> None:
+        """The call's keyword settings (temperature, max_tokens, model, a short style) are
+        in the task's metadata, where the dashboard filters on them (the SDK sends them at
+        the top level); the messages are not, and wrap's own metadata wins on a clash."""
+        client = sync_client(fake)
+        create = wrap(client.chat.completions.create, feature="chat", temperature="set by wrap")
+        with capture_tasks() as tasks:
+            create(model="gpt-4o-mini", messages=USER, temperature=0.2, max_tokens=5, user="u-1")
+        metadata = tasks[0]["metadata"]
+        assert metadata["max_tokens"] == 5 and metadata["model"] == "gpt-4o-mini" and metadata["user"] == "u-1"
+        assert metadata["temperature"] == "set by wrap" and metadata["feature"] == "chat"
+        assert "messages" not in metadata and wire_errors(tasks[0]) is None
 
     def test_sync_error_status(self, fake: FakeOpenAI) -> None:
         """An API error propagates as openai raised it, and the task records it."""
