@@ -11,6 +11,7 @@ from ._configure import Pipeline, configure, flush, shutdown, stats
 from ._context import context
 from ._export import Exporter, ExportResult, WireEvent
 from ._handlers import PhosphoHandler
+from ._log import log
 from ._queue_pair import PhosphoQueueHandler, PhosphoQueueListener
 from ._stream import MutableAsyncGenerator, MutableGenerator, log_stream
 from ._version import __version__
@@ -30,6 +31,7 @@ __all__ = [
     "configure",
     "context",
     "flush",
+    "log",
     "log_stream",
     "shutdown",
     "stats",

@@ -521,5 +521,6 @@ def _cut(value: JSON, keep: int) -> str:
 
 def task_from_record(record: logging.LogRecord, **options: Any) -> Dict[str, JSON]:
     """The event a record becomes, built in one step (for tests and formatters)."""
-    snapshot = snapshot_record(record, options.pop("input_to_str", None), options.pop("output_to_str", None))
+    snapshot = snapshot_record(record, options.pop("input_to_str", None), options.pop("output_to_str", None),
+                               options.pop("context", None))
     return build_event(snapshot, **options)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import phospho_logging
-from phospho_logging.testing import capture_tasks
+from phospho_logging.testing import PhosphoTestServer, capture_tasks
 from tests.test_exit import child_env
 
 
@@ -18,7 +18,7 @@ class TestPublicNames:
         assert phospho_logging.__all__ == [
             "ExportResult", "Exporter", "MutableAsyncGenerator", "MutableGenerator", "PhosphoHandler",
             "PhosphoQueueHandler", "PhosphoQueueListener", "Pipeline", "WireEvent", "__version__", "configure",
-            "context", "flush", "log_stream", "shutdown", "stats", "wrap",
+            "context", "flush", "log", "log_stream", "shutdown", "stats", "wrap",
         ]
         for name in phospho_logging.__all__:
             assert getattr(phospho_logging, name) is not None
@@ -93,3 +93,42 @@ class TestDocstrings:
                         if not attr.startswith("_") and callable(value) and not (inspect.getdoc(value) or "").strip():
                             missing.append(f"{module.__name__}.{name}.{attr}")
         assert missing == []
+
+
+class TestLog:
+    """``phospho_logging.log``: the SDK's ``phospho.log``, migrated by a change of import."""
+
+    def test_returns_the_task_as_sent(self, server: PhosphoTestServer, creds: dict) -> None:
+        """The returned task is the one the server gets: same id, texts and metadata."""
+        pipeline = phospho_logging.configure(**creds)
+        messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"}]
+        task = phospho_logging.log(input=messages, output="4", session_id="s-1", metadata={"model": "m1"},
+                                   style="short", name="clashes with a LogRecord attribute")
+        assert (task["input"], task["output"], task["session_id"]) == ("What is 2+2?", "4", "s-1")
+        assert task["metadata"]["model"] == "m1" and task["metadata"]["style"] == "short"
+        assert task["metadata"]["name"] == "clashes with a LogRecord attribute"
+        assert task["project_id"] == creds["project_id"] and task["task_id"].startswith("task_")
+        assert pipeline.flush(timeout=10)
+        [sent] = server.tasks
+        assert sent["task_id"] == task["task_id"]
+        assert {k: sent[k] for k in ("input", "output", "session_id")} == \
+            {k: task[k] for k in ("input", "output", "session_id")}
+        # The server also files top-level fields it does not know (system_prompt) as metadata.
+        assert {k: sent["metadata"][k] for k in task["metadata"]} == task["metadata"]
+
+    def test_with_context_and_a_given_id(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Fields bound with context() and a given task_id are in the returned task too."""
+        pipeline = phospho_logging.configure(**creds)
+        with phospho_logging.context(user_id="u-7"):
+            task = phospho_logging.log("q", "a", task_id="mine-1")
+        assert (task["task_id"], task["user_id"]) == ("mine-1", "u-7")
+        assert pipeline.flush(timeout=10)
+        assert [(t["task_id"], t["user_id"]) for t in server.tasks] == [("mine-1", "u-7")]
+
+    def test_stream_true_is_log_stream(self, server: PhosphoTestServer, creds: dict) -> None:
+        """stream=True wraps the output stream: chunks pass through, one task at the end."""
+        pipeline = phospho_logging.configure(**creds)
+        chunks = list(phospho_logging.log("q", (c for c in ["The ", "sky ", "is blue."]), stream=True))
+        assert chunks == ["The ", "sky ", "is blue."]
+        assert pipeline.flush(timeout=10)
+        assert [(t["input"], t["output"]) for t in server.tasks] == [("q", "The sky is blue.")]
