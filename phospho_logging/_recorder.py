@@ -143,7 +143,7 @@ class Recorder:
 
     __slots__ = (
         "_logger", "_message", "_where", "_extra", "_metadata", "_started", "_context", "_stop", "_stop_ends",
-        "_output_to_str", "_once", "_first", "_count", "_parts", "_raw", "_found", "_finish_reason",
+        "_output_to_str", "_once", "_first", "_count", "_parts", "_raw", "_found", "_finish_reason", "_silent",
     )
 
     def __init__(
@@ -175,6 +175,13 @@ class Recorder:
         self._raw: List[Any] = []
         self._found: Dict[str, Any] = {}
         self._finish_reason: Optional[str] = None
+        self._silent = False
+
+    def silence(self) -> None:
+        """Another logged stream consumes this one and logs the task: this one logs none
+        (its stop function still applies)."""
+        self._silent = True
+        self._parts, self._raw = [], []
 
     def add(self, chunk: Any) -> bool:
         """Account for one chunk; True when ``stop(chunk)`` says the task ends here."""
@@ -183,6 +190,8 @@ class Recorder:
         stop = self._stop
         if stop is not None and self._stop_ends and self._stopped(stop, chunk):
             return True  # not yielded, so not part of the task either
+        if self._silent:
+            return stop is not None and not self._stop_ends and self._stopped(stop, chunk)
         if self._count == 0:
             self._first = _perf()
         self._count += 1
@@ -258,6 +267,8 @@ class Recorder:
         try:
             self._once.pop()
         except IndexError:
+            return
+        if self._silent:
             return
         try:
             self._log(end, error)

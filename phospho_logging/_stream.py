@@ -88,6 +88,8 @@ class LoggedStream(Generic[T]):
         self._next: Callable[[], Any] = inner.__next__ if hasattr(type(inner), "__next__") else iter(inner).__next__
         self._inner = inner
         self._rec = recorder
+        if isinstance(inner, LoggedStream):
+            inner._rec.silence()  # log_stream(MutableGenerator(...)), wrap of one...: one task, this one's
         _track(self)
 
     def __iter__(self) -> Iterator[T]:
@@ -179,6 +181,8 @@ class LoggedAsyncStream(Generic[T]):
         self._anext: Callable[[], Any] = anext
         self._inner = inner
         self._rec = recorder
+        if isinstance(inner, LoggedAsyncStream):
+            inner._rec.silence()  # one task per stream, the outermost one's
         _track(self)
 
     def __aiter__(self) -> AsyncIterator[T]:

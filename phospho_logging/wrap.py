@@ -241,7 +241,9 @@ class _Wrapped:
             return None
         kind = type(result)
         flagged = self.stream is True or call.stream_flag
-        known = flagged or kind.__name__ in _STREAM_CLASSES
+        # A logged stream returned by the function (log_stream, MutableGenerator): the
+        # task is this call's, and that stream logs none.
+        known = flagged or kind.__name__ in _STREAM_CLASSES or isinstance(result, (LoggedStream, LoggedAsyncStream))
         if kind is types.GeneratorType or (known and hasattr(kind, "__next__")):
             return LoggedStream(result, self.recorder(call))
         if kind is types.AsyncGeneratorType or (known and is_async_stream(result)):

@@ -468,6 +468,50 @@ class TestMutableGenerator:
         assert only(tasks)["output"] == "ab"
 
 
+class TestOneTaskPerStream:
+    """A stream inside another logged stream (the guide's ``log(..., stream=True)`` of a
+    ``MutableGenerator``, a wrapped function returning one, ``log_stream`` of
+    ``log_stream``): exactly one task, the outermost one's; the inner stop still applies."""
+
+    def test_log_stream_of_a_mutable_generator(self) -> None:
+        with capture_tasks() as tasks:
+            gen = MutableGenerator(iter(["The ", "sky", "END", "late"]), lambda c: c == "END")
+            assert list(log_stream(gen, input="Why?")) == ["The ", "sky"]
+        task = only(tasks)
+        assert (task["input"], task["output"]) == ("Why?", "The sky")
+
+    def test_log_with_stream_true_of_a_mutable_generator(self) -> None:
+        with capture_tasks() as tasks:
+            gen = MutableGenerator(iter(["a", "b", None, "c"]))
+            assert list(phospho_logging.log("q", gen, stream=True)) == ["a", "b"]
+        assert (only(tasks)["input"], only(tasks)["output"]) == ("q", "ab")
+
+    def test_wrapped_function_returning_logged_streams(self) -> None:
+        @wrap
+        def answer(question: str) -> Any:
+            return log_stream(MutableGenerator(iter(["x", "y", "STOP"]), lambda c: c == "STOP"), input="inner")
+
+        with capture_tasks() as tasks:
+            assert list(answer("outer question")) == ["x", "y"]
+        assert (only(tasks)["input"], only(tasks)["output"]) == ("outer question", "xy")
+
+    def test_async(self) -> None:
+        async def main() -> List[str]:
+            inner = MutableAsyncGenerator(agen(["a", "b", "END", "c"]), lambda c: c == "END")
+            return [c async for c in log_stream(inner, input="q")]
+
+        with capture_tasks() as tasks:
+            assert asyncio.run(main()) == ["a", "b"]
+        assert (only(tasks)["input"], only(tasks)["output"]) == ("q", "ab")
+
+    def test_a_bare_mutable_generator_still_logs_its_task(self) -> None:
+        """Alone (not consumed by another logged stream), a MutableGenerator logs one task,
+        with the input it was given (the SDK's logs nothing without phospho.log)."""
+        with capture_tasks() as tasks:
+            assert list(MutableGenerator(iter(["a", None]), input="q")) == ["a"]
+        assert (only(tasks)["input"], only(tasks)["output"]) == ("q", "a")
+
+
 class TestOpenAIStreams:
     def test_sync_stream_with_usage(self, fake: FakeOpenAI) -> None:
         """stream=True with include_usage: the same chunks as unwrapped, one task with the usage."""
