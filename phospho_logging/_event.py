@@ -41,6 +41,7 @@ TASK_KEYS = (
     "output_to_str",
 )
 _ID_KEYS = ("session_id", "task_id", "user_id", "version_id")
+_STREAM_FOUND = ("model", "prompt_tokens", "completion_tokens", "total_tokens")
 _FLAGS = ("success", "failure")
 #: What replaces the end of a truncated value.
 TRUNCATION_MARK = "… [truncated by phospho-logging]"
@@ -223,7 +224,15 @@ def build_event(
     event["raw_output"] = _raw(explicit_raw_out if explicit_raw_out is not None else raw_out, True)
     event["raw_input_type_name"] = input_type
     event["raw_output_type_name"] = output_type
-    for key, value in detect(event["raw_input"], event["raw_output"]).items():
+    found = detect(event["raw_input"], event["raw_output"])
+    if type(event["raw_output"]) is list:
+        # A stream: its recorder read the model and usage off chunks raw_output may not hold
+        # (past the chunk cap, or the last one a stop function held back) into its metadata.
+        for key in _STREAM_FOUND:
+            value = metadata.get(key)
+            if key not in found and (type(value) is int or (key == "model" and type(value) is str)):
+                found[key] = value
+    for key, value in found.items():
         event[key] = value
 
     # Loose extras go into metadata (never top level, where they could collide with server

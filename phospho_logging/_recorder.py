@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from . import _diag
 from ._extract import chunk_text, detect, input_text
 from ._item import STANDARD_ATTRS
+from ._lines import TEXT_CHUNKS, RawReader, parse_line
 from ._serialize import to_jsonable
 from ._snapshot import snap
 
@@ -144,6 +145,7 @@ class Recorder:
     __slots__ = (
         "_logger", "_message", "_where", "_extra", "_metadata", "_started", "_context", "_stop", "_stop_ends",
         "_output_to_str", "_once", "_first", "_count", "_parts", "_raw", "_found", "_finish_reason", "_silent",
+        "_plain", "_reader", "_by",
     )
 
     def __init__(
@@ -176,11 +178,15 @@ class Recorder:
         self._found: Dict[str, Any] = {}
         self._finish_reason: Optional[str] = None
         self._silent = False
+        self._plain = False  # str chunks known to be plain text: the fast path
+        self._reader: Optional[RawReader] = None  # bytes, JSON lines, server-sent events
+        self._by: Optional[Recorder] = None  # the recorder that logs this stream's task instead
 
-    def silence(self) -> None:
+    def silence(self, by: Recorder) -> None:
         """Another logged stream consumes this one and logs the task: this one logs none
-        (its stop function still applies)."""
+        (its stop function still applies, and what the chunk it stops at says goes to ``by``)."""
         self._silent = True
+        self._by = by
         self._parts, self._raw = [], []
 
     def add(self, chunk: Any) -> bool:
@@ -189,7 +195,10 @@ class Recorder:
             return False  # after the end (a stream that goes on after stop): pass through
         stop = self._stop
         if stop is not None and self._stop_ends and self._stopped(stop, chunk):
-            return True  # not yielded, so not part of the task either
+            # Not yielded, so not part of the output; its model and token counts still are
+            # (Ollama's last chunk, the one the SDK's stop functions look for, holds them).
+            self._peek(chunk)
+            return True
         if self._silent:
             return stop is not None and not self._stop_ends and self._stopped(stop, chunk)
         if self._count == 0:
@@ -211,12 +220,15 @@ class Recorder:
 
     def _take(self, chunk: Any) -> None:
         kind = type(chunk)
-        if kind is str:
-            self._parts.append(chunk if self._output_to_str is None else self._text(chunk, chunk))
+        if kind is str and self._plain:
+            self._parts.append(chunk)
             if len(self._raw) < MAX_RAW_CHUNKS:
                 self._raw.append(chunk)
             elif len(self._raw) == MAX_RAW_CHUNKS:
                 self._raw.append(None)  # marks the cap
+            return
+        if kind in TEXT_CHUNKS:
+            self._read(chunk)
             return
         value = chunk
         if kind is not dict and chunk is not None:
@@ -234,6 +246,54 @@ class Recorder:
             raw.append(None)
         if type(value) is dict:
             self._inspect(value)
+
+    def _read(self, chunk: Any) -> None:
+        """A chunk of text or bytes: plain text, JSON lines or server-sent events."""
+        reader = self._reader
+        if reader is None:
+            reader = self._reader = RawReader(chunk_text)
+        items = reader.feed(chunk)
+        if reader.plain and type(chunk) is str and self._output_to_str is None:
+            self._plain = True  # from now on str chunks skip the reader
+        if self._output_to_str is not None:
+            self._parts.append(self._text(chunk, "".join(text for text, _ in items)))
+            self._keep(items, False)
+        else:
+            self._keep(items, True)
+
+    def _keep(self, items: List[Tuple[str, Any]], with_text: bool) -> None:
+        raw = self._raw
+        for text, value in items:
+            if with_text:
+                self._parts.append(text)
+            if value is None:
+                continue
+            if len(raw) < MAX_RAW_CHUNKS:
+                raw.append(value if type(value) is str else _dumps(value))
+            elif len(raw) == MAX_RAW_CHUNKS:
+                raw.append(None)
+            if type(value) is dict:
+                self._inspect(value)
+
+    def _peek(self, chunk: Any) -> None:
+        """Model, usage and finish reason of a chunk that is not part of the task."""
+        if self._silent:
+            if self._by is not None:
+                self._by._peek(chunk)
+            return
+        try:
+            kind = type(chunk)
+            if kind is dict:
+                value = chunk
+            elif kind in TEXT_CHUNKS:
+                value = parse_line(chunk)
+            else:
+                dump = getattr(kind, "model_dump", None)
+                value = chunk.model_dump(exclude_unset=True) if callable(dump) else to_jsonable(chunk)
+            if type(value) is dict:
+                self._inspect(value)
+        except Exception as exc:  # noqa: BLE001
+            _diag.warn_once("stream_chunk", "a streamed chunk could not be recorded: %r", exc)
 
     def _text(self, chunk: Any, value: Any) -> str:
         convert = self._output_to_str
@@ -261,6 +321,10 @@ class Recorder:
                 self._finish_reason = reason
         elif value.get("done_reason") and type(value["done_reason"]) is str:  # Ollama
             self._finish_reason = value["done_reason"]
+        error = value.get("error")
+        if error:  # an error the server streamed instead of text (Ollama, OpenAI-compatible)
+            message = error.get("message") if type(error) is dict else error
+            self._found["stream_error"] = message if type(message) is str else str(error)
 
     def finish(self, end: str, error: Optional[BaseException] = None) -> None:
         """Log the task, the first time only. Never raises."""
@@ -279,6 +343,11 @@ class Recorder:
 
     def _log(self, end: str, error: Optional[BaseException]) -> None:
         now = _perf()
+        if self._reader is not None:  # a line the stream did not end with a newline
+            items = self._reader.end()
+            if self._output_to_str is not None and items:
+                self._parts.append("".join(text for text, _ in items))
+            self._keep(items, self._output_to_str is None)
         complete = end in ("exhausted", "stop")
         metadata = dict(self._metadata)
         metadata["latency_s"] = round(now - self._started, 6)

@@ -89,7 +89,7 @@ class LoggedStream(Generic[T]):
         self._inner = inner
         self._rec = recorder
         if isinstance(inner, LoggedStream):
-            inner._rec.silence()  # log_stream(MutableGenerator(...)), wrap of one...: one task, this one's
+            inner._rec.silence(recorder)  # log_stream(MutableGenerator(...)), wrap of one...: one task, this one's
         _track(self)
 
     def __iter__(self) -> Iterator[T]:
@@ -182,7 +182,7 @@ class LoggedAsyncStream(Generic[T]):
         self._inner = inner
         self._rec = recorder
         if isinstance(inner, LoggedAsyncStream):
-            inner._rec.silence()  # one task per stream, the outermost one's
+            inner._rec.silence(recorder)  # one task per stream, the outermost one's
         _track(self)
 
     def __aiter__(self) -> AsyncIterator[T]:

@@ -1,4 +1,5 @@
-"""A loopback fake of the OpenAI Chat Completions API, for the real ``openai`` client.
+"""A loopback fake of the OpenAI Chat Completions API, for the real ``openai`` client, and
+of Ollama's streaming ``/api/generate`` and ``/api/chat``, for raw HTTP clients.
 
 ``POST /v1/chat/completions`` answers ``"You said: <last user message>"``, as a JSON
 ``ChatCompletion`` or, with ``stream=True``, as server-sent events: one chunk per word,
@@ -9,6 +10,11 @@ with no choices, then ``data: [DONE]``. Usage counts words. Misbehaviour on dema
   cut in the middle of the chunked body (the client raises), or with
   ``fail_mode = "error_event"`` an SSE error event is sent instead (openai raises APIError);
 * a ``model`` named ``"error-<status>"`` gets that HTTP status and an OpenAI error body.
+
+``POST /api/generate`` (``prompt``) and ``POST /api/chat`` (``messages``) stream Ollama's
+JSON lines, one HTTP chunk per line: ``response`` (generate) or ``message.content`` (chat)
+per word, then a ``done`` line with ``done_reason``, ``prompt_eval_count`` and
+``eval_count``. A ``model`` named ``"error-stream"`` sends two words then an ``error`` line.
 
 Usage::
 
@@ -140,6 +146,8 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length) or b"{}")
         except ValueError:
             return self._json(400, {"error": {"message": "invalid JSON", "type": "invalid_request_error"}})
+        if self.path.rstrip("/") in ("/api/generate", "/api/chat"):
+            return self._ollama(body)
         if self.path.rstrip("/") != "/v1/chat/completions":
             return self._json(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
         with self.owner._lock:
@@ -211,5 +219,44 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_event({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                               "model": model, "choices": [], "usage": usage})
         self._send_event(b"[DONE]")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _ollama(self, body: Dict[str, Any]) -> None:
+        chat = self.path.rstrip("/") == "/api/chat"
+        messages = body.get("messages") if chat else [{"role": "user", "content": body.get("prompt", "")}]
+        with self.owner._lock:
+            self.owner.requests.append(body)
+        model = str(body.get("model") or "llama3")
+        words = reply_words(messages)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def line(payload: Dict[str, Any]) -> None:
+            data = json.dumps(payload).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        def part(text: str, done: bool) -> Dict[str, Any]:
+            out: Dict[str, Any] = {"model": model, "created_at": "2026-12-05T00:00:00Z"}
+            if chat:
+                out["message"] = {"role": "assistant", "content": text}
+            else:
+                out["response"] = text
+            out["done"] = done
+            return out
+
+        for i, word in enumerate(words):
+            if model == "error-stream" and i == 2:
+                line({"error": "the model ran out of memory"})
+                break
+            line(part(word, False))
+        else:
+            last = part("", True)
+            last.update(done_reason="stop", total_duration=1000, prompt_eval_count=_count_words(messages),
+                        eval_count=len(words))
+            line(last)
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()

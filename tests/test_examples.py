@@ -24,3 +24,16 @@ def test_example_runs_offline(script: Path, tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     assert (tmp_path / "store" / "tasks.sqlite3").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def test_raw_http_stream_example_logs_text_model_and_tokens(tmp_path: Path) -> None:
+    """The guide's Ollama example, read back from the local store: the text, not the JSON
+    lines; the model and the token counts of the last line."""
+    script = EXAMPLES[0].parent / "raw_http_stream.py"
+    result = subprocess.run([sys.executable, str(script)], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path / "s")}),
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    reply = "'The sky is blue because of Rayleigh scattering.'"
+    assert f"'Why is the sky blue?' -> {reply}" in result.stdout, result.stdout
+    assert f"'And at sunset?' -> {reply}" in result.stdout
+    assert result.stdout.count("model=mistral prompt_tokens=12 completion_tokens=8") == 2

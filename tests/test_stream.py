@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import json
 import logging
 import threading
 import time
@@ -12,6 +13,8 @@ from typing import Any, AsyncIterator, Dict, Iterator, List
 
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
 
 import phospho_logging
@@ -511,6 +514,163 @@ class TestOneTaskPerStream:
             assert list(MutableGenerator(iter(["a", None]), input="q")) == ["a"]
         assert (only(tasks)["input"], only(tasks)["output"]) == ("q", "a")
 
+
+def _recorded(source: Iterator[Any], seen: List[Any]) -> Iterator[Any]:
+    """``source``, remembering every chunk it yields (what the consumer must get unchanged)."""
+    for chunk in source:
+        seen.append(chunk)
+        yield chunk
+
+
+#: How a consumer reads a raw HTTP body: line by line (bytes or text), or cut anywhere.
+READERS = {
+    "iter_lines": lambda r: r.iter_lines(),
+    "iter_lines_text": lambda r: r.iter_lines(decode_unicode=True),
+    "iter_content_1": lambda r: r.iter_content(chunk_size=1),
+    "iter_content_7": lambda r: r.iter_content(chunk_size=7),
+    "iter_content_none": lambda r: r.iter_content(chunk_size=None),
+    "raw_text_37": lambda r: r.iter_content(chunk_size=37, decode_unicode=True),
+}
+
+PROMPT = "Why is the sky blue?"
+REPLY = "You said: Why is the sky blue?"
+
+
+class TestRawHTTPStreams:
+    """Ollama's JSON lines and OpenAI-compatible server-sent events read with ``requests`` or
+    ``httpx`` straight off a loopback server: the text, the parsed chunks, the model and the
+    token counts, whatever way the body is cut into chunks; the chunks pass through unchanged."""
+
+    def test_the_guides_ollama_example(self, fake: FakeOpenAI) -> None:
+        """The phospho guide's Ollama example: iter_lines, a MutableGenerator stopping at the
+        ``done`` line, logged with stream=True. The done line is not yielded, yet its model,
+        token counts and done_reason reach the task."""
+        import requests
+
+        r = requests.post(fake.url + "/api/generate", json={"model": "mistral-7b", "prompt": PROMPT, "stream": True},
+                          stream=True, timeout=10)
+        seen: List[Any] = []
+        gen = MutableGenerator(_recorded(r.iter_lines(), seen), stop=lambda line: json.loads(line).get("done"))
+        with capture_tasks() as tasks:
+            got = list(phospho_logging.log(input=PROMPT, output=gen, stream=True))
+        assert got == seen[:-1] and all(type(c) is bytes for c in got)  # the done line stops it
+        task = only(tasks)
+        assert (task["input"], task["output"], task["model"]) == (PROMPT, REPLY, "mistral-7b")
+        assert task["raw_output"] == [json.loads(c) for c in got]
+        meta = task["metadata"]
+        assert (meta["prompt_tokens"], meta["completion_tokens"], meta["finish_reason"]) == (5, 7, "stop")
+        assert (task["prompt_tokens"], task["completion_tokens"], task["total_tokens"]) == (5, 7, 12)
+        assert meta["stream_complete"] is True
+
+    @pytest.mark.parametrize("reader", sorted(READERS))
+    @pytest.mark.parametrize("route", ["/api/generate", "/api/chat", "/v1/chat/completions"])
+    def test_whatever_the_cut(self, fake: FakeOpenAI, route: str, reader: str) -> None:
+        import requests
+
+        body: Dict[str, Any] = {"model": "llama3", "stream": True}
+        if route == "/api/generate":
+            body["prompt"] = PROMPT
+        else:
+            body["messages"] = [{"role": "user", "content": PROMPT}]
+        if route.startswith("/v1"):
+            body["stream_options"] = {"include_usage": True}
+        r = requests.post(fake.url + route, json=body, stream=True, timeout=10)
+        seen: List[Any] = []
+        with capture_tasks() as tasks:
+            got = list(log_stream(_recorded(READERS[reader](r), seen), input=PROMPT))
+        assert got == seen
+        task = only(tasks)
+        assert (task["output"], task["model"]) == (REPLY, "llama3")
+        assert (task["prompt_tokens"], task["completion_tokens"]) == (5, 7)
+        raw = task["raw_output"]
+        assert all(type(item) is dict for item in raw), raw
+        if route.startswith("/v1"):  # role chunk, 7 words, finish chunk, usage chunk; not [DONE]
+            assert len(raw) == 10 and raw[-1]["usage"]["total_tokens"] == 12
+            assert task["metadata"]["finish_reason"] == "stop"
+        else:  # 7 words and the done line
+            assert len(raw) == 8 and raw[-1]["done"] is True
+            assert task["metadata"]["finish_reason"] == "stop"
+
+    def test_httpx_async_lines(self, fake: FakeOpenAI) -> None:
+        import httpx
+
+        async def main() -> List[str]:
+            async with httpx.AsyncClient(timeout=10) as http:
+                body = {"model": "llama3", "messages": [{"role": "user", "content": PROMPT}], "stream": True}
+                async with http.stream("POST", fake.url + "/api/chat", json=body) as r:
+                    gen = MutableAsyncGenerator(r.aiter_lines(), stop=lambda line: json.loads(line)["done"])
+                    return [line async for line in log_stream(gen, input=PROMPT)]
+
+        with capture_tasks() as tasks:
+            lines = asyncio.run(main())
+        assert len(lines) == 7 and all(type(line) is str for line in lines)
+        task = only(tasks)
+        assert (task["output"], task["model"], task["total_tokens"]) == (REPLY, "llama3", 12)
+        assert [c["message"]["content"] for c in task["raw_output"]] == [json.loads(x)["message"]["content"]
+                                                                          for x in lines]
+
+    def test_httpx_sse_bytes(self, fake: FakeOpenAI) -> None:
+        import httpx
+
+        body = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
+        with httpx.Client(timeout=10) as http, http.stream("POST", fake.url + "/v1/chat/completions", json=body) as r:
+            with capture_tasks() as tasks:
+                got = b"".join(log_stream(r.iter_bytes(), input="q"))
+        assert got.endswith(b"data: [DONE]\n\n")
+        task = only(tasks)
+        assert (task["output"], task["model"], task["metadata"]["finish_reason"]) == (ANSWER, "gpt-4o-mini", "stop")
+
+    def test_an_error_line_mid_stream(self, fake: FakeOpenAI) -> None:
+        import requests
+
+        r = requests.post(fake.url + "/api/generate", json={"model": "error-stream", "prompt": PROMPT}, stream=True,
+                          timeout=10)
+        with capture_tasks() as tasks:
+            list(log_stream(r.iter_lines(), input=PROMPT))
+        task = only(tasks)
+        assert task["output"] == "You said: "
+        assert task["metadata"]["stream_error"] == "the model ran out of memory"
+
+    def test_text_that_is_not_a_stream_of_json_is_kept_as_it_came(self) -> None:
+        """A text stream that happens to start with ``{`` or ``data``, or bytes cut inside a
+        character: the output is exactly the text."""
+        tokens = ['{"na', 'me": ', '"Ada"', ', "n": {"x": 1}}', "\n\n", "That is ", "the JSON."]
+        events = ["da", "ta is ", "what we have"]
+        utf8 = "Ça coûte 5 € 😀".encode()
+        with capture_tasks() as tasks:
+            list(log_stream(iter(tokens), input="q"))
+            list(log_stream(iter(events), input="q"))
+            list(log_stream((utf8[i:i + 1] for i in range(len(utf8))), input="q"))
+        assert [t["output"] for t in tasks] == ["".join(tokens), "".join(events), utf8.decode()]
+
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.text(alphabet='{}[]":, ab1\n\r', max_size=12), max_size=12), st.booleans())
+    def test_text_is_never_lost(self, tokens: List[str], as_bytes: bool) -> None:
+        """Whatever a text stream holds (braces, quotes, newlines, JSON of no LLM shape),
+        cut anywhere, as text or bytes: the output is the text."""
+        chunks: List[Any] = [t.encode() for t in tokens] if as_bytes else tokens
+        with capture_tasks() as tasks:
+            list(log_stream(iter(chunks), input="q"))
+        assert only(tasks)["output"] == "".join(tokens)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.integers(1, 40), min_size=1, max_size=60))
+    def test_json_lines_cut_anywhere(self, cuts: List[int]) -> None:
+        words = ["The", " sky", " is", " \u00e9\u00e9 \U0001f600", " blue", "}{", "\n"]
+        lines = [{"model": "m", "response": w, "done": False} for w in words]
+        lines.append({"model": "m", "response": "", "done": True, "prompt_eval_count": 3, "eval_count": 7})
+        body = "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode()
+        chunks, at = [], 0
+        for n in cuts * (len(body) // sum(cuts) + 1):
+            if at >= len(body):
+                break
+            chunks.append(body[at:at + n])
+            at += n
+        with capture_tasks() as tasks:
+            list(log_stream(iter(chunks), input="q"))
+        task = only(tasks)
+        assert (task["output"], task["raw_output"], task["total_tokens"]) == ("".join(words), lines, 10)
 
 class TestOpenAIStreams:
     def test_sync_stream_with_usage(self, fake: FakeOpenAI) -> None:
