@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._configure import Pipeline, configure, flush, shutdown, stats
 from ._context import context
 from ._export import Exporter, ExportResult, WireEvent
+from ._feedback import Feedback, feedback
 from ._handlers import PhosphoHandler
 from ._log import log
 from ._queue_pair import PhosphoQueueHandler, PhosphoQueueListener
@@ -20,6 +21,7 @@ from .wrap import wrap
 __all__ = [
     "ExportResult",
     "Exporter",
+    "Feedback",
     "MutableAsyncGenerator",
     "MutableGenerator",
     "PhosphoHandler",
@@ -30,6 +32,7 @@ __all__ = [
     "__version__",
     "configure",
     "context",
+    "feedback",
     "flush",
     "log",
     "log_stream",

@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional
 from . import _lifecycle
 from ._config import Options
 from ._event import encode, event_budget
+from ._feedback import Feedback
 from ._item import Snapshot, snapshot_of
 
 _sinks: List[List[Dict[str, Any]]] = []
@@ -57,10 +58,22 @@ def deliver(snapshot: Snapshot, options: Options) -> None:
             sink.append(event)
 
 
+def deliver_feedback(item: Feedback) -> None:
+    """Add a feedback to every active capture (``tasks.feedback``)."""
+    with _lock:
+        for sink in _sinks:
+            found = getattr(sink, "feedback", None)
+            if found is not None:
+                found.append(item.data())
+
+
 def submitter(options: Options) -> Callable[[Any], None]:
     """The ``submit`` an engine with these options uses while a capture is active."""
 
     def submit(item: Any) -> None:
+        if type(item) is Feedback:
+            deliver_feedback(item)
+            return
         snapshot: Optional[Snapshot] = snapshot_of(item)
         if snapshot is not None:
             deliver(snapshot, options)

@@ -34,6 +34,7 @@ from ._config import Options
 from ._delivery import Books, Delivery, Resolution
 from ._event import event_budget, fitted, stored_event
 from ._export import WireEvent
+from ._feedback import Feedback
 from ._http import HTTPExporter
 from ._spool import Spool
 
@@ -95,6 +96,8 @@ class Pusher:
         self.db = _store.Database(path, _setup_pushed)
         self.spool = Spool(path, options.project_id or "", options.max_spool_tasks)
         self.sent = {"store": 0, "spool": 0}
+        #: Feedback sent, and feedback whose task phospho does not know yet (kept for a later push).
+        self.feedback = {"sent": 0, "waiting": 0, "rejected": 0}
         self.skipped = 0
         self.total = 0
         self.rejected: Dict[str, int] = {}
@@ -122,6 +125,20 @@ class Pusher:
                 spooled = int(conn.execute("SELECT COUNT(*) FROM outbox WHERE destination = ?", (dest,)).fetchone()[0])
         return total - pushed, pushed, spooled
 
+    def count_feedback(self) -> int:
+        """Feedback to send: the store's not pushed to this project yet, and the spool's."""
+        dest = self.options.project_id
+        with reading(self.path) as conn:
+            if not has_table(conn, "feedback"):
+                return 0
+            return int(conn.execute(
+                "SELECT COUNT(*) FROM feedback f WHERE (f.destination = '' AND NOT EXISTS (SELECT 1 FROM pushed p "
+                "WHERE p.destination = ? AND p.task_id = 'feedback:' || f.id)) OR f.destination = ?"
+                if has_table(conn, "pushed") else
+                "SELECT COUNT(*) FROM feedback f WHERE f.destination = '' OR f.destination = ?",
+                (dest, dest) if has_table(conn, "pushed") else (dest,),
+            ).fetchone()[0])
+
     def run(self, progress_stream: TextIO) -> None:
         to_send, self.skipped, spooled = self.count()
         self.total = to_send + spooled
@@ -136,6 +153,14 @@ class Pusher:
                 if not last:
                     break
                 progress.update(self.done)
+            # Feedback after the tasks: phospho answers 404 for a task it does not have yet.
+            while self.error is None and self._spool_feedback():
+                pass
+            last = 0
+            while self.error is None:
+                last = self._store_feedback(last)
+                if not last:
+                    break
         finally:
             progress.close()
             self.exporter.close()
@@ -203,6 +228,67 @@ class Pusher:
                 break
         return int(rows[-1][0])
 
+    def _send_feedback(self, item: Feedback) -> str:
+        """Send one feedback: ``"sent"``, ``"waiting"`` (its task is unknown yet: kept for a
+        later push), ``"rejected"``, or ``"failed"`` (sets ``error``). Transient failures
+        are retried with the library's back-off, within ``max_attempts``."""
+        for attempt in range(1, max(1, self.options.max_attempts) + 1):
+            result = self.delivery.send_feedback(item)
+            if result.ok:
+                self.feedback["sent"] += 1
+                return "sent"
+            if result.kind == "not_found":
+                self.feedback["waiting"] += 1
+                return "waiting"
+            if result.kind in ("invalid", "too_large"):
+                self.feedback["rejected"] += 1
+                return "rejected"
+            if result.kind != "retry" or attempt >= self.options.max_attempts:
+                self.error = Resolution("failed", [], "feedback", result.error, result)
+                return "failed"
+            with self.books.lock:
+                self.books.retries += 1
+            time.sleep(min(5.0, 0.1 * 2 ** attempt))  # a CLI's own thread: nothing else to do meanwhile
+        return "failed"
+
+    def _spool_feedback(self) -> bool:
+        """This project's spooled feedback, one batch; False when none is left to try."""
+        rows = self.spool.feedback.claim(self.options.max_batch_size)
+        if not rows:
+            return False
+        done: List[int] = []
+        again: List[int] = []
+        try:
+            for row_id, item, _tries in rows:
+                outcome = self._send_feedback(item) if self.error is None else "failed"
+                (done if outcome in ("sent", "rejected") else again).append(row_id)
+        finally:
+            self.spool.feedback.ack(done)
+            self.spool.feedback.release(again)
+        return not again  # rows kept for later are not claimed again by this push
+
+    def _store_feedback(self, after: int) -> int:
+        """The local store's feedback not pushed to this project yet, one batch after row
+        ``after``; the last row id looked at, or 0 when there is none left."""
+        rows = self.db.query(
+            "SELECT f.id, f.task_id, f.flag, f.notes, f.source, f.created_at FROM feedback f WHERE f.destination = '' "
+            "AND f.id > ? AND NOT EXISTS (SELECT 1 FROM pushed p WHERE p.destination = ? "
+            "AND p.task_id = 'feedback:' || f.id) ORDER BY f.id LIMIT ?",
+            (after, self.options.project_id, self.options.max_batch_size),
+        )
+        if not rows:
+            return 0
+        pushed = []
+        for row in rows:
+            outcome = self._send_feedback(Feedback(row[1], row[2], row[3], row[4], row[5]))
+            if outcome == "sent":
+                pushed.append((self.options.project_id, f"feedback:{row[0]}", time.time()))
+            if self.error is not None:
+                break
+        with self.db.transaction() as conn:
+            _store.insert_rows(conn, "INSERT OR IGNORE INTO pushed (destination, task_id, pushed_at) VALUES", pushed)
+        return int(rows[-1][0])
+
     def _reject_too_large(self) -> None:
         reason = "too large to send even when truncated"
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -236,6 +322,14 @@ class Pusher:
         lines.append(f"  failed    {failed}" + ("  (not delivered: run push again to resume)" if failed else ""))
         if self.retries:
             lines.append(f"  retries   {self.retries}")
+        fb = self.feedback
+        if any(fb.values()):
+            line = f"  feedback  {fb['sent']} sent"
+            if fb["waiting"]:
+                line += f", {fb['waiting']} waiting for their task in phospho (a later push sends them)"
+            if fb["rejected"]:
+                line += f", {fb['rejected']} rejected"
+            lines.append(line)
         return "\n".join(lines) + "\n"
 
 
@@ -251,6 +345,9 @@ def _dry_run(options: Options, path: Path) -> int:
         f"  {to_send} from the local store {path} ({pushed} already pushed, skipped)\n"
         f"  {spooled} from the spool" + (f" for project {options.project_id}\n" if options.project_id else "\n")
     )
+    feedback = pusher.count_feedback()
+    if feedback:
+        sys.stdout.write(f"  and {feedback} feedback(s), after the tasks\n")
     return EXIT_OK
 
 

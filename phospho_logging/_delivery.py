@@ -95,6 +95,9 @@ class Books:
         self.spooled_by_reason: Dict[str, int] = {}
         self.problems: Dict[str, int] = {}
         self.last_error: Optional[str] = None
+        #: Feedback taken off the queue, and what became of it (``stats()["feedback"]``).
+        self.feedback_got = itertools.count()
+        self.feedback: Dict[str, int] = {"sent": 0, "rejected": 0, "spooled": 0, "dropped": 0, "replayed": 0}
 
     def resolved(self) -> int:
         """Tasks of this run settled by the worker: sent, rejected, spooled or dropped
@@ -102,8 +105,8 @@ class Books:
         return self.sent + self.rejected + self.spooled + sum(self.dropped.values())
 
     def losses(self) -> int:
-        """Tasks dropped or rejected so far (a flush is False when this grew)."""
-        return sum(self.dropped.values()) + self.rejected
+        """Tasks and feedback dropped or rejected so far (a flush is False when this grew)."""
+        return sum(self.dropped.values()) + self.rejected + self.feedback["dropped"] + self.feedback["rejected"]
 
     def add(self, counter: Dict[str, int], key: str, n: int) -> None:
         """``counter[key] += n`` (call with ``lock`` held)."""
@@ -272,14 +275,30 @@ class Delivery:
 
     def export(self, events: Sequence[WireEvent], timeout: float) -> ExportResult:
         """One request; an exporter that raises (or returns nonsense) is a failed attempt."""
+        return self._call(self.exporter.export, tuple(events), timeout)
+
+    def send_feedback(self, feedback: Any) -> ExportResult:
+        """One feedback request (``export_feedback``), no retry here (the feedback outbox
+        schedules them); a failure is a ``retry`` result, never an exception. A success
+        closes the circuit as any answer does; failures do not open it (a 404 here means
+        the task is not ingested yet, not that phospho is down)."""
+        timeout = self.request_timeout()
+        if timeout is None:
+            return ExportResult.retry("shutdown_timeout reached", cause="timeout")
+        result = self._call(self.exporter.export_feedback, feedback, timeout)
+        if result.ok:
+            self.circuit.success()
+        return result
+
+    def _call(self, method: Callable[[Any, float], Any], payload: Any, timeout: float) -> ExportResult:
         with self.books.lock:
             self.books.requests += 1
         try:
             if self._around is None:
-                result = self.exporter.export(tuple(events), timeout)
+                result = method(payload, timeout)
             else:
                 with self._around(timeout):
-                    result = self.exporter.export(tuple(events), timeout)
+                    result = method(payload, timeout)
         except Busy as exc:
             return ExportResult.retry(str(exc))
         except BaseException as exc:  # noqa: BLE001 - an exporter bug (even SystemExit) is a failed attempt

@@ -32,6 +32,7 @@ from ._config import Options
 from ._delivery import Books, Delivery, count_value
 from ._event import PlainEncoder, event_budget
 from ._export import destination_of
+from ._feedback import Feedback, Outbox
 from ._http import HTTPExporter
 from ._settle import Settler
 from ._spool import Spool
@@ -128,6 +129,8 @@ class Engine(WorkerLoop):
         self._late = itertools.count()  # logged after the exit drain
         self._failed = itertools.count()  # a record that could not be turned into a task
         self._ignored = itertools.count()  # task-looking records made by our own I/O
+        self._feedback_put = itertools.count()  # feedback put on the queue
+        self._feedback_lost: Dict[str, int] = {}  # feedback refused by the caller's side, by reason
         self._said: Dict[str, bool] = {}
         self._enqueued = 0  # the highest count stats() saw (a read mid-put can only fall short)
         self._stats_lock = threading.RLock()  # stats() callers only (reentrant: signal handlers)
@@ -152,6 +155,9 @@ class Engine(WorkerLoop):
         self.settler = Settler(self.options, self.exporter, self.books, self.spool, self._past_grace,
                                self._time_left)
         self._abandoned = False  # the exit grace ran out: what is left stays unbuilt
+        self._deferred = []  # markers reached once the feedback before them is settled
+        self.outbox = Outbox(self.options.max_retry_time, self.delivery.send_feedback, self.settler.keep_feedback,
+                             self.settler.feedback_settled)
         self._beats = 0  # bumped by the worker as it goes (a stuck worker's stays still)
 
     def __repr__(self) -> str:
@@ -178,6 +184,38 @@ class Engine(WorkerLoop):
         q.put(item)
         if not self._running:
             _lifecycle.wake(self)
+
+    def submit_feedback(self, item: Feedback) -> None:
+        """Put one feedback on the queue (behind the tasks logged before it). Never blocks,
+        raises, takes a lock or starts a thread; a full queue, or a call after the exit
+        drain, drops it, counted in ``stats()["feedback"]["dropped"]`` and said once."""
+        if self._closed:
+            self._lose_feedback("logged_after_exit", "a feedback was given after the exit drain: it is not kept")
+            return
+        if self._capturing:
+            _capture.deliver_feedback(item)
+            return
+        if not hasattr(self.exporter, "export_feedback"):
+            self._lose_feedback("unsupported", "the exporter %s has no export_feedback(): feedback is not sent",
+                                self.destination)
+            return
+        if self._queue.qsize() >= self._max_queue:
+            self._lose_feedback("queue_full", "the task queue is full (max_queue_size=%d); feedback is being "
+                                "dropped", self._max_queue)
+            return
+        next(self._feedback_put)
+        self._queue.put(item)
+        if not self._running:
+            _lifecycle.wake(self)
+
+    def feedback_invalid(self, why: str) -> None:
+        """A record that looked like feedback but is not valid: counted, said once."""
+        self._lose_feedback("invalid", "a feedback record was not valid and is not sent: %s", why)
+
+    def _lose_feedback(self, reason: str, message: str, *args: object) -> None:
+        lost = self._feedback_lost
+        lost[reason] = lost.get(reason, 0) + 1  # the caller's side: a rare path, read by stats()
+        self._say_once("feedback_" + reason, message + " (counted in stats()['feedback']['dropped'])", *args)
 
     def pass_on(self, record: logging.LogRecord) -> None:
         """Put a record that carries no task on the queue, for the other handlers behind a
@@ -472,12 +510,15 @@ class Engine(WorkerLoop):
         for _ in range(STATS_TRIES):
             got, passing_got, markers_got = count_value(b.got), count_value(b.passing_got), count_value(b.markers_got)
             passing_put, markers_put = count_value(self._passing_put), count_value(self._markers_put)
+            feedback_got, feedback_put = count_value(b.feedback_got), count_value(self._feedback_put)
             size = self._queue.qsize()
             if (count_value(b.got), count_value(b.passing_got), count_value(b.markers_got),
-                    count_value(self._passing_put), count_value(self._markers_put)) == (
-                    got, passing_got, markers_got, passing_put, markers_put):
+                    count_value(self._passing_put), count_value(self._markers_put), count_value(b.feedback_got),
+                    count_value(self._feedback_put)) == (
+                    got, passing_got, markers_got, passing_put, markers_put, feedback_got, feedback_put):
                 break
-        in_queue = size - (markers_put - markers_got) - (passing_put - passing_got)
+        in_queue = (size - (markers_put - markers_got) - (passing_put - passing_got)
+                    - (feedback_put - feedback_got))
         producer_drops = {
             "queue_full": count_value(self._refused),
             "logged_after_exit": count_value(self._late),
@@ -495,10 +536,21 @@ class Engine(WorkerLoop):
             queued=enqueued - sent - rejected - spooled - lost,
             dropped_by_reason=dropped,
             ignored_own_io=count_value(self._ignored),
+            feedback=self._feedback_stats(feedback_put, feedback_got),
             circuit_open=self.delivery.circuit.is_open(),
             worker_alive=self._running,
         )
         return snapshot
+
+    def _feedback_stats(self, put: int, got: int) -> Dict[str, int]:
+        """Feedback given to this engine, and what became of it: ``given == sent +
+        rejected + spooled + dropped + waiting``."""
+        counts = dict(self.books.feedback)
+        lost = sum(self._feedback_lost.values())
+        counts["dropped"] += lost
+        counts["waiting"] = (put - got) + len(self.outbox)
+        counts["given"] = put + lost
+        return counts
 
     # -- fork -------------------------------------------------------------------------------
 

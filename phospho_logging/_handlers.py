@@ -18,6 +18,7 @@ from typing import Any, Dict, NamedTuple, Optional
 from . import _context, _diag, _lifecycle
 from ._config import Options, TextFunction, resolve
 from ._engine import Engine
+from ._feedback import feedback_of
 from ._item import Snapshot, carried, plain_record
 from ._lifecycle import OWN_IO, made_by_own_io
 from ._snapshot import snapshot_record
@@ -164,6 +165,8 @@ class TaskIntake:
         if "input" not in attrs:
             if type(record.msg) is dict and "input" in record.msg:
                 return self._handle_general(record)  # a structlog event dict
+            if "flag" in attrs and "task_id" in attrs:
+                return self._handle_feedback(record)
             if "output" in attrs or "session_id" in attrs:
                 notice_no_input(record)
             return False
@@ -194,11 +197,40 @@ class TaskIntake:
             report_error(exc, self._route.engine)
             return False
 
+    def _handle_feedback(self, record: logging.LogRecord) -> bool:
+        """A feedback record (``extra={"task_id": ..., "flag": ...}``, no input): to the
+        engine's queue, behind the tasks logged before it."""
+        engine = self._route.engine
+        if engine is None:
+            return False  # a queue handler whose listener is not ours: it passes records on
+        try:
+            filtered = apply_filters(self, record)  # type: ignore[arg-type]
+            if filtered is None:
+                return False
+            self._take_feedback(filtered, engine)
+            return True
+        except Exception as exc:  # noqa: BLE001 - never raise into the application
+            report_error(exc, engine)
+            return False
+
+    def _take_feedback(self, record: logging.LogRecord, engine: Engine) -> None:
+        if record.thread in OWN_IO and made_by_own_io(record):
+            engine.ignore_own_io()
+            return
+        found = feedback_of(record.__dict__, record.created)
+        if isinstance(found, str):
+            engine.feedback_invalid(found)
+        else:
+            engine.submit_feedback(found)
+
     def emit(self, record: logging.LogRecord) -> None:
         """Submit a task-carrying record (filters are ``handle``'s business, as in logging)."""
         try:
-            if "input" in record.__dict__ or (type(record.msg) is dict and "input" in record.msg):
+            attrs = record.__dict__
+            if "input" in attrs or (type(record.msg) is dict and "input" in record.msg):
                 self._take(record, self._route)
+            elif "flag" in attrs and "task_id" in attrs and self._route.engine is not None:
+                self._take_feedback(record, self._route.engine)
         except Exception as exc:  # noqa: BLE001 - never raise into the application
             report_error(exc, self._route.engine)
 

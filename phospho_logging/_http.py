@@ -18,9 +18,10 @@ import threading
 import time
 from email.utils import parsedate_to_datetime
 from typing import Any, Dict, List, Optional, Sequence, Tuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from ._export import ExportResult, WireEvent, request_body
+from ._feedback import Feedback
 from ._version import __version__
 
 USER_AGENT = f"phospho-logging/{__version__} python/{platform.python_version()}"
@@ -225,14 +226,42 @@ class HTTPExporter:
         return without_secret(self._export(events, timeout), self._secret)
 
     def _export(self, events: Sequence[WireEvent], timeout: float) -> ExportResult:
-        url = self.destination
+        body = request_body(events)
+        answer = self._post(self.destination, body, timeout)
+        if isinstance(answer, ExportResult):
+            return answer
+        status, content, headers = answer
+        return classify(status, content, headers, self.destination, len(events))
+
+    def export_feedback(self, feedback: Feedback, timeout: float) -> ExportResult:
+        """POST one feedback to ``{base_url}/v2/tasks/{task_id}/human-eval``. A 404 says the
+        task is not ingested yet (``not_found``: the engine tries again later)."""
+        base, _, project_id = self.destination.rpartition("/v2/log/")
+        url = f"{base}/v2/tasks/{quote(feedback.task_id, safe='')}/human-eval"
+        answer = self._post(url, feedback.body(unquote(project_id) or None), timeout)
+        if isinstance(answer, ExportResult):
+            return without_secret(answer, self._secret)
+        status, content, headers = answer
+        if status == 404:
+            return ExportResult("not_found", error=f"phospho does not know task {feedback.task_id} yet (HTTP 404"
+                                f"{_detail(content)})", status=status)
+        if status == 200 and content.lstrip()[:1] != b"{":
+            kind = headers.get("Content-Type", "no content type")
+            return ExportResult.retry(f"{url} answered HTTP 200 but not with phospho's JSON ({kind}, {len(content)} "
+                                      "bytes): a proxy or a captive portal? The feedback is not taken as delivered",
+                                      cause="not_api")
+        if status == 200:
+            return ExportResult.delivered()
+        return without_secret(classify(status, content, headers, url, 1), self._secret)
+
+    def _post(self, url: str, body: bytes, timeout: float) -> Any:
+        """POST ``body``: (status, content, headers), or the ``ExportResult`` of a failure."""
         session = self._session
         if session is None:
             with self._session_lock:
                 if self._session is None:
                     self._session = make_session(url)
                 session = self._session
-        body = request_body(events)
         deadline = time.monotonic() + timeout
         _deadlines.local.deadline = deadline
         try:
@@ -256,7 +285,7 @@ class HTTPExporter:
             return _failure(exc, url, timeout, deadline)
         finally:
             _deadlines.local.deadline = None
-        return classify(response.status_code, content, response.headers, url, len(events))
+        return response.status_code, content, response.headers
 
     def close(self) -> None:
         """Close the session; the next ``export`` opens a new one."""

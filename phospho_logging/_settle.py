@@ -18,11 +18,14 @@ from ._config import Options
 from ._delivery import Books, Delivery, Resolution
 from ._event import event_budget, fitted, stored_event
 from ._export import WireEvent, destination_of
+from ._feedback import Feedback
 from ._http import HTTPExporter
 from ._spool import Spool
 
 #: After a storage error or a failed replay, seconds before the spool is read again.
 SPOOL_PAUSE = 5.0
+#: Spooled feedback whose task is still unknown this long after it was given is dropped.
+FEEDBACK_MAX_AGE = 7 * 24 * 3600.0
 #: With nothing to replay, seconds before the spool is looked at again (another engine, or
 #: another process, may have spooled meanwhile).
 REPLAY_RECHECK = 30.0
@@ -174,6 +177,86 @@ class Settler:
             return  # the exit report says how many, once
         _diag.warn_once("dropped:" + reason, "%d task(s) not delivered: %s", n, message)
 
+    # -- feedback -------------------------------------------------------------------------
+
+    def feedback_settled(self, kind: str, feedback: Feedback, reason: str) -> None:
+        """A feedback sent, or rejected by the server (said once per reason)."""
+        with self.books.lock:
+            self.books.feedback["sent" if kind == "sent" else "rejected"] += 1
+        if kind != "sent":
+            _diag.warn_once("feedback_rejected:" + reason[:60], "a feedback on task %s was rejected by %s: %s "
+                            "(counted in stats()['feedback']['rejected'])", feedback.task_id, self.destination,
+                            reason)
+
+    def keep_feedback(self, items: List[Feedback], reason: str, message: str) -> None:
+        """Feedback not delivered now: into the spool (sent from there later), or dropped
+        with a reason when there is no spool or it cannot be written."""
+        n = len(items)
+        spool = self.spool
+        if spool is None or self._past_grace():
+            why = "there is no spool to keep it (it needs PHOSPHO_API_KEY and PHOSPHO_PROJECT_ID)" \
+                if spool is None else "shutdown_timeout ran out"
+            self.drop_feedback(n, f"{message}; {why}")
+            return
+        try:
+            with _lifecycle.own_io():
+                spool.put_feedback(items, wait=self._time_left())
+        except Exception as exc:  # noqa: BLE001 - a full disk must not stop the worker
+            self.drop_feedback(n, f"{message}; cannot write the spool {spool.path}: {exc}")
+            return
+        with self.books.lock:
+            self.books.feedback["spooled"] += n
+        self.replay_due = True
+        if reason == "task_not_found":
+            what = "phospho does not have its task yet (HTTP 404): it is sent from the spool once the task is there"
+        else:
+            what = f"{message}: it is sent from the spool later"
+        _diag.warn_once("feedback_spooled:" + reason, "%d feedback(s) kept in the spool %s: %s", n, spool.path, what)
+
+    def drop_feedback(self, n: int, message: str) -> None:
+        """Count ``n`` feedback(s) as lost; say so once."""
+        with self.books.lock:
+            self.books.feedback["dropped"] += n
+            self.books.last_error = message
+        _diag.warn_once("feedback_dropped", "%d feedback(s) not delivered: %s (counted in "
+                        "stats()['feedback']['dropped'])", n, message)
+
+    def _replay_feedback(self, delivery: Delivery) -> bool:
+        """Send up to one batch of spooled feedback, oldest first; False when none waits."""
+        spool = self.spool
+        assert spool is not None
+        with _lifecycle.own_io():
+            rows = spool.feedback.claim(self.options.max_batch_size, wait=self._time_left())
+        if not rows:
+            return False
+        done: List[int] = []
+        again: List[int] = []
+        now = time.time()
+        for row_id, item, _tries in rows:
+            if delivery.request_timeout() is None:
+                again.append(row_id)
+                continue
+            result = delivery.send_feedback(item)
+            if result.ok:
+                done.append(row_id)
+                with self.books.lock:
+                    self.books.feedback["replayed"] += 1
+            elif result.kind in ("invalid", "too_large"):
+                done.append(row_id)
+                self.feedback_settled("rejected", item, result.error or result.kind)
+            elif result.kind == "not_found" and now - item.created > FEEDBACK_MAX_AGE:
+                done.append(row_id)
+                self.drop_feedback(1, f"task {item.task_id} was still unknown to phospho "
+                                      f"{FEEDBACK_MAX_AGE / 86400:g} days after its feedback")
+            else:
+                again.append(row_id)
+        with _lifecycle.own_io():
+            spool.feedback.ack(done, wait=self._time_left())
+            spool.feedback.release(again, wait=self._time_left())
+        if again:  # their tasks are not there yet, or phospho is not reachable: later
+            self.replay_after = time.monotonic() + SPOOL_PAUSE
+        return True
+
     def count_problems(self, problems: List[str]) -> None:
         """Count what had to be adjusted in a task; say each kind once (the new kinds of
         one task in one line)."""
@@ -236,6 +319,14 @@ class Settler:
             _diag.warn_once("spool_error", "cannot read the spool %s: %s", spool.path, exc)
             return
         if not rows:
+            # The tasks first: feedback on a task spooled with it is sent once the task is.
+            try:
+                if self._replay_feedback(delivery):
+                    return
+            except Exception as exc:  # noqa: BLE001 - a locked or broken spool: try again later
+                self.replay_after = time.monotonic() + SPOOL_PAUSE
+                _diag.warn_once("spool_error", "cannot read the spool %s: %s", spool.path, exc)
+                return
             self.replay_due = False
             self._recheck_at = time.monotonic() + REPLAY_RECHECK
             return
@@ -309,6 +400,15 @@ class Settler:
                             books.spool_evicted, self.options.max_spool_tasks)
         if self.spool is None or not (books.spooled or books.replayed or self.spool.path.exists()):
             return
+        if finished and (books.feedback["spooled"] or books.feedback["replayed"]):
+            try:
+                feedback_waiting = self.spool.feedback.count(wait=0.2)
+            except Exception:  # noqa: BLE001 - only a message depends on it
+                feedback_waiting = 0
+            if feedback_waiting:
+                _diag.warn_once("feedback_at_exit:" + str(id(owner)), "%d feedback(s) wait in the spool %s: they "
+                                "are sent once their tasks are in phospho, on the next start or with "
+                                "`phospho-logging push`", feedback_waiting, self.spool.path)
         if finished:  # the worker is done with the spool: how many wait there is exact
             try:
                 waiting = self.spool.count(wait=0.2)  # this run's and earlier runs'

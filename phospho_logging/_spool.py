@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from ._store import Database, insert_rows, where_in
+from ._feedback import Feedback
+from ._store import Database, FeedbackTable, insert_rows, where_in
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -58,8 +59,15 @@ class Spool:
         self.max_tasks = max_tasks
         self._db = Database(path, _setup)
 
+        #: Feedback waiting for its task (or for phospho), this project's.
+        self.feedback = FeedbackTable(self._db, destination)
+
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r}, {self.destination!r})"
+
+    def put_feedback(self, items: Sequence[Feedback], wait: Optional[float] = None) -> int:
+        """Keep feedback for a later try."""
+        return self.feedback.put(items, wait)
 
     def _transaction(self, wait: Optional[float]) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return self._db.transaction(wait)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set
 
 from . import _diag
 from ._export import ExportResult, WireEvent
+from ._feedback import Feedback
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -28,6 +29,24 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_at INTEGER,
     stored_at REAL NOT NULL,
     event TEXT NOT NULL
+)
+"""
+
+#: Feedback on tasks (``phospho_logging.feedback``): in the local store (``destination``
+#: ``""``, until ``push`` sends it) and in the spool (``destination``: the project id).
+_FEEDBACK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    flag TEXT NOT NULL,
+    notes TEXT,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    stored_at REAL NOT NULL,
+    lease_until REAL NOT NULL DEFAULT 0,
+    owner INTEGER NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0
 )
 """
 
@@ -247,6 +266,7 @@ def connect(path: Path, *, create: bool = True, wait: float = BUSY_TIMEOUT) -> s
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(_SCHEMA)
+            conn.execute(_FEEDBACK_SCHEMA)
     except BaseException:
         close_connection(conn)
         raise
@@ -403,6 +423,53 @@ def _locked(wait: Optional[float]) -> Iterator[float]:
         _lock.release()
 
 
+class FeedbackTable:
+    """The feedback rows of one destination (``""``: the local store's, not pushed yet; a
+    project id: that project's spool). Rows are leased while being sent, as the spool's."""
+
+    LEASE = 60.0
+
+    def __init__(self, db: Database, destination: str) -> None:
+        self._db = db
+        self.destination = destination
+
+    def put(self, items: Sequence[Feedback], wait: Optional[float] = None) -> int:
+        now = time.time()
+        rows = [(self.destination, f.task_id, f.flag, f.notes, f.source, f.created, now) for f in items]
+        return self._db.write(lambda conn: insert_rows(  # type: ignore[no-any-return]
+            conn, "INSERT INTO feedback (destination, task_id, flag, notes, source, created_at, stored_at) VALUES",
+            rows), wait)
+
+    def claim(self, limit: int, wait: Optional[float] = None) -> List[Any]:
+        """Lease the oldest ``limit`` rows nobody holds: [(row id, Feedback, tries)]."""
+        now = time.time()
+        with self._db.transaction(wait) as conn:
+            rows = conn.execute(
+                "SELECT id, task_id, flag, notes, source, created_at, tries FROM feedback "
+                "WHERE destination = ? AND lease_until < ? ORDER BY id LIMIT ?", (self.destination, now, limit),
+            ).fetchall()
+            if rows:
+                where_in(conn, "UPDATE feedback SET lease_until = ?, owner = ? WHERE id IN ({})",
+                         [row[0] for row in rows], (now + self.LEASE, os.getpid()))
+        return [(row[0], Feedback(row[1], row[2], row[3], row[4], row[5]), row[6]) for row in rows]
+
+    def ack(self, row_ids: Sequence[int], wait: Optional[float] = None) -> None:
+        """Forget rows delivered (or finally rejected, or given up on)."""
+        if row_ids:
+            with self._db.transaction(wait) as conn:
+                where_in(conn, "DELETE FROM feedback WHERE id IN ({})", row_ids)
+
+    def release(self, row_ids: Sequence[int], wait: Optional[float] = None) -> None:
+        """Give leased rows back after a try that failed (their ``tries`` grows)."""
+        if row_ids:
+            with self._db.transaction(wait) as conn:
+                where_in(conn, "UPDATE feedback SET lease_until = 0, tries = tries + 1 WHERE id IN ({})", row_ids)
+
+    def count(self, wait: Optional[float] = None) -> int:
+        rows = self._db.query("SELECT COUNT(*) FROM feedback WHERE destination = ?", (self.destination,), wait)
+        return int(rows[0][0])
+
+
 class LocalStoreExporter:
     """An exporter that appends batches to the local store; a task id already stored is skipped."""
 
@@ -425,6 +492,15 @@ class LocalStoreExporter:
             self._db.write(lambda conn: insert_rows(
                 conn, "INSERT OR IGNORE INTO tasks (task_id, session_id, created_at, stored_at, event) VALUES", rows,
             ), wait=min(timeout, BUSY_TIMEOUT))
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
+            return ExportResult.retry(f"cannot write the local store {self.path}: {exc}", cause="storage")
+        return ExportResult.delivered()
+
+    def export_feedback(self, feedback: Feedback, timeout: float) -> ExportResult:
+        """Keep one feedback in the store (``push`` sends it after the tasks)."""
+        try:
+            FeedbackTable(self._db, "").put([feedback], wait=min(timeout, BUSY_TIMEOUT))
         except (sqlite3.Error, OSError) as exc:
             self.close()
             return ExportResult.retry(f"cannot write the local store {self.path}: {exc}", cause="storage")

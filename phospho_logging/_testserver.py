@@ -2,7 +2,8 @@
 
 It serves ``POST /v2/log/{project_id}`` with the backend's validation rules
 (as the phospho backend applies them), re-implemented here on purpose: the package's own validator is
-what the tests check, so it must not also be the referee.
+what the tests check, so it must not also be the referee; and ``POST
+/v2/tasks/{task_id}/human-eval`` (feedback), which answers 404 until the task was logged.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 __all__ = ["PhosphoTestServer", "RecordedRequest"]
 
 _LOG_PATH = re.compile(r"^/v2/log/([^/]+)$")
+_FEEDBACK_PATH = re.compile(r"^/v2/tasks/([^/]+)/human-eval$")
 _STOP_JOIN_SECONDS = 1.0  # keeps stop() well under its 2 s promise
 _POLL_SECONDS = 0.01  # shutdown() waits out one poll; test suites stop many servers
 
@@ -131,6 +133,21 @@ def _echo(event: dict[str, Any], project_id: str) -> dict[str, Any]:
 
 def _err(kind: str, loc: list[Any], msg: str, value: Any) -> dict[str, Any]:
     return {"type": kind, "loc": loc, "msg": msg, "input": value}
+
+
+def _check_feedback(payload: Any) -> list[dict[str, Any]]:
+    """The backend's errors for a human-eval body (``{"human_eval": "success" | "failure",
+    "project_id", "source", "notes"}``), as a 422 lists them."""
+    if not isinstance(payload, dict):
+        return [_err("dict_type", ["body"], "Input should be a valid dictionary", payload)]
+    errors = []
+    if payload.get("human_eval") not in ("success", "failure"):
+        errors.append(_err("literal_error", ["body", "human_eval"], "Input should be 'success' or 'failure'",
+                           payload.get("human_eval")))
+    for key in ("project_id", "source", "notes"):
+        if payload.get(key) is not None and not _is_str(payload[key]):
+            errors.append(_err("string_type", ["body", key], "Input should be a valid string", payload[key]))
+    return errors
 
 
 def _parse_batch(body: bytes) -> tuple[Any, list[dict[str, Any]]]:
@@ -266,6 +283,9 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             reply = _json_reply(411, {"detail": "Length Required"}, {"Connection": "close"})
             self.close_connection = True
+        feedback = _FEEDBACK_PATH.match(path) if reply is None and self.command == "POST" else None
+        if feedback is not None:
+            reply = owner._feedback_reply(self.headers.get("Authorization"), unquote(feedback.group(1)), body)
         if reply is None and match is None:
             reply = _json_reply(404, {"detail": "Not Found"})
         elif reply is None and not is_log:
@@ -357,6 +377,9 @@ class PhosphoTestServer:
         self.max_body_bytes = max_body_bytes
         self.port = port
         self.delay: float = 0.0  # seconds before every reply; cut short by stop()
+        #: Seconds after a task is logged before feedback on it is accepted (before, 404):
+        #: phospho ingests tasks in the background.
+        self.ingest_lag: float = 0.0
         self._cond = threading.Condition(threading.Lock())
         self._lifecycle = threading.Lock()
         self._stopping = threading.Event()
@@ -368,6 +391,8 @@ class PhosphoTestServer:
     def _reset_state(self) -> None:
         self._tasks: list[dict[str, Any]] = []
         self._seen: set[str] = set()
+        self._logged_at: dict[str, float] = {}
+        self._feedback: list[dict[str, Any]] = []
         self._requests: list[RecordedRequest] = []
         self._rejected: list[tuple[dict[str, Any], str]] = []
         self._duplicates = 0
@@ -436,6 +461,43 @@ class PhosphoTestServer:
         """The ``task_id`` of each accepted event, in arrival order."""
         with self._cond:
             return [task["task_id"] for task in self._tasks]
+
+    @property
+    def feedback(self) -> list[dict[str, Any]]:
+        """Feedback accepted (``POST /v2/tasks/{task_id}/human-eval``), in arrival order:
+        the body as sent, with the ``task_id`` of the path."""
+        with self._cond:
+            return copy.deepcopy(self._feedback)
+
+    def wait_for_feedback(self, n: int, timeout: float = 5.0) -> bool:
+        """Block until ``n`` feedbacks were accepted; False on timeout or stop."""
+        return self._wait(lambda: len(self._feedback) >= n, timeout)
+
+    def _feedback_reply(self, authorization: str | None, task_id: str, body: bytes | None) -> _Reply:
+        """The answer to a feedback: auth as for logs; 422 for a body phospho refuses; 404
+        while the task is unknown (or logged less than ``ingest_lag`` seconds ago)."""
+        scheme, _, token = (authorization or "").partition(" ")
+        if not (scheme and token) or scheme.lower() != "bearer":
+            return _json_reply(403, {"detail": "Not authenticated"})
+        if token != self.api_key:
+            return _json_reply(401, {"detail": "Invalid token"})
+        try:
+            payload = json.loads(body or b"")
+        except ValueError:
+            return _json_reply(422, {"detail": [_err("json_invalid", ["body"], "JSON decode error", None)]})
+        errors = _check_feedback(payload)
+        if errors:
+            return _json_reply(422, {"detail": errors})
+        if payload.get("project_id") not in (None, self.project_id):
+            return _json_reply(404, {"detail": "Project not found"})
+        with self._cond:
+            logged = self._logged_at.get(task_id)
+            if logged is None or time.monotonic() - logged < self.ingest_lag:
+                return _json_reply(404, {"detail": f"Task {task_id} not found"})
+            self._feedback.append({"task_id": task_id, **payload})
+            self._cond.notify_all()
+        return _json_reply(200, {"id": task_id, "project_id": self.project_id, "flag": payload["human_eval"],
+                                 "notes": payload.get("notes")})
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -606,5 +668,6 @@ class PhosphoTestServer:
                 self._duplicates += 1  # skipped, and not reported as an error
             else:
                 self._seen.add(echo["task_id"])
+                self._logged_at[echo["task_id"]] = time.monotonic()
                 self._tasks.append(echo)
         return _json_reply(200, {"logged_events": logged})

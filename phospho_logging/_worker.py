@@ -24,6 +24,7 @@ from ._config import Options
 from ._delivery import Books, Delivery, Resolution, count_value, interrupts_this_thread
 from ._event import PlainEncoder, TestRun, encode, test_run
 from ._export import WireEvent
+from ._feedback import Feedback, Outbox
 from ._item import snapshot_of
 from ._settle import Settler
 
@@ -270,6 +271,9 @@ class WorkerLoop:
     _late: Any
     _failed: Any
     _loop_ident: Optional[int]
+    outbox: Outbox
+    _deferred: List[Any]
+    _feedback_lost: Dict[str, int]
 
     def close_for_exit(self) -> None:  # pragma: no cover - Engine's
         raise NotImplementedError
@@ -325,18 +329,29 @@ class WorkerLoop:
             pending = batch.events  # a list: its truth is the batch's, without a call
             if pending:
                 timeout = due - time.monotonic()
-            elif self.stopped:
+            elif self.stopped and not self.outbox:
                 timeout = 0.0
             elif self._may_replay():
                 timeout = 0.0
             else:
                 timeout = IDLE_WAIT
+            if not pending and self.outbox:
+                # Feedback goes once no batch is being built (the one with its task went first).
+                self._beats += 1  # retrying feedback is progress, not a stuck worker
+                self.outbox.send_due(self._can_send_feedback)
+                feedback_due = self.outbox.next_due()
+                if feedback_due is not None:
+                    timeout = min(timeout, max(0.0, feedback_due - time.monotonic()), STUCK_AFTER)
+            if self._deferred:
+                self._release_deferred()
             try:
                 item = q.get(True, timeout) if timeout > 0 else q.get_nowait()
             except queue_module.Empty:
                 if batch:
                     held = self._send(held)
                 elif self.stopped:
+                    if self.outbox and self._time_for_feedback():
+                        continue  # feedback waiting for its task: retried while the deadline allows
                     if (exiting is not None and exiting.deadline - time.monotonic() > REPLAY_AT_EXIT
                             and self._may_replay()):
                         # At exit, the queue drained: the time left sends what earlier runs
@@ -344,8 +359,9 @@ class WorkerLoop:
                         settler.replay(self.delivery)
                         continue
                     self._building = None
+                    self._release_deferred(force=True)
                     if exiting is not None:
-                        self._barrier(exiting)
+                        self._barrier(exiting, force=True)
                     return
                 elif self._may_replay():
                     settler.replay(self.delivery)
@@ -360,14 +376,16 @@ class WorkerLoop:
                     exiting = item
                 else:
                     self._barrier(item)
-                    if item is self._stop:  # a shutdown() done: later tasks get the whole policy
-                        self._deadline = None
-                        self._stopping.clear()
                 continue
             if kind is Passing:
                 next(self.books.passing_got)
                 self._beats += 1
                 self._pass(item.record)
+                continue
+            if kind is Feedback:
+                next(self.books.feedback_got)
+                self._beats += 1
+                self.outbox.add(item)
                 continue
             next(self.books.got)
             if exiting is not None and time.monotonic() >= exiting.deadline:
@@ -516,15 +534,52 @@ class WorkerLoop:
             self.settler.settle(results, stored)
         self._flights.discard(held)
 
-    def _barrier(self, marker: Marker) -> None:
+    def _can_send_feedback(self) -> bool:
+        return not self.delivery.circuit.is_open() and self.delivery.request_timeout() is not None
+
+    def _barrier(self, marker: Marker, force: bool = False) -> None:
+        """A marker is reached once what came before it is settled: the batches in flight,
+        and the feedback given before it (sent, or kept in the spool once its retries are
+        over; for a shutdown, once its deadline is near)."""
         senders = self._senders
         if senders is not None:
-            senders.wait_settled()  # a marker is reached once what came before it is settled
+            senders.wait_settled()
+        mark = self.outbox.mark()
+        if force:
+            self.outbox.settle_all(self._can_send_feedback, mark)
+        elif self.outbox.waiting_upto(mark):
+            self._deferred.append((marker, mark))  # reached later, in the loop (_release_deferred)
+            return
+        self._reached(marker)
+
+    def _reached(self, marker: Marker) -> None:
         marker.losses = self._losses()
         marker.done.set()
+        if marker is self._stop and isinstance(marker, Stop) and not marker.at_exit:
+            self._deadline = None  # a shutdown() done: later tasks get the whole policy
+            self._stopping.clear()
+
+    def _release_deferred(self, force: bool = False) -> None:
+        """Markers waiting for feedback: reached once it is settled; a shutdown's, near its
+        deadline, after one last try and the spool for the rest."""
+        waiting = []
+        for marker, mark in self._deferred:
+            if force or (isinstance(marker, Stop) and not self._time_for_feedback()):
+                self.outbox.settle_all(self._can_send_feedback, mark)
+            if self.outbox.waiting_upto(mark):
+                waiting.append((marker, mark))
+            else:
+                self._reached(marker)
+        self._deferred = waiting
+
+    def _time_for_feedback(self) -> bool:
+        """Feedback may still be retried: no deadline, or more than ``REPLAY_AT_EXIT`` left."""
+        deadline = self._deadline
+        return deadline is None or deadline - time.monotonic() > REPLAY_AT_EXIT
 
     def _losses(self) -> int:
-        return self.books.losses() + count_value(self._refused) + count_value(self._late) + count_value(self._failed)
+        return (self.books.losses() + count_value(self._refused) + count_value(self._late) + count_value(self._failed)
+                + sum(self._feedback_lost.values()))
 
     def _abandon(self, exc: BaseException) -> None:
         """After an internal error in the loop: what the worker held is kept, not lost."""
@@ -549,6 +604,7 @@ class WorkerLoop:
             for held in (*list(self._flights), self._building):
                 if held is not None and held.claim() and held.batch:
                     self.settler.keep(held.batch.events, reason, message)
+            self.outbox.keep_all(reason, message)
             if at_exit:
                 self.close_for_exit()
             chunk: List[WireEvent] = []
@@ -588,6 +644,10 @@ class WorkerLoop:
                 continue
             if kind is Passing:
                 next(self.books.passing_got)
+                continue
+            if kind is Feedback:
+                next(self.books.feedback_got)
+                self.settler.keep_feedback([item], "shutdown_deadline", "shutdown_timeout reached with feedback unsent")
                 continue
             next(self.books.got)
             event = self._encode(item)

@@ -31,6 +31,7 @@ from threading import get_ident
 
 from . import _capture, _configure, _context, _lifecycle
 from ._config import Options, resolve
+from ._feedback import feedback_of
 from ._item import new_task_id, plain_event_dict
 from ._lifecycle import OWN_IO, made_by_own_io
 from ._snapshot import snapshot_event_dict
@@ -75,6 +76,8 @@ class PhosphoProcessor:
 
     def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> EventDict:
         if "input" not in event_dict:
+            if "flag" in event_dict and "task_id" in event_dict:
+                self._feedback(event_dict)
             return event_dict
         if OWN_IO and get_ident() in OWN_IO and made_by_own_io():
             return self._own_io(event_dict)
@@ -122,6 +125,29 @@ class PhosphoProcessor:
         except Exception as exc:  # noqa: BLE001 - never raise into the application
             _lifecycle.report("processor_error", "PhosphoProcessor could not make a task: %r", exc)
             return event_dict
+
+    def _feedback(self, event_dict: EventDict) -> None:
+        """An event with a ``task_id`` and a ``flag`` and no ``input``: feedback on that task,
+        shipped by the configured pipeline after the tasks logged before it."""
+        try:
+            engine = self._engine or _configure.installed_engine or _configure.default_engine()
+            if OWN_IO and get_ident() in OWN_IO and made_by_own_io():
+                if engine is not None:
+                    engine.ignore_own_io()
+                return
+            found = feedback_of(event_dict)
+            if engine is None:
+                if _capture.active() and not isinstance(found, str):
+                    _capture.deliver_feedback(found)
+                else:
+                    _lifecycle.report("processor_feedback", "PhosphoProcessor got a feedback but nothing ships it: "
+                                      "call phospho_logging.configure() or configure a PhosphoHandler")
+            elif isinstance(found, str):
+                engine.feedback_invalid(found)
+            else:
+                engine.submit_feedback(found)
+        except Exception as exc:  # noqa: BLE001 - never raise into the application
+            _lifecycle.report("processor_error", "PhosphoProcessor could not take a feedback: %r", exc)
 
     def _own_io(self, event_dict: EventDict) -> EventDict:
         """An event logged from inside the library's own I/O: not shipped (it could loop),

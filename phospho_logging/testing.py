@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Unio
 from . import _capture, _context
 from ._config import Options
 from ._export import ExportResult, WireEvent
+from ._feedback import Feedback, feedback_of, is_feedback
 from ._handlers import PhosphoHandler
 from ._lifecycle import OWN_IO, made_by_own_io
 from ._queue_pair import PhosphoQueueHandler
@@ -42,6 +43,7 @@ class InMemoryExporter:
     Attributes:
         events: the wire-format events delivered, in order (rejected ones left out).
         batches: the events of every call to ``export``, delivered or not.
+        feedback: the feedback delivered (``export_feedback``), as dicts, in order.
         closed: how many times ``close`` was called.
 
     Example::
@@ -58,6 +60,7 @@ class InMemoryExporter:
     def __init__(self, results: Iterable[Union[ExportResult, BaseException]] = ()) -> None:
         self.events: List[Dict[str, Any]] = []
         self.batches: List[List[Dict[str, Any]]] = []
+        self.feedback: List[Dict[str, Any]] = []
         self.closed = 0
         self._results = list(results)
         self._lock = threading.Lock()
@@ -81,6 +84,12 @@ class InMemoryExporter:
             if result.ok:
                 self.events.extend(e for i, e in enumerate(batch) if i not in result.rejected)
         return result
+
+    def export_feedback(self, feedback: Feedback, timeout: float) -> ExportResult:
+        """Keep one feedback (always delivered)."""
+        with self._lock:
+            self.feedback.append(feedback.data())
+        return ExportResult.delivered()
 
     def close(self) -> None:
         """Count the call; the exporter keeps working (as a real one reconnects)."""
@@ -109,6 +118,12 @@ class _CaptureHandler(logging.Handler):
         self._seen: weakref.WeakSet[logging.LogRecord] = weakref.WeakSet()
 
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+        if is_feedback(record.__dict__) and record not in self._seen and not _reaches_ours(record):
+            self._seen.add(record)
+            found = feedback_of(record.__dict__, record.created)
+            if not isinstance(found, str):
+                _capture.deliver_feedback(found)
+            return True
         if not carries_task(record) or (record.thread in OWN_IO and made_by_own_io(record)) or record in self._seen \
                 or _reaches_ours(record):
             return False
@@ -121,8 +136,16 @@ class _CaptureHandler(logging.Handler):
         self.handle(record)
 
 
+class CapturedTasks(List[Dict[str, Any]]):
+    """The tasks ``capture_tasks()`` collected (a list), and ``feedback``: the feedback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.feedback: List[Dict[str, Any]] = []
+
+
 @contextlib.contextmanager
-def capture_tasks(logger: Union[str, logging.Logger] = "phospho", **options: Any) -> Iterator[List[Dict[str, Any]]]:
+def capture_tasks(logger: Union[str, logging.Logger] = "phospho", **options: Any) -> Iterator[CapturedTasks]:
     """Collect the tasks produced inside the block, as the events that would be sent.
 
     Every engine of the process (``configure()``'s, the handlers' of a dictConfig) builds
@@ -130,6 +153,9 @@ def capture_tasks(logger: Union[str, logging.Logger] = "phospho", **options: Any
     reach ``logger`` or the root logger without meeting a handler of ours are captured
     too; nothing is sent or stored meanwhile. ``logger`` is set to DEBUG for the duration
     if it has no level of its own.
+
+    Feedback given meanwhile (``phospho_logging.feedback``, or a record with a ``task_id``
+    and a ``flag`` and no ``input``) is collected in ``tasks.feedback``, as dicts.
 
     Example::
 
@@ -141,7 +167,7 @@ def capture_tasks(logger: Union[str, logging.Logger] = "phospho", **options: Any
     target = logger if isinstance(logger, logging.Logger) else logging.getLogger(logger or None)
     root = logging.getLogger()
     handler = _CaptureHandler(resolved)
-    sink: List[Dict[str, Any]] = []
+    sink = CapturedTasks()
     old_level: Optional[int] = None
     if target.level == logging.NOTSET and target is not root:
         old_level = target.level

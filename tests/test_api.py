@@ -16,9 +16,9 @@ class TestPublicNames:
         """__all__ is exactly the documented API, sorted."""
         assert phospho_logging.__all__ == sorted(phospho_logging.__all__)
         assert phospho_logging.__all__ == [
-            "ExportResult", "Exporter", "MutableAsyncGenerator", "MutableGenerator", "PhosphoHandler",
+            "ExportResult", "Exporter", "Feedback", "MutableAsyncGenerator", "MutableGenerator", "PhosphoHandler",
             "PhosphoQueueHandler", "PhosphoQueueListener", "Pipeline", "WireEvent", "__version__", "configure",
-            "context", "flush", "log", "log_stream", "shutdown", "stats", "wrap",
+            "context", "feedback", "flush", "log", "log_stream", "shutdown", "stats", "wrap",
         ]
         for name in phospho_logging.__all__:
             assert getattr(phospho_logging, name) is not None

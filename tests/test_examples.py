@@ -37,3 +37,13 @@ def test_raw_http_stream_example_logs_text_model_and_tokens(tmp_path: Path) -> N
     assert f"'Why is the sky blue?' -> {reply}" in result.stdout, result.stdout
     assert f"'And at sunset?' -> {reply}" in result.stdout
     assert result.stdout.count("model=mistral prompt_tokens=12 completion_tokens=8") == 2
+
+
+def test_feedback_example_keeps_feedback_for_push(tmp_path: Path) -> None:
+    """Offline, both feedbacks are in the local store, and push would send them after the task."""
+    script = EXAMPLES[0].parent / "feedback.py"
+    result = subprocess.run([sys.executable, str(script)], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path / "s")}),
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "feedback: 2 given, 2 sent to the local store" in result.stdout, result.stdout
+    assert "would send 1 task(s)" in result.stdout and "and 2 feedback(s), after the tasks" in result.stdout

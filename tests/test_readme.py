@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ from typing import Dict, List
 import pytest
 
 from phospho_logging._store import latest
+from tests.fake_openai import FakeOpenAI
 from tests.test_exit import child_env
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -66,6 +68,35 @@ def test_context_snippet_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     [event] = latest(tmp_path / "tasks.sqlite3")
     assert (event["input"], event["session_id"], event["metadata"]["tenant"]) == ("a question", "s-42", "acme")
+
+
+def test_feedback_snippet_runs(tmp_path: Path) -> None:
+    """The Feedback section's snippet: a task and two feedbacks on it, in the local store."""
+    code = "import logging, phospho_logging\nphospho_logging.configure()\nquestion, answer = 'q', 'a'\n" + \
+        blocks("python")["Feedback"][0] + "\nassert phospho_logging.flush(timeout=10)\nprint(task['task_id'])\n"
+    result = subprocess.run([sys.executable, "-c", code], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}),
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
+    try:
+        rows = conn.execute("SELECT task_id, flag, notes FROM feedback ORDER BY id").fetchall()
+    finally:
+        conn.close()
+    task_id = result.stdout.strip()
+    assert rows == [(task_id, "success", "quick and right"), (task_id, "failure", None)]
+
+
+def test_raw_stream_snippet_runs(tmp_path: Path, fake: FakeOpenAI) -> None:
+    """The raw HTTP stream snippet, against the loopback stand-in for Ollama: one task, the text."""
+    snippet = [b for b in blocks("python")["wrap and streams"] if "iter_lines" in b][0]
+    code = ("import json, requests, phospho_logging\nphospho_logging.configure()\nq = 'Why?'\n"
+            + snippet.replace("http://localhost:11434", fake.url) + "\nassert phospho_logging.flush(timeout=10)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}),
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "You said: Why?"
+    [event] = latest(tmp_path / "tasks.sqlite3")
+    assert (event["input"], event["output"], event["model"]) == ("Why?", "You said: Why?", "mistral")
 
 
 @pytest.mark.parametrize("index", [0, 1], ids=["capture-and-exporter", "test-server"])
