@@ -223,20 +223,20 @@ class Outbox:
         now = time.monotonic()
         due = [w for w in list(self._waiting) if w.next_at <= now][:PER_PASS]
         for waiting in due:
-            if not can_send():
-                return
-            self._try(waiting, final=False)
+            if not can_send() or not self._try(waiting, final=False):
+                return  # phospho did not answer (or not as phospho): the rest waits for the next pass
 
     def settle_all(self, can_send: Callable[[], bool], upto: Optional[int] = None) -> None:
         """Out of time for a shutdown: try each feedback (taken before ``upto``) once
         more, and keep what still fails in the spool."""
+        answering = True
         for waiting in list(self._waiting):
             if upto is not None and waiting.seq > upto:
                 continue
-            if can_send():
-                self._try(waiting, final=True)
+            if answering and can_send():
+                answering = self._try(waiting, final=True)
             elif self._claim(waiting):
-                self._keep([waiting.feedback], "not_tried", "not tried before the shutdown deadline")
+                self._keep([waiting.feedback], "not_tried", "not tried: phospho did not answer the feedback before")
 
     def keep_all(self, reason: str, message: str) -> None:
         """Out of time: keep every waiting feedback without trying it (from the thread
@@ -261,24 +261,26 @@ class Outbox:
                 pass
             return True
 
-    def _try(self, waiting: _Waiting, final: bool) -> None:
+    def _try(self, waiting: _Waiting, final: bool) -> bool:
+        """Send one feedback; False when phospho did not answer as phospho (a timeout, no
+        connection, a page that is not its JSON): trying more now would only wait more."""
         result = self._send(waiting.feedback)
         kind = result.kind
         if kind == "ok":
             if self._claim(waiting):
                 self._settled("sent", waiting.feedback, "")
-            return
+            return True
         if kind in ("invalid", "too_large"):
             if self._claim(waiting):
                 self._settled("rejected", waiting.feedback, result.error or kind)
-            return
+            return True
         waiting.tries += 1
         now = time.monotonic()
         if final or kind in ("auth", "failed") or now >= waiting.give_up_at:
             if self._claim(waiting):
                 reason = "task_not_found" if kind == "not_found" else _reason(result)
                 self._keep([waiting.feedback], reason, result.error or kind)
-            return
+            return kind == "not_found"
         delay = _jitter.uniform(BACKOFF_BASE, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** waiting.tries))
         if result.retry_after is not None:
             try:
@@ -286,6 +288,7 @@ class Outbox:
             except (TypeError, ValueError):
                 pass
         waiting.next_at = min(now + delay, waiting.give_up_at)
+        return kind == "not_found"
 
 
 def _reason(result: ExportResult) -> str:

@@ -352,8 +352,9 @@ class PhosphoTestServer:
 
     Serves ``POST /v2/log/{project_id}`` with the backend's auth, batch parsing,
     strict per-event validation and de-duplication; records every request; lets
-    a test script faults. Faults from ``fail_next``, ``hang_next`` and
-    ``close_next`` share one FIFO, consumed one per log request. Thread-safe;
+    a test script faults. Faults from ``fail_next``, ``hang_next``, ``close_next`` and
+    ``answer_next`` share one FIFO per route, consumed one per log request (or, with
+    ``route="feedback"``, one per feedback request). Thread-safe;
     ``stop()`` is prompt even with requests hung.
 
     Example:
@@ -397,6 +398,7 @@ class PhosphoTestServer:
         self._rejected: list[tuple[dict[str, Any], str]] = []
         self._duplicates = 0
         self._faults: deque[_Reply | None] = deque()
+        self._feedback_faults: deque[_Reply | None] = deque()
         self._quota: deque[list[Any]] = deque()  # [remaining, reason] pairs
 
     @property
@@ -476,6 +478,11 @@ class PhosphoTestServer:
     def _feedback_reply(self, authorization: str | None, task_id: str, body: bytes | None) -> _Reply:
         """The answer to a feedback: auth as for logs; 422 for a body phospho refuses; 404
         while the task is unknown (or logged less than ``ingest_lag`` seconds ago)."""
+        with self._cond:
+            if self._feedback_faults:
+                fault = self._feedback_faults.popleft()
+                if fault is not None:
+                    return fault
         scheme, _, token = (authorization or "").partition(" ")
         if not (scheme and token) or scheme.lower() != "bearer":
             return _json_reply(403, {"detail": "Not authenticated"})
@@ -531,8 +538,9 @@ class PhosphoTestServer:
             return done()
 
     def fail_next(self, status: int, count: int = 1, *, retry_after: str | float | None = None,
-                  body: dict[str, Any] | None = None, after: int = 0) -> None:
-        """Answer the next ``count`` log requests with ``status``, logging nothing.
+                  body: dict[str, Any] | None = None, after: int = 0, route: str = "log") -> None:
+        """Answer the next ``count`` log requests (``route="feedback"``: feedback requests)
+        with ``status``, logging nothing.
 
         Args:
             status: An HTTP status, 200-599.
@@ -559,12 +567,12 @@ class PhosphoTestServer:
             except ValueError:  # a code http.HTTPStatus does not name
                 body = {"detail": "Error"}
         with self._cond:
-            self._faults.extend(None for _ in range(after))
-        self._push(count, _json_reply(status, body, headers))
+            self._queue_of(route).extend(None for _ in range(after))
+        self._push(count, _json_reply(status, body, headers), route)
 
     def answer_next(self, status: int = 200, body: bytes = b"", count: int = 1, *,
                     content_type: str = "text/html", repeat: int = 1, drip: float | None = None,
-                    drip_head: float | None = None) -> None:
+                    drip_head: float | None = None, route: str = "log") -> None:
         """Answer the next ``count`` log requests with ``body`` as is, logging nothing: a
         proxy's page (``answer_next(200, b"<html>...")``), an endless answer (``repeat``:
         the body sent that many times over, without holding it all in memory), or a
@@ -578,15 +586,16 @@ class PhosphoTestServer:
             raise ValueError(f"status must be within 200-599, got {status}")
         if repeat < 1:
             raise ValueError(f"repeat must be at least 1, got {repeat}")
-        self._push(count, _Reply("respond", status, body, {}, content_type, repeat, drip, drip_head))
+        self._push(count, _Reply("respond", status, body, {}, content_type, repeat, drip, drip_head), route)
 
-    def hang_next(self, count: int = 1) -> None:
-        """Read the next ``count`` log requests and never answer (until stop())."""
-        self._push(count, _Reply("hang"))
+    def hang_next(self, count: int = 1, *, route: str = "log") -> None:
+        """Read the next ``count`` log (or ``route="feedback"``) requests and never answer
+        (until stop())."""
+        self._push(count, _Reply("hang"), route)
 
-    def close_next(self, count: int = 1) -> None:
-        """Read the next ``count`` log requests, then close without replying."""
-        self._push(count, _Reply("close"))
+    def close_next(self, count: int = 1, *, route: str = "log") -> None:
+        """Read the next ``count`` log (or feedback) requests, then close without replying."""
+        self._push(count, _Reply("close"), route)
 
     def reject_next_events(self, count: int, reason: str = "Quota exceeded") -> None:
         """Answer the next ``count`` otherwise-valid events with ``error_in_log``."""
@@ -600,9 +609,14 @@ class PhosphoTestServer:
             self._reset_state()
             self.delay = 0.0
 
-    def _push(self, count: int, reply: _Reply) -> None:
+    def _queue_of(self, route: str) -> deque[_Reply | None]:
+        if route not in ("log", "feedback"):
+            raise ValueError(f"route must be 'log' or 'feedback', got {route!r}")
+        return self._faults if route == "log" else self._feedback_faults
+
+    def _push(self, count: int, reply: _Reply, route: str = "log") -> None:
         with self._cond:
-            self._faults.extend(reply for _ in range(count))
+            self._queue_of(route).extend(reply for _ in range(count))
 
     def _track(self, handler: _Handler, *, add: bool) -> None:
         with self._cond:

@@ -338,10 +338,13 @@ class WorkerLoop:
             if not pending and self.outbox:
                 # Feedback goes once no batch is being built (the one with its task went first).
                 self._beats += 1  # retrying feedback is progress, not a stuck worker
-                self.outbox.send_due(self._can_send_feedback)
-                feedback_due = self.outbox.next_due()
-                if feedback_due is not None:
-                    timeout = min(timeout, max(0.0, feedback_due - time.monotonic()), STUCK_AFTER)
+                wait = STUCK_AFTER  # sending rests (the circuit): look again soon, without spinning
+                if self._can_send_feedback():
+                    self.outbox.send_due(self._can_send_feedback)
+                    feedback_due = self.outbox.next_due()
+                    if feedback_due is not None:
+                        wait = max(0.0, feedback_due - time.monotonic())
+                timeout = min(timeout, wait, STUCK_AFTER)
             if self._deferred:
                 self._release_deferred()
             try:

@@ -157,6 +157,49 @@ class TestOnline:
         assert len(server.task_ids) == 1  # feedback records are not tasks
 
 
+class TestMisbehavingServer:
+    def test_exit_on_time_when_feedback_hangs(self, server: PhosphoTestServer, tmp_path: Path) -> None:
+        """The human-eval endpoint never answers: the program still exits within its
+        shutdown_timeout (the subprocess timeout fails the test otherwise), the task is
+        delivered and the feedback kept in the spool."""
+        server.hang_next(5, route="feedback")
+        result = run("""
+            import phospho_logging
+            phospho_logging.configure(shutdown_timeout=2, timeout=30)
+            task = phospho_logging.log(input="q", output="a")
+            phospho_logging.feedback(task["task_id"], "success")
+        """, {"PHOSPHO_API_KEY": server.api_key, "PHOSPHO_PROJECT_ID": server.project_id,
+              "PHOSPHO_BASE_URL": server.url, "PHOSPHO_LOCAL_DIR": str(tmp_path)}, timeout=15)
+        assert result.returncode == 0, result.stderr
+        assert len(server.task_ids) == 1 and server.feedback == []
+        assert spooled_feedback(tmp_path) == [(server.project_id, server.task_ids[0], "success")]
+        assert "1 feedback(s) wait in the spool" in result.stderr
+
+    def test_a_page_is_not_an_acknowledgement(self, server: PhosphoTestServer, creds: dict, tmp_path: Path) -> None:
+        """A proxy answering 200 with HTML: not delivered; tried again, and sent once phospho answers."""
+        server.answer_next(200, b"<html>login</html>", count=2, route="feedback")
+        phospho_logging.configure(local_dir=str(tmp_path), **creds)
+        task = phospho_logging.log(input="q", output="a")
+        phospho_logging.feedback(task["task_id"], "failure")
+        assert phospho_logging.flush(timeout=15)
+        assert [f["task_id"] for f in server.feedback] == [task["task_id"]]
+        assert [r.status for r in feedback_requests(server)] == [200, 200, 200]
+        assert phospho_logging.stats()["feedback"]["sent"] == 1
+
+    def test_a_busy_feedback_endpoint_does_not_hold_the_tasks(self, server: PhosphoTestServer, creds: dict,
+                                                               tmp_path: Path) -> None:
+        """A feedback request that hangs for its timeout: tasks logged meanwhile still go."""
+        server.hang_next(1, route="feedback")
+        phospho_logging.configure(local_dir=str(tmp_path), timeout=1, **creds)
+        task = phospho_logging.log(input="q", output="a")
+        phospho_logging.feedback(task["task_id"], "success")
+        for i in range(50):
+            phospho_logging.log(input=f"later {i}")
+        assert phospho_logging.flush(timeout=15)
+        assert len(server.task_ids) == 51
+        assert phospho_logging.stats()["feedback"]["sent"] == 1  # tried again after the timeout
+
+
 class TestBadInput:
     def test_a_bad_flag_is_a_clear_error(self) -> None:
         with pytest.raises(ValueError, match="flag must be 'success' or 'failure', got 'good'"):
