@@ -29,7 +29,10 @@ class StandIn(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         chat = self.path == "/api/chat"
-        words = ["The", " sky", " is", " blue", " because", " of", " Rayleigh", " scattering."]
+        if chat:  # a canned answer per question: a stand-in, not a model
+            words = ["At", " sunset", " light", " crosses", " more", " air,", " so", " reds", " remain."]
+        else:
+            words = ["The", " sky", " is", " blue", " because", " of", " Rayleigh", " scattering."]
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
@@ -99,6 +102,8 @@ if not pipeline.options.online:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         main(["tail", "-n", "2", "--json", "--local-dir", str(pipeline.options.store_path().parent)])
+    # raw_output: the parsed lines; the guide's stop function held the "done" line back from
+    # the first stream (its token counts were still read), the second kept it.
     for task in map(json.loads, out.getvalue().splitlines()):
         print(f"  {task['input']!r} -> {task['output']!r}")
         print(f"    model={task['model']} prompt_tokens={task['prompt_tokens']} "

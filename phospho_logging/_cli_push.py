@@ -36,6 +36,7 @@ from ._event import event_budget, fitted, stored_event
 from ._export import WireEvent
 from ._feedback import Feedback
 from ._http import HTTPExporter
+from ._settle import FEEDBACK_MAX_AGE
 from ._spool import Spool
 
 _PUSHED = """
@@ -97,7 +98,7 @@ class Pusher:
         self.spool = Spool(path, options.project_id or "", options.max_spool_tasks)
         self.sent = {"store": 0, "spool": 0}
         #: Feedback sent, and feedback whose task phospho does not know yet (kept for a later push).
-        self.feedback = {"sent": 0, "waiting": 0, "rejected": 0}
+        self.feedback = {"sent": 0, "waiting": 0, "rejected": 0, "given_up": 0}
         self.skipped = 0
         self.total = 0
         self.rejected: Dict[str, int] = {}
@@ -238,6 +239,9 @@ class Pusher:
                 self.feedback["sent"] += 1
                 return "sent"
             if result.kind == "not_found":
+                if time.time() - item.created > FEEDBACK_MAX_AGE:
+                    self.feedback["given_up"] += 1
+                    return "given_up"
                 self.feedback["waiting"] += 1
                 return "waiting"
             if result.kind in ("invalid", "too_large"):
@@ -261,7 +265,7 @@ class Pusher:
         try:
             for row_id, item, _tries in rows:
                 outcome = self._send_feedback(item) if self.error is None else "failed"
-                (done if outcome in ("sent", "rejected") else again).append(row_id)
+                (done if outcome in ("sent", "rejected", "given_up") else again).append(row_id)
         finally:
             self.spool.feedback.ack(done)
             self.spool.feedback.release(again)
@@ -281,7 +285,7 @@ class Pusher:
         pushed = []
         for row in rows:
             outcome = self._send_feedback(Feedback(row[1], row[2], row[3], row[4], row[5]))
-            if outcome == "sent":
+            if outcome in ("sent", "rejected", "given_up"):  # not tried again by a later push
                 pushed.append((self.options.project_id, f"feedback:{row[0]}", time.time()))
             if self.error is not None:
                 break
@@ -329,7 +333,17 @@ class Pusher:
                 line += f", {fb['waiting']} waiting for their task in phospho (a later push sends them)"
             if fb["rejected"]:
                 line += f", {fb['rejected']} rejected"
+            if fb["given_up"]:
+                line += (f", {fb['given_up']} given up (their task was still unknown to phospho "
+                         f"{FEEDBACK_MAX_AGE / 86400:g} days later)")
             lines.append(line)
+        elif self.error is not None:
+            try:
+                left = self.count_feedback()
+            except sqlite3.Error:
+                left = 0
+            if left:
+                lines.append(f"  feedback  {left} not sent (sent after the tasks: run push again)")
         return "\n".join(lines) + "\n"
 
 

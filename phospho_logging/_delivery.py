@@ -288,6 +288,9 @@ class Delivery:
         result = self._call(self.exporter.export_feedback, feedback, timeout)
         if result.ok:
             self.circuit.success()
+        else:
+            with self.books.lock:
+                self.books.last_error = _message(result)
         return result
 
     def _call(self, method: Callable[[Any, float], Any], payload: Any, timeout: float) -> ExportResult:

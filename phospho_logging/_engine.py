@@ -137,6 +137,7 @@ class Engine(WorkerLoop):
         self.books = Books()
         self._stopping = threading.Event()
         self._deadline: Optional[float] = None
+        self._stop_started = 0.0  # when the shutdown or the exit began (time.monotonic())
         self.delivery = Delivery(self.exporter, self.options, self.books, stopping=self._stopping,
                                  deadline=self._get_deadline, around_export=_lifecycle.exporting(self.exporter))
         self._running = False
@@ -381,7 +382,8 @@ class Engine(WorkerLoop):
             return self._join(self._stop) if wait and not self._on_worker() else False
         if not self._running and self._queue.qsize() == 0 and not self._holding():
             return True  # never used, or idle: a late task wakes a worker that ends when done
-        self._deadline = time.monotonic() + limit
+        self._stop_started = time.monotonic()
+        self._deadline = self._stop_started + limit
         self._stopping.set()
         stop = self._stop = Stop(self._deadline, at_exit=False)
         self._put_marker(stop)
@@ -408,6 +410,7 @@ class Engine(WorkerLoop):
     def begin_exit(self, started: float) -> None:
         """Interpreter exit, which began at ``started``: a deadline of its own (an earlier
         ``shutdown()``'s may have passed with tasks left), and the exit marker."""
+        self._stop_started = started
         self._deadline = started + self.options.shutdown_timeout
         self.stopped = True
         self._stopping.set()

@@ -498,12 +498,20 @@ class LocalStoreExporter:
         return ExportResult.delivered()
 
     def export_feedback(self, feedback: Feedback, timeout: float) -> ExportResult:
-        """Keep one feedback in the store (``push`` sends it after the tasks)."""
+        """Keep one feedback in the store (``push`` sends it after the tasks). A feedback on
+        a task the store does not hold is kept too (the task may be in phospho already),
+        and said once: ``push`` sends it only once phospho has that task."""
         try:
+            known = self._db.query("SELECT 1 FROM tasks WHERE task_id = ?", (feedback.task_id,),
+                                   wait=min(timeout, BUSY_TIMEOUT))
             FeedbackTable(self._db, "").put([feedback], wait=min(timeout, BUSY_TIMEOUT))
         except (sqlite3.Error, OSError) as exc:
             self.close()
             return ExportResult.retry(f"cannot write the local store {self.path}: {exc}", cause="storage")
+        if not known:
+            _diag.warn_once("feedback_unknown_task", "a feedback names task %s, which is not in the local store %s "
+                            "(a typo?); it is kept, and `phospho-logging push` sends it only once phospho has that "
+                            "task", feedback.task_id, self.path)
         return ExportResult.delivered()
 
     def close(self) -> None:

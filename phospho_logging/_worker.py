@@ -41,6 +41,8 @@ RESCUE_CHUNK = 1000
 MAX_CRASHES = 100
 #: At exit, spooled tasks are replayed while at least this many seconds are left.
 REPLAY_AT_EXIT = 0.5
+#: Stopping, feedback whose task phospho does not have yet is retried this long, then spooled.
+STOP_FEEDBACK_WAIT = 2.0
 #: How often a wait for a sender (a free slot, the batches in flight) looks up.
 SENDER_POLL = 0.05
 
@@ -273,6 +275,7 @@ class WorkerLoop:
     _loop_ident: Optional[int]
     outbox: Outbox
     _deferred: List[Any]
+    _stop_started: float
     _feedback_lost: Dict[str, int]
 
     def close_for_exit(self) -> None:  # pragma: no cover - Engine's
@@ -576,9 +579,14 @@ class WorkerLoop:
         self._deferred = waiting
 
     def _time_for_feedback(self) -> bool:
-        """Feedback may still be retried: no deadline, or more than ``REPLAY_AT_EXIT`` left."""
+        """Feedback may still be retried: no deadline; or, stopping, for ``STOP_FEEDBACK_WAIT``
+        seconds and while more than ``REPLAY_AT_EXIT`` is left (the rest waits in the spool:
+        a mistyped task id must not hold every exit)."""
         deadline = self._deadline
-        return deadline is None or deadline - time.monotonic() > REPLAY_AT_EXIT
+        if deadline is None:
+            return True
+        now = time.monotonic()
+        return deadline - now > REPLAY_AT_EXIT and now - self._stop_started < STOP_FEEDBACK_WAIT
 
     def _losses(self) -> int:
         return (self.books.losses() + count_value(self._refused) + count_value(self._late) + count_value(self._failed)

@@ -202,7 +202,18 @@ def _collect(conn: sqlite3.Connection, path: Path) -> Dict[str, Any]:
         "spool": {},
     }
     if has_table(conn, "pushed"):
-        info["pushed"] = dict(conn.execute("SELECT destination, COUNT(*) FROM pushed GROUP BY destination"))
+        info["pushed"] = dict(conn.execute(
+            "SELECT destination, COUNT(*) FROM pushed WHERE task_id NOT LIKE 'feedback:%' GROUP BY destination"))
+    info["feedback"] = {"store": 0, "store_pushed": {}, "spool": {}}
+    if has_table(conn, "feedback"):
+        for destination, n in conn.execute("SELECT destination, COUNT(*) FROM feedback GROUP BY destination"):
+            if destination:
+                info["feedback"]["spool"][destination] = n
+            else:
+                info["feedback"]["store"] = n
+        if has_table(conn, "pushed"):
+            info["feedback"]["store_pushed"] = dict(conn.execute(
+                "SELECT destination, COUNT(*) FROM pushed WHERE task_id LIKE 'feedback:%' GROUP BY destination"))
     if has_table(conn, "outbox"):
         for project, tasks, leased, first, last in conn.execute(
             "SELECT destination, COUNT(*), SUM(lease_until >= ?), MIN(spooled_at), MAX(spooled_at) FROM outbox "
@@ -237,12 +248,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if store["tasks"]:
         out.append(f"  times      {_when(store['oldest'])} to {_when(store['newest'])}")
     out += [f"  pushed     {n} to project {project}" for project, n in sorted(info["pushed"].items())]
-    if not info["spool"]:
+    feedback = info["feedback"]
+    if feedback["store"]:
+        pushed = "".join(f", {n} pushed to project {project}"
+                         for project, n in sorted(feedback["store_pushed"].items()))
+        out.append(f"  feedback   {feedback['store']}{pushed}")
+    if not info["spool"] and not feedback["spool"]:
         out.append("spool        empty")
     for project, spool in info["spool"].items():
         leased = f", {spool['leased']} being sent" if spool["leased"] else ""
         out.append(f"spool        {spool['tasks']} task(s) for project {project}{leased}, "
                    f"spooled {_when(spool['oldest'])} to {_when(spool['newest'])}")
+    out += [f"spool        {n} feedback(s) for project {project}, sent once phospho has their tasks"
+            for project, n in sorted(feedback["spool"].items())]
     files = ", ".join(f"{name} {_size(size)}" for name, size in info["disk"]["files"].items())
     out.append(f"disk         {_size(info['disk']['total'])} ({files})")
     sys.stdout.write("\n".join(out) + "\n")

@@ -209,6 +209,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             if server.wait_for_requests(seen + 1, timeout=1.0):
                 requests_ = server.requests
                 for request in requests_[seen:]:
+                    if request.path.endswith("/human-eval"):
+                        print(f"{request.method} {request.path} -> {request.status}: feedback "
+                              f"{_feedback_line(request.body)}; {len(server.feedback)} accepted in all", flush=True)
+                        continue
                     print(f"{request.method} {request.path} -> {request.status}: {request.n_events} task(s); "
                           f"{len(server.task_ids)} stored in all", flush=True)
                 seen = len(requests_)
@@ -216,8 +220,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         pass
     finally:
         server.stop()
-    sys.stdout.write(f"stopped; {len(server.task_ids)} task(s) received\n")
+    sys.stdout.write(f"stopped; {len(server.task_ids)} task(s) and {len(server.feedback)} feedback(s) received\n")
     return 0
+
+
+def _feedback_line(body: bytes) -> str:
+    """A feedback body for people: ``failure (source qa, notes 'wrong')``."""
+    import json
+
+    try:
+        data = json.loads(body)
+        return f"{data.get('human_eval')} (source {data.get('source')}, notes {data.get('notes')!r})"
+    except Exception:  # noqa: BLE001 - whatever was sent
+        return f"{len(body)} bytes"
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised in a subprocess test

@@ -33,10 +33,11 @@ def test_raw_http_stream_example_logs_text_model_and_tokens(tmp_path: Path) -> N
     result = subprocess.run([sys.executable, str(script)], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path / "s")}),
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    reply = "'The sky is blue because of Rayleigh scattering.'"
-    assert f"'Why is the sky blue?' -> {reply}" in result.stdout, result.stdout
-    assert f"'And at sunset?' -> {reply}" in result.stdout
-    assert result.stdout.count("model=mistral prompt_tokens=12 completion_tokens=8") == 2
+    assert "'Why is the sky blue?' -> 'The sky is blue because of Rayleigh scattering.'" in result.stdout, \
+        result.stdout
+    assert "'And at sunset?' -> 'At sunset light crosses more air, so reds remain.'" in result.stdout
+    assert "model=mistral prompt_tokens=12 completion_tokens=8 raw_output: 8 parsed chunks" in result.stdout
+    assert "model=mistral prompt_tokens=12 completion_tokens=9 raw_output: 10 parsed chunks" in result.stdout
 
 
 def test_feedback_example_keeps_feedback_for_push(tmp_path: Path) -> None:

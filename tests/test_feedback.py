@@ -140,6 +140,20 @@ class TestOnline:
         assert [f["task_id"] for f in server.feedback] == server.task_ids
         assert result.stderr == ""
 
+    def test_a_mistyped_task_id_does_not_hold_the_exit(self, server: PhosphoTestServer, tmp_path: Path) -> None:
+        """Stopping, a 404 is retried for 2 s, then the feedback waits in the spool: a
+        program with a 30 s shutdown_timeout still ends within seconds (the subprocess
+        timeout fails the test otherwise)."""
+        result = run("""
+            import phospho_logging
+            phospho_logging.configure(shutdown_timeout=30)
+            phospho_logging.feedback("task_typo", "success")
+        """, {"PHOSPHO_API_KEY": server.api_key, "PHOSPHO_PROJECT_ID": server.project_id,
+              "PHOSPHO_BASE_URL": server.url, "PHOSPHO_LOCAL_DIR": str(tmp_path)}, timeout=12)
+        assert result.returncode == 0, result.stderr
+        assert spooled_feedback(tmp_path) == [(server.project_id, "task_typo", "success")]
+        assert len(feedback_requests(server)) >= 2
+
     def test_record_form_and_structlog(self, server: PhosphoTestServer, creds: dict, tmp_path: Path) -> None:
         """extra={"task_id": ..., "flag": ...} without an input, and the same structlog event."""
         phospho_logging.configure(local_dir=str(tmp_path), **creds)
@@ -276,6 +290,71 @@ class TestOffline:
                       headers={"Authorization": f"Bearer {server.api_key}"}).raise_for_status()
         assert main(["push", *credentials(server), "--local-dir", str(tmp_path)]) == 0
         assert [f["task_id"] for f in server.feedback] == ["task_elsewhere"]
+
+
+class TestCommandLine:
+    def test_stats_counts_feedback_apart_from_tasks(self, server: PhosphoTestServer, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+        phospho_logging.configure(local_dir=str(tmp_path))
+        task = phospho_logging.log(input="q", output="a")
+        phospho_logging.feedback(task["task_id"], "success")
+        phospho_logging.feedback(task["task_id"], "failure")
+        assert phospho_logging.flush(timeout=10)
+        phospho_logging.shutdown(timeout=5)
+        assert main(["push", *credentials(server), "--local-dir", str(tmp_path)]) == 0
+        capsys.readouterr()
+        assert main(["stats", "--local-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert f"pushed     1 to project {server.project_id}" in out  # the task, not the feedback
+        assert f"feedback   2, 2 pushed to project {server.project_id}" in out
+
+    def test_stats_shows_feedback_waiting_in_the_spool(self, server: PhosphoTestServer, creds: dict,
+                                                        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        phospho_logging.configure(local_dir=str(tmp_path), max_retry_time=0.2, **creds)
+        phospho_logging.feedback("task_typo", "failure")
+        assert phospho_logging.flush(timeout=10)
+        assert "task_typo" in phospho_logging.stats()["last_error"]
+        phospho_logging.shutdown(timeout=5)
+        assert main(["stats", "--local-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert f"spool        1 feedback(s) for project {server.project_id}" in out
+        assert "spool        empty" not in out
+
+    def test_offline_feedback_on_a_task_the_store_lacks_is_said(self, tmp_path: Path, diag: List[str]) -> None:
+        phospho_logging.configure(local_dir=str(tmp_path))
+        phospho_logging.feedback("task_typo", "success")
+        assert phospho_logging.flush(timeout=10)
+        assert said(diag, "names task task_typo, which is not in the local store") == 1
+        assert spooled_feedback(tmp_path) == [("", "task_typo", "success")]
+
+    def test_push_gives_up_a_week_later(self, server: PhosphoTestServer, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+        """Feedback whose task phospho still lacks 7 days after it was given: push stops
+        trying it, and says so."""
+        phospho_logging.configure(local_dir=str(tmp_path))
+        phospho_logging.feedback("task_never", "success")
+        assert phospho_logging.flush(timeout=10)
+        phospho_logging.shutdown(timeout=5)
+        conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
+        with conn:
+            conn.execute("UPDATE feedback SET created_at = created_at - 8 * 86400")
+        conn.close()
+        assert main(["push", *credentials(server), "--local-dir", str(tmp_path)]) == 0
+        assert "1 given up (their task was still unknown to phospho 7 days later)" in capsys.readouterr().out
+        requests_before = len(feedback_requests(server))
+        assert main(["push", *credentials(server), "--local-dir", str(tmp_path)]) == 0
+        assert len(feedback_requests(server)) == requests_before  # not tried again
+
+    def test_push_stopped_by_an_error_says_feedback_is_left(self, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+        phospho_logging.configure(local_dir=str(tmp_path))
+        task = phospho_logging.log(input="q", output="a")
+        phospho_logging.feedback(task["task_id"], "success")
+        assert phospho_logging.flush(timeout=10)
+        phospho_logging.shutdown(timeout=5)
+        with PhosphoTestServer() as other:
+            assert main(["push", *credentials(other), "--api-key", "wrong-key", "--local-dir", str(tmp_path)]) == 3
+        assert "feedback  1 not sent (sent after the tasks: run push again)" in capsys.readouterr().out
 
 
 class TestTestingHelpers:

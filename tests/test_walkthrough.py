@@ -46,4 +46,4 @@ class TestWalkthrough:
             out, err = server.communicate(timeout=30)
         assert server.returncode == 0, err
         # Two tasks from the quickstart, sent once: the second push had nothing new.
-        assert "stopped; 2 task(s) received" in out, out
+        assert "stopped; 2 task(s) and 0 feedback(s) received" in out, out
