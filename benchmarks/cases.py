@@ -58,6 +58,11 @@ is an artefact of the set-up, not a cost an application pays).
                         (a list), in ns per chunk.
 * ``stream_wrapped``    the same generator through ``phospho_logging.log_stream`` on that
                         handler: per chunk, the one task per 100 chunks included.
+* ``stream_raw_lines``  a raw HTTP stream through ``log_stream``: Ollama JSON lines as bytes,
+                        one line per chunk (``iter_lines()``), in ns per line.
+* ``stream_raw_cut``    one Ollama last line with a long ``context`` (N bytes) cut a byte at a
+                        time (``iter_content()``'s default), in ns per byte: stays flat as N
+                        grows (the reader is linear however a stream is cut).
 """
 
 from __future__ import annotations
@@ -591,6 +596,47 @@ def stream_wrapped(n: int) -> Dict[str, Any]:
     return _with_queue_logger("stream_wrapped", body, _expected_calls(streams))
 
 
+OLLAMA_LINES = [json.dumps({"model": "llama3", "created_at": "2026-12-05T00:00:00Z", "response": f" word{i}",
+                            "done": False}).encode() for i in range(100)]
+
+
+def stream_raw_lines(n: int) -> Dict[str, Any]:
+    lines = OLLAMA_LINES
+    streams = max(1, n // len(lines))
+
+    def body(log: logging.Logger, drain: Callable[[], None]) -> Dict[str, Any]:
+        log_stream = phospho_logging.log_stream
+
+        def consume() -> None:
+            for _ in log_stream(iter(lines), input="q", logger=log):
+                pass
+
+        result = _per_call(consume, streams, between=drain)
+        result["value"] /= len(lines)
+        result["runs"] = [r / len(lines) for r in result["runs"]]
+        result["unit"] = "ns/line"
+        return result
+
+    return _with_queue_logger("stream_raw_lines", body, _expected_calls(streams))
+
+
+def stream_raw_cut(n: int) -> Dict[str, Any]:
+    line = json.dumps({"model": "llama3", "response": "", "done": True, "eval_count": 3,
+                       "context": list(range(max(1, n // 7)))}).encode() + b"\n"
+    chunks = [line[i:i + 1] for i in range(len(line))]
+    log = logging.getLogger("phospho.bench.raw_cut")
+    log.propagate = False
+    log.addHandler(logging.NullHandler())
+    log.setLevel(logging.INFO)
+    runs = []
+    for _ in range(3):
+        started = time.perf_counter_ns()
+        for _ in phospho_logging.log_stream(iter(chunks), input="q", logger=log):
+            pass
+        runs.append((time.perf_counter_ns() - started) / len(line))
+    return {"value": min(runs), "runs": runs, "unit": f"ns/byte ({len(line)} bytes)"}
+
+
 def _latencies(pipeline: Any, n: int) -> Dict[str, Any]:
     """Per-call latency of ``n`` task logs (p50, p99, max) and the RSS growth meanwhile."""
     info = pipeline.logger.info
@@ -756,7 +802,7 @@ CASES: Dict[str, Callable[[int], Dict[str, Any]]] = {
         null_plain, non_task, structlog_enqueue, structlog_processor, floor_processor, end_to_end,
         end_to_end_50ms, end_to_end_durable, end_to_end_local, cpu_per_task,
         latency_up, latency_down, exit_hung, sdk_log, sdk_end_to_end, sdk_end_to_end_50ms,
-        wrap_plain, wrap_call, stream_plain, stream_wrapped,
+        wrap_plain, wrap_call, stream_plain, stream_wrapped, stream_raw_lines, stream_raw_cut,
     )
 }
 

@@ -40,7 +40,7 @@ ORDER = [
     "null_extra", "stdlib_queue", "hot_path", "floor_handler", "null_messages", "hot_path_messages",
     "null_plain", "non_task", "structlog_enqueue", "structlog_processor", "floor_processor",
     "end_to_end", "end_to_end_50ms", "end_to_end_durable", "end_to_end_local", "cpu_per_task",
-    "wrap_plain", "wrap_call", "stream_plain", "stream_wrapped",
+    "wrap_plain", "wrap_call", "stream_plain", "stream_wrapped", "stream_raw_lines", "stream_raw_cut",
     "latency_up", "latency_down", "exit_hung", "sdk_log", "sdk_end_to_end", "sdk_end_to_end_50ms",
 ]
 END_TO_END = {

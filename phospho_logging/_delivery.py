@@ -23,6 +23,7 @@ from . import _diag
 from ._config import Options
 from ._event import event_budget, shrink
 from ._export import ExportResult, WireEvent
+from ._feedback import FEEDBACK_TIMEOUT
 
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 30.0
@@ -285,7 +286,7 @@ class Delivery:
         timeout = self.request_timeout()
         if timeout is None:
             return ExportResult.retry("shutdown_timeout reached", cause="timeout")
-        result = self._call(self.exporter.export_feedback, feedback, timeout)
+        result = self._call(self.exporter.export_feedback, feedback, min(timeout, FEEDBACK_TIMEOUT))
         if result.ok:
             self.circuit.success()
         else:

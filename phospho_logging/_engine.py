@@ -18,6 +18,7 @@ dropped with a reason), so ``enqueued == sent + rejected + dropped + queued + sp
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import queue as queue_module
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Dict, Optional, Set
+from typing import Any, Callable, Deque, Dict, Optional, Set
 
 from . import _capture, _lifecycle
 from ._config import Options
@@ -156,7 +157,8 @@ class Engine(WorkerLoop):
         self.settler = Settler(self.options, self.exporter, self.books, self.spool, self._past_grace,
                                self._time_left)
         self._abandoned = False  # the exit grace ran out: what is left stays unbuilt
-        self._deferred = []  # markers reached once the feedback before them is settled
+        self._deferred: Deque[Any] = collections.deque()  # markers reached once the feedback before them is settled
+        self._deferred_stop: Optional[int] = None  # the mark of the last Stop among them
         self.outbox = Outbox(self.options.max_retry_time, self.delivery.send_feedback, self.settler.keep_feedback,
                              self.settler.feedback_settled)
         self._beats = 0  # bumped by the worker as it goes (a stuck worker's stays still)

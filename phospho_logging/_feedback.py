@@ -41,6 +41,12 @@ BACKOFF_BASE = 0.1
 BACKOFF_CAP = 5.0
 #: Feedback sent per pass of the worker loop (the rest waits its turn).
 PER_PASS = 100
+#: The longest one feedback request may take (a small request; the worker waits for it).
+FEEDBACK_TIMEOUT = 3.0
+#: After a feedback request phospho did not answer, no feedback is tried for this long,
+#: doubling up to the cap while it goes on: a hung endpoint holds the worker rarely.
+PAUSE_BASE = 1.0
+PAUSE_CAP = 60.0
 _jitter = random.SystemRandom()
 
 
@@ -81,19 +87,33 @@ def is_feedback(fields: Mapping[str, Any]) -> bool:
 def feedback_of(fields: Mapping[str, Any], created: Optional[float] = None) -> Union[Feedback, str]:
     """The ``Feedback`` that record fields hold, or why they are not valid feedback."""
     task_id, flag = fields.get("task_id"), fields.get("flag")
+    # Plain strings from here on: a str subclass (an Enum's member...) is read as its text,
+    # and an object that only compares equal to "success" is not a flag.
+    task_id = str.__str__(task_id) if isinstance(task_id, str) else task_id
     if type(task_id) is not str or not task_id.strip():
         return f"task_id must be a non-empty string, got {_shown(task_id)}"
-    if flag not in FLAGS:
+    flag = str.__str__(flag) if isinstance(flag, str) else flag
+    if type(flag) is not str or flag not in FLAGS:
         return f"flag must be 'success' or 'failure', got {_shown(flag)}"
-    notes = fields.get("notes")
-    if notes is not None and type(notes) is not str:
-        notes = str(notes)
-    if notes is not None and len(notes) > MAX_NOTES_CHARS:
-        notes = notes[:MAX_NOTES_CHARS] + "...[truncated]"
-    source = fields.get("source", "user")
-    if type(source) is not str or not source:
-        source = "user" if source is None or source == "" else str(source)
-    return Feedback(task_id, flag, notes, source[:MAX_SOURCE_CHARS], time.time() if created is None else created)
+    notes = _text(fields.get("notes"), MAX_NOTES_CHARS)
+    source = _text(fields.get("source"), MAX_SOURCE_CHARS) or "user"
+    return Feedback(task_id, flag, notes, source, time.time() if created is None else created)
+
+
+def _text(value: Any, limit: int) -> Optional[str]:
+    """A plain string of at most ``limit`` characters (cut visibly), or None; never raises."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = str.__str__(value)
+    else:
+        try:
+            text = str(value)
+        except Exception:  # noqa: BLE001 - a user __str__
+            text = f"<unprintable {type(value).__name__}>"
+        if type(text) is not str:
+            text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "...[truncated]"
 
 
 def _shown(value: Any) -> str:
@@ -188,6 +208,8 @@ class Outbox:
         self._waiting: List[_Waiting] = []
         self._lock = threading.Lock()
         self._added = 0  # feedback taken so far: a flush marker waits for those before it
+        self._pause = 0.0  # the current pause after requests phospho did not answer
+        self._paused_until = 0.0
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -198,7 +220,13 @@ class Outbox:
 
     def waiting_upto(self, mark: int) -> bool:
         """Feedback taken before ``mark`` still waits."""
-        return any(w.seq <= mark for w in list(self._waiting))
+        oldest = self.oldest()
+        return oldest is not None and oldest <= mark
+
+    def oldest(self) -> Optional[int]:
+        """The mark of the oldest feedback still waiting, or None."""
+        waiting = self._waiting
+        return waiting[0].seq if waiting else None  # kept in the order they were taken
 
     def add(self, item: Feedback) -> None:
         """A feedback taken off the queue: tried at the next pass (once no batch is being
@@ -216,27 +244,38 @@ class Outbox:
         waiting = self._waiting
         if not waiting:
             return None
-        return min(w.next_at for w in list(waiting))
+        return max(self._paused_until, min(w.next_at for w in list(waiting)))
 
     def send_due(self, can_send: Callable[[], bool]) -> None:
-        """Send the feedback that is due (up to ``PER_PASS``), while ``can_send()``."""
+        """Send the feedback that is due (up to ``PER_PASS``), while ``can_send()``. While
+        paused (phospho did not answer), what is past its retry time goes to the spool."""
         now = time.monotonic()
+        if now < self._paused_until:
+            for waiting in [w for w in list(self._waiting) if now >= w.give_up_at]:
+                if self._claim(waiting):
+                    self._keep([waiting.feedback], "unreachable", "phospho did not answer feedback requests")
+            return
         due = [w for w in list(self._waiting) if w.next_at <= now][:PER_PASS]
         for waiting in due:
-            if not can_send() or not self._try(waiting, final=False):
-                return  # phospho did not answer (or not as phospho): the rest waits for the next pass
+            if not can_send():
+                return
+            if not self._try(waiting, final=False):
+                # phospho did not answer (or not as phospho): pause feedback, the rest waits.
+                self._pause = min(PAUSE_CAP, max(PAUSE_BASE, 2 * self._pause))
+                self._paused_until = time.monotonic() + self._pause
+                return
+            self._pause = 0.0
 
-    def settle_all(self, can_send: Callable[[], bool], upto: Optional[int] = None) -> None:
-        """Out of time for a shutdown: try each feedback (taken before ``upto``) once
-        more, and keep what still fails in the spool."""
-        answering = True
-        for waiting in list(self._waiting):
-            if upto is not None and waiting.seq > upto:
-                continue
-            if answering and can_send():
-                answering = self._try(waiting, final=True)
-            elif self._claim(waiting):
-                self._keep([waiting.feedback], "not_tried", "not tried: phospho did not answer the feedback before")
+    def keep_upto(self, mark: int, reason: str, message: str) -> None:
+        """Out of time for a shutdown: keep the feedback taken before ``mark`` in the spool
+        without trying it again (it was tried while there was time)."""
+        with self._lock:
+            taken = [w for w in self._waiting if w.seq <= mark and not w.settled]
+            for waiting in taken:
+                waiting.settled = True
+            self._waiting = [w for w in self._waiting if not w.settled]
+        if taken:
+            self._keep([w.feedback for w in taken], reason, message)
 
     def keep_all(self, reason: str, message: str) -> None:
         """Out of time: keep every waiting feedback without trying it (from the thread

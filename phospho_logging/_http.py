@@ -237,7 +237,10 @@ class HTTPExporter:
         """POST one feedback to ``{base_url}/v2/tasks/{task_id}/human-eval``. A 404 says the
         task is not ingested yet (``not_found``: the engine tries again later)."""
         base, _, project_id = self.destination.rpartition("/v2/log/")
-        url = f"{base}/v2/tasks/{quote(feedback.task_id, safe='')}/human-eval"
+        segment = quote(feedback.task_id, safe="")
+        if segment.strip(".") == "":  # "." and "..": dot segments, which a URL would resolve away
+            segment = segment.replace(".", "%2E")
+        url = f"{base}/v2/tasks/{segment}/human-eval"
         answer = self._post(url, feedback.body(unquote(project_id) or None), timeout)
         if isinstance(answer, ExportResult):
             return without_secret(answer, self._secret)

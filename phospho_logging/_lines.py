@@ -79,19 +79,31 @@ def parse_line(chunk: Any) -> Optional[dict]:  # type: ignore[type-arg]
 
 
 class RawReader:
-    """Reads the text chunks of one stream; see the module's docstring."""
+    """Reads the text chunks of one stream; see the module's docstring.
 
-    __slots__ = ("_mode", "_pending", "_decoder", "_text_of", "_held", "_after", "_memo")
+    Linear in the stream's size however it is cut: the open line is kept in pieces, joined
+    once its newline comes; whether it is already a whole object (a chunk per line, as
+    ``iter_lines()`` gives them) is asked when it closes its braces, and again only once it
+    has doubled in size. A line taken whole before its newline is tentative: the next chunk
+    confirms it (a newline, a new line, the end) or shows it goes on.
+    """
+
+    __slots__ = ("_mode", "_parts", "_size", "_depth", "_next_check", "_decoder", "_text_of", "_held", "_head",
+                 "_tentative", "_cr", "_memo")
 
     def __init__(self, text_of: Callable[[Any], str]) -> None:
         self._mode = _UNDECIDED
-        self._pending = ""  # a line not ended yet
+        self._parts: List[str] = []  # the open line (its newline not seen yet), in pieces
+        self._size = 0  # its length
+        self._depth = 0  # its "{" less its "}" (strings not parsed: a hint of where it may end)
+        self._next_check = 0  # its length at which to ask again whether it is whole
         self._decoder: Any = None
         self._text_of = text_of  # the text of a parsed object (the extraction rules)
         self._held: List[str] = []  # blank chunks before the first one that decides
-        # A line was taken whole before its newline came: what that newline adds when it
-        # does come ("\n" after a line kept as text, nothing after a parsed one).
-        self._after: Optional[str] = None
+        self._head = ""  # the held text, left-stripped, its first characters: what decides
+        #: A line taken whole before its newline: (its text, its items), until confirmed.
+        self._tentative: Optional[Tuple[str, List[Item]]] = None
+        self._cr = False  # a tentative line was ended by a lone "\r": a "\n" next belongs to it
         self._memo: Tuple[str, Any] = ("", None)  # the last text parsed, and its object
 
     @property
@@ -111,15 +123,13 @@ class RawReader:
                 return []  # part of a character: the next chunk has the rest
         if self._mode == _UNDECIDED:
             self._held.append(text)
-            head = "".join(self._held).lstrip()
-            if not head or any(field.startswith(head) for field in _SSE_FIELDS):
+            self._head = (self._head + text[:16]).lstrip()[:8]
+            if not self._head or any(field.startswith(self._head) for field in _SSE_FIELDS):
                 return []  # blank, or "da" of a "data:" cut short: the next chunk decides
-            self._held.pop()
-            self._decide(head)
-            held, self._held = "".join(self._held), []
+            self._decide(self._head)
+            text, self._held = "".join(self._held), []
             if self._mode == _PLAIN:
-                return [(held + text, held + text)] if held else [(text, text)]
-            text = held + text
+                return [(text, text)]
         if self._mode == _PLAIN:
             return [(text, text)] if text else []
         return self._lines(text)
@@ -131,11 +141,15 @@ class RawReader:
             text = "".join(self._held) + tail
             self._held = []
             return [(text, text)] if text else []
-        pending, self._pending = self._pending + tail, ""
-        return self._line(pending, "") if pending else []
+        items = self._lines(tail) if tail else []
+        if self._tentative is not None:
+            items += self._tentative[1]
+            self._tentative = None
+        if self._parts:
+            items += self._line(self._take_open(), "")
+        return items
 
-    def _decide(self, text: str) -> None:
-        head = text.lstrip()
+    def _decide(self, head: str) -> None:
         if head.startswith("{"):
             self._mode = _JSON
         elif head.startswith(_SSE_FIELDS):
@@ -143,42 +157,103 @@ class RawReader:
         else:
             self._mode = _PLAIN
 
+    def _take_open(self) -> str:
+        line = "".join(self._parts)
+        self._parts, self._size, self._depth, self._next_check = [], 0, 0, 0
+        return line
+
+    def _open(self, text: str) -> None:
+        self._parts.append(text)
+        self._size += len(text)
+        if self._mode == _JSON or self._mode == _SSE:
+            self._depth += text.count("{") - text.count("}")
+
     def _lines(self, text: str) -> List[Item]:
         items: List[Item] = []
-        after = self._after
-        if after is not None and text:
-            self._after = None
-            cut = 1 if text.startswith("\n") else 2 if text.startswith("\r\n") else 0
-            if cut:  # the newline of the line already taken
-                text = text[cut:]
-                if after:
-                    items.append((after, None))
-        pending = self._pending
-        if pending and self._starts_a_line(pending, text):
-            # One line per chunk without its newline (iter_lines): the previous one is whole.
-            items += self._line(pending, "")
-            pending = ""
-        text = pending + text
-        lines = text.split("\n")
-        last = lines.pop()
-        for line in lines:
-            items += self._line(line, "\n")
-        if last and self._whole(last):
-            taken = self._line(last, "")
-            items += taken
-            self._after = "\n" if self._mode == _JSON and taken and taken[0][0] == last else ""
-            last = ""
-        self._pending = last
+        if self._cr:
+            self._cr = False
+            if text.startswith("\n"):
+                text = text[1:]
+        if self._tentative is not None:
+            text = self._confirm(text, items)
+        if not text:
+            if self._parts and not self._cr:  # iter_lines() gives a blank line as "": the open one is whole
+                items += self._line(self._take_open(), "")
+            return items
+        if self._parts and self._starts_a_line(text):
+            # One line per chunk without its newline (iter_lines): the open one is whole.
+            items += self._line(self._take_open(), "")
+        fresh = not self._parts
+        if "\n" in text:
+            pieces = text.split("\n")
+            last = pieces.pop()
+            if self._parts:
+                self._open(pieces[0])
+                pieces[0] = self._take_open()
+            for line in pieces:
+                items += self._line(line, "\n")
+            fresh = True
+            text = last
+            if not text:
+                return items
+        self._open(text)
+        tail = text.rstrip()
+        if tail.endswith(("}", "]")) and (fresh or (self._depth == 0 and self._size >= self._next_check)):
+            line = "".join(self._parts)
+            if self._whole(line):
+                self._take_open()
+                self._tentative = (line, self._line(line, ""))
+            else:
+                self._parts = [line]
+                self._next_check = 2 * self._size  # asked again only once it has doubled
         return items
 
-    def _starts_a_line(self, pending: str, text: str) -> bool:
-        """Whether ``text`` starts a new line after an open line with no newline."""
-        if not text:
-            return True  # iter_lines() gives the blank line between two events as ""
+    def _confirm(self, text: str, items: List[Item]) -> str:
+        """The chunk after a line taken whole before its newline: a newline, a new line or a
+        blank chunk confirm it; anything else goes on with it (it was not a line)."""
+        line, taken = self._tentative  # type: ignore[misc]
+        ended = False
+        if text.startswith("\r\n"):
+            text, ended = text[2:], True
+        elif text.startswith("\n"):
+            text, ended = text[1:], True
+        elif text.startswith("\r"):
+            text, ended = text[1:], True
+            self._cr = not text  # "\r" then "\n" in the next chunk: one newline
+        elif text and not self._starts_new(text):
+            self._tentative = None
+            self._open(line)  # it goes on: the open line again
+            return text
+        self._tentative = None
+        items += taken
+        if ended and self._mode == _JSON and taken and taken[0][0] == line:
+            items.append(("\n", None))  # kept as text: its newline too
+        return text
+
+    def _starts_new(self, text: str) -> bool:
         if self._mode == _JSON:
-            # A new object; not the inner object of one cut in two (iter_content).
-            return text.startswith("{") and not pending.lstrip().startswith("{")
-        return text.startswith(_SSE_FIELDS)
+            return text.startswith("{")
+        return text.startswith(_SSE_FIELDS) or text.startswith(":")
+
+    def _starts_a_line(self, text: str) -> bool:
+        """Whether ``text`` starts a new line after an open line with no newline: a new object
+        or field, unless the open line is an object not closed yet (cut anywhere, as
+        ``iter_content()`` cuts, a chunk may start with ``{`` or ``data:`` inside it)."""
+        first = self._open_start()
+        if self._mode == _JSON:
+            return text.startswith("{") and not first.startswith("{")
+        if first.startswith("data:"):
+            first = first[5:].lstrip()
+        return text.startswith(_SSE_FIELDS) and not first.startswith("{")
+
+    def _open_start(self) -> str:
+        """The first characters of the open line (left-stripped), from as few pieces as it takes."""
+        start = ""
+        for piece in self._parts:
+            start += piece[:16]
+            if len(start.lstrip()) >= 8:
+                break
+        return start.lstrip()
 
     def _whole(self, line: str) -> bool:
         """A line with no newline yet that cannot go on: a JSON object, ``data: {...}``."""

@@ -394,6 +394,13 @@ class Settler:
                     else "could not be delivered or kept")
             _diag.warn_once("exit_lost:" + str(id(owner)), "%d task(s) of this run %s (%s)%s",
                             sum(lost.values()) + unsettled, what, ", ".join(parts), why)
+        feedback = stats.get("feedback") or {}
+        lost_feedback = feedback.get("dropped", 0) + max(0, feedback.get("waiting", 0))
+        if lost_feedback:
+            _diag.warn_once("feedback_lost_at_exit:" + str(id(owner)), "%d feedback(s) of this run could not be "
+                            "delivered or kept (%d dropped, %d still waiting at the end; "
+                            "stats()['feedback'] has the counts)", lost_feedback, feedback.get("dropped", 0),
+                            max(0, feedback.get("waiting", 0)))
         if books.spool_evicted:
             _diag.warn_once("evicted_at_exit:" + str(id(owner)), "%d spooled task(s) were dropped, oldest first, to "
                             "keep the spool within max_spool_tasks=%d (stats()['spool_evicted'])",

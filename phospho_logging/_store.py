@@ -107,9 +107,11 @@ class StoreReplaced(sqlite3.OperationalError):
 
 
 def is_damaged(exc: BaseException) -> bool:
-    """True for SQLite's "not a database" and "malformed" errors (a locked, read-only or
-    full store is an ``OperationalError`` instead, and is not damaged)."""
-    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+    """True for SQLite's "not a database" and "malformed" errors, which it raises as a bare
+    ``DatabaseError``. A locked, read-only or full store is an ``OperationalError``; a value
+    SQLite cannot bind, a ``ProgrammingError``; a broken constraint, an ``IntegrityError``:
+    none of them means the file is damaged (moving it aside would hide its tasks)."""
+    return type(exc) is sqlite3.DatabaseError
 
 
 def move_aside(path: Path, exc: Exception) -> None:

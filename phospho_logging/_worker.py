@@ -16,7 +16,7 @@ import queue as queue_module
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set
 
 from . import _diag, _lifecycle
 from ._batch import ADDED, FILLED, NO_ROOM, Batch
@@ -274,7 +274,8 @@ class WorkerLoop:
     _failed: Any
     _loop_ident: Optional[int]
     outbox: Outbox
-    _deferred: List[Any]
+    _deferred: Deque[Any]
+    _deferred_stop: Optional[int]
     _stop_started: float
     _feedback_lost: Dict[str, int]
 
@@ -552,9 +553,11 @@ class WorkerLoop:
             senders.wait_settled()
         mark = self.outbox.mark()
         if force:
-            self.outbox.settle_all(self._can_send_feedback, mark)
+            self.outbox.keep_upto(mark, "shutdown_deadline", "the shutdown came before phospho had the task")
         elif self.outbox.waiting_upto(mark):
             self._deferred.append((marker, mark))  # reached later, in the loop (_release_deferred)
+            if isinstance(marker, Stop):
+                self._deferred_stop = mark
             return
         self._reached(marker)
 
@@ -566,17 +569,24 @@ class WorkerLoop:
             self._stopping.clear()
 
     def _release_deferred(self, force: bool = False) -> None:
-        """Markers waiting for feedback: reached once it is settled; a shutdown's, near its
-        deadline, after one last try and the spool for the rest."""
-        waiting = []
-        for marker, mark in self._deferred:
-            if force or (isinstance(marker, Stop) and not self._time_for_feedback()):
-                self.outbox.settle_all(self._can_send_feedback, mark)
-            if self.outbox.waiting_upto(mark):
-                waiting.append((marker, mark))
-            else:
-                self._reached(marker)
-        self._deferred = waiting
+        """Markers waiting for feedback, in order: reached once the feedback before them is
+        settled; a shutdown's, near its deadline, once what is left is kept in the spool.
+        One look at the oldest feedback per marker reached, whatever the number waiting."""
+        deferred = self._deferred
+        stop_mark = self._deferred_stop
+        if force and deferred:
+            self.outbox.keep_upto(deferred[-1][1], "shutdown_deadline", "the shutdown came before phospho had the task")
+        elif stop_mark is not None and not self._time_for_feedback():
+            self.outbox.keep_upto(stop_mark, "shutdown_deadline", "the shutdown came before phospho had the task")
+        oldest = self.outbox.oldest()
+        while deferred:
+            marker, mark = deferred[0]
+            if oldest is not None and oldest <= mark:
+                return
+            deferred.popleft()
+            if mark == self._deferred_stop and isinstance(marker, Stop):
+                self._deferred_stop = None
+            self._reached(marker)
 
     def _time_for_feedback(self) -> bool:
         """Feedback may still be retried: no deadline; or, stopping, for ``STOP_FEEDBACK_WAIT``
@@ -615,7 +625,7 @@ class WorkerLoop:
             for held in (*list(self._flights), self._building):
                 if held is not None and held.claim() and held.batch:
                     self.settler.keep(held.batch.events, reason, message)
-            self.outbox.keep_all(reason, message)
+            self.outbox.keep_all(reason, "shutdown_timeout reached with feedback unsent")
             if at_exit:
                 self.close_for_exit()
             chunk: List[WireEvent] = []

@@ -32,7 +32,8 @@ def run_case(case: str, n: int) -> Dict[str, Any]:
 
 @pytest.mark.parametrize(
     "case",
-    ["hot_path", "floor_handler", "structlog_processor", "floor_processor", "wrap_call", "stream_wrapped"],
+    ["hot_path", "floor_handler", "structlog_processor", "floor_processor", "wrap_call", "stream_wrapped",
+     "stream_raw_lines", "stream_raw_cut"],
 )
 def test_per_call_cases_run_and_enqueue_every_call(case: str) -> None:
     result = run_case(case, 1000)

@@ -200,6 +200,51 @@ class TestMisbehavingServer:
         assert [r.status for r in feedback_requests(server)] == [200, 200, 200]
         assert phospho_logging.stats()["feedback"]["sent"] == 1
 
+    def test_a_hung_feedback_endpoint_does_not_starve_the_tasks(self, server: PhosphoTestServer, creds: dict,
+                                                                 tmp_path: Path) -> None:
+        """20 feedbacks waiting on an endpoint that never answers: a task logged then is
+        still delivered promptly (feedback pauses after a request that got no answer)."""
+        server.hang_next(1000, route="feedback")
+        phospho_logging.configure(local_dir=str(tmp_path), timeout=1, flush_interval=0.1, **creds)
+        task = phospho_logging.log(input="q", output="a")
+        assert server.wait_for_tasks(1, timeout=5)
+        for _ in range(20):
+            phospho_logging.feedback(task["task_id"], "success")
+        assert server.wait_for_requests(2, timeout=5)  # the first feedback request hangs
+        phospho_logging.log(input="later")
+        assert server.wait_for_tasks(2, timeout=5)
+
+    def test_feedback_from_everywhere_at_exit_is_accounted_for(self, server: PhosphoTestServer,
+                                                              tmp_path: Path) -> None:
+        """The main thread (flushing with tiny timeouts), a signal handler and a daemon
+        thread give thousands of feedbacks on a task phospho never ingests, then the
+        program exits: each is in the spool, or counted as lost and said at exit."""
+        server.ingest_lag = 3600
+        result = run("""
+            import signal, threading, time, phospho_logging
+            phospho_logging.configure(shutdown_timeout=2)
+            tid = phospho_logging.log(input="q", output="a")["task_id"]
+            signal.signal(signal.SIGALRM, lambda *a: phospho_logging.feedback(tid, "success", notes="signal"))
+            signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+            def spam():
+                while True:
+                    phospho_logging.feedback(tid, "failure", notes="thread")
+                    time.sleep(0.001)
+            threading.Thread(target=spam, daemon=True).start()
+            stop = time.monotonic() + 1.0
+            while time.monotonic() < stop:
+                phospho_logging.feedback(tid, "success", notes="main")
+                phospho_logging.flush(timeout=0.01)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        """, {"PHOSPHO_API_KEY": server.api_key, "PHOSPHO_PROJECT_ID": server.project_id,
+              "PHOSPHO_BASE_URL": server.url, "PHOSPHO_LOCAL_DIR": str(tmp_path)}, timeout=30)
+        assert result.returncode == 0, result.stderr
+        spooled = len(spooled_feedback(tmp_path))
+        assert spooled > 1000 and server.feedback == []
+        said_lost = [line for line in result.stderr.splitlines() if "feedback(s) of this run could not be" in line]
+        assert f"{spooled} feedback(s) wait in the spool" in result.stderr, result.stderr
+        assert len(said_lost) <= 1  # the ones given after the exit drain, if any: counted and said
+
     def test_a_busy_feedback_endpoint_does_not_hold_the_tasks(self, server: PhosphoTestServer, creds: dict,
                                                                tmp_path: Path) -> None:
         """A feedback request that hangs for its timeout: tasks logged meanwhile still go."""
@@ -220,6 +265,39 @@ class TestBadInput:
             phospho_logging.feedback("task_1", "good")
         with pytest.raises(ValueError, match="task_id must be a non-empty string"):
             phospho_logging.feedback("", "success")
+
+    def test_only_real_strings_are_flags(self) -> None:
+        """An object that merely compares equal to "success" is refused at the call; a str
+        Enum is read as its text; notes whose str() raises do not make feedback() raise."""
+        import enum
+
+        class Loose:
+            def __eq__(self, other: object) -> bool:
+                return True
+
+            __hash__ = object.__hash__
+
+        class Verdict(str, enum.Enum):
+            GOOD = "success"
+
+        class Unprintable:
+            def __str__(self) -> str:
+                raise RuntimeError("no")
+
+        with pytest.raises(ValueError, match="flag must be"):
+            phospho_logging.feedback("task_1", Loose())  # type: ignore[arg-type]
+        with capture_tasks() as tasks:
+            phospho_logging.feedback("task_1", Verdict.GOOD, notes=Unprintable())  # type: ignore[arg-type]
+        [given] = tasks.feedback
+        assert (type(given["flag"]), given["flag"], given["notes"]) == (str, "success", "<unprintable Unprintable>")
+
+    def test_dot_task_ids_reach_their_own_url(self, server: PhosphoTestServer, creds: dict, tmp_path: Path) -> None:
+        phospho_logging.configure(local_dir=str(tmp_path), **creds)
+        for task_id in (".", "..", "a/b?c#d"):
+            phospho_logging.log(input="q", task_id=task_id)
+            phospho_logging.feedback(task_id, "success")
+        assert phospho_logging.flush(timeout=10)
+        assert sorted(f["task_id"] for f in server.feedback) == [".", "..", "a/b?c#d"]
 
     def test_a_bad_record_is_counted_and_said_once(self, server: PhosphoTestServer, creds: dict,
                                                     tmp_path: Path, diag: List[str]) -> None:

@@ -644,6 +644,20 @@ class TestRawHTTPStreams:
         assert [t["output"] for t in tasks] == ["".join(tokens), "".join(events), utf8.decode()]
 
 
+    def test_cuts_that_look_like_a_new_line(self) -> None:
+        """A chunk that starts with ``data:`` or ``{`` inside an event or object, an object
+        that closes at a cut and then goes on, a ``\r\n`` cut in two: all read as one."""
+        event = json.dumps({"model": "m", "choices": [{"delta": {"content": "Send it as data: {x}"}}]})
+        sse = f"data: {event}\n\n"
+        at = sse.index("data: {x}")
+        text = '{"error": "E42"} means the disk is full.\n{"done": true} marks the end.\n'
+        ollama = [json.dumps({"model": "m", "response": w, "done": False}) for w in ("a", "b")]
+        with capture_tasks() as tasks:
+            list(log_stream(iter([sse[:at], sse[at:]]), input="q"))
+            list(log_stream(iter([text[:16], text[16:]]), input="q"))
+            list(log_stream(iter([ollama[0], "\r", "\n" + ollama[1] + "\r\n"]), input="q"))
+        assert [t["output"] for t in tasks] == ["Send it as data: {x}", text, "ab"]
+
     @settings(max_examples=300, deadline=None)
     @given(st.lists(st.text(alphabet='{}[]":, ab1\n\r', max_size=12), max_size=12), st.booleans())
     def test_text_is_never_lost(self, tokens: List[str], as_bytes: bool) -> None:
