@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
-from . import _lifecycle
+from . import _diag, _lifecycle
 from ._config import Options
-from ._event import encode, event_budget
+from ._event import FILTERED, encode, event_budget
 from ._feedback import Feedback
 from ._item import Snapshot, snapshot_of
+from ._redact import RedactError, make_redaction, make_sampler
 
 _sinks: List[List[Dict[str, Any]]] = []
 _lock = _lifecycle.ProcessLock()  # reentrant: a stream finished by the collector may deliver meanwhile
@@ -48,10 +49,18 @@ def pop(sink: List[Dict[str, Any]]) -> None:
 def deliver(snapshot: Snapshot, options: Options) -> None:
     """Build the event exactly as the worker would (cut to fit a request of
     ``max_batch_bytes``) and add it to every active capture."""
-    wire = encode(snapshot, project_id=options.project_id, version_id=options.version_id,
-                  max_field_chars=options.max_field_chars, max_bytes=event_budget(options.max_batch_bytes))
-    if wire is None:
-        return  # too large even when truncated: the worker would not send it either
+    try:
+        wire = encode(snapshot, project_id=options.project_id, version_id=options.version_id,
+                      max_field_chars=options.max_field_chars, max_bytes=event_budget(options.max_batch_bytes),
+                      transform=make_redaction(options.redact))
+    except RedactError as exc:
+        _diag.warn_once("capture_redact", "%s; the task is not captured (the worker would not send it)", exc)
+        return
+    if wire is None or wire is FILTERED:
+        return  # too large even when truncated, or dropped by redact: the worker would not send it either
+    sampler = make_sampler(options.sample_rate)
+    if sampler is not None and not sampler.keeps(wire.session_id, wire.task_id):
+        return  # its session is sampled out
     event = wire.data()
     with _lock:
         for sink in _sinks:

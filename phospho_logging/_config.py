@@ -48,6 +48,8 @@ class Options:
     max_spool_tasks: int = 100_000
     max_retry_time: float = 60.0
     max_in_flight: int = 3
+    redact: Any = None
+    sample_rate: float = 1.0
 
     def __repr__(self) -> str:
         # The key is never shown, even masked, so a repr pasted in a bug report is safe.
@@ -162,6 +164,23 @@ def _convert(name: str, value: Any, source: Optional[str] = None) -> Any:
             return bool(value)
         if name in _FUNC_OPTIONS:
             return import_callable(value) if isinstance(value, str) else _callable(value)
+        if name == "redact":
+            # True (the built-in masks), False, a callable, or "module:function".
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str):
+                word = value.strip().lower()
+                if word in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+                    return word in {"1", "true", "yes", "on"}
+                return import_callable(value)
+            return _callable(value)
+        if name == "sample_rate":
+            if isinstance(value, bool):
+                raise ValueError
+            rate = float(value)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError
+            return rate
         if not isinstance(value, str):
             raise ValueError
         return value
@@ -174,6 +193,8 @@ def _convert(name: str, value: Any, source: Optional[str] = None) -> Any:
             else "a positive number of seconds" if name in _FLOAT_OPTIONS
             else "true or false" if name in _BOOL_OPTIONS
             else "a callable or 'module:function'" if name in _FUNC_OPTIONS
+            else "true, false, a callable or 'module:function'" if name == "redact"
+            else "a number from 0 to 1" if name == "sample_rate"
             else "a string"
         )
         shown = "***" if name == "api_key" else repr(value)

@@ -84,6 +84,9 @@ class Books:
         self.markers_got = itertools.count()
         self.sent = 0
         self.rejected = 0
+        #: Left out on purpose, not lost: by ``sample_rate``, or by a ``redact`` function.
+        self.sampled_out = 0
+        self.redacted_out = 0
         self.spooled = 0
         self.replayed = 0
         self.replay_rejected = 0
@@ -103,7 +106,8 @@ class Books:
     def resolved(self) -> int:
         """Tasks of this run settled by the worker: sent, rejected, spooled or dropped
         (call with ``lock`` held)."""
-        return self.sent + self.rejected + self.spooled + sum(self.dropped.values())
+        return (self.sent + self.rejected + self.spooled + sum(self.dropped.values()) + self.sampled_out
+                + self.redacted_out)
 
     def losses(self) -> int:
         """Tasks and feedback dropped or rejected so far (a flush is False when this grew)."""

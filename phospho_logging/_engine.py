@@ -35,6 +35,7 @@ from ._event import PlainEncoder, event_budget
 from ._export import destination_of
 from ._feedback import Feedback, Outbox
 from ._http import HTTPExporter
+from ._redact import make_redaction, make_sampler
 from ._settle import Settler
 from ._spool import Spool
 from ._store import LocalStoreExporter
@@ -108,6 +109,8 @@ class Engine(WorkerLoop):
         self._max_queue = options.max_queue_size
         self._budget = event_budget(options.max_batch_bytes)
         self._plain_encoder = PlainEncoder(options.project_id, options.version_id)
+        self._redaction = make_redaction(options.redact)
+        self._sampler = make_sampler(options.sample_rate)
         self._capturing = False
         self._closed = False
         self.stopped = False
@@ -493,6 +496,7 @@ class Engine(WorkerLoop):
         # that anything it settles meanwhile is still counted as taken or queued below.
         dropped = dict(b.dropped)
         sent, rejected, spooled = b.sent, b.rejected, b.spooled
+        sampled_out, redacted_out = b.sampled_out, b.redacted_out
         snapshot: Dict[str, Any] = {
             "destination": self.destination,
             "sent": sent,
@@ -538,7 +542,9 @@ class Engine(WorkerLoop):
         snapshot.update(
             enqueued=enqueued,
             dropped=lost,
-            queued=enqueued - sent - rejected - spooled - lost,
+            queued=enqueued - sent - rejected - spooled - lost - sampled_out - redacted_out,
+            sampled_out=sampled_out,
+            redacted_out=redacted_out,
             dropped_by_reason=dropped,
             ignored_own_io=count_value(self._ignored),
             feedback=self._feedback_stats(feedback_put, feedback_got),

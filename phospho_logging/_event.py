@@ -17,7 +17,7 @@ import logging
 import marshal
 import math
 import os
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ._export import ENVELOPE_BYTES, WireEvent
 from ._extract import detect, input_text, output_text
@@ -274,13 +274,21 @@ def encode(
     max_field_chars: int = 100_000,
     max_bytes: Optional[int] = None,
     test_id: Optional[str] = None,
+    transform: Optional[Callable[[Dict[str, JSON]], Optional[Dict[str, JSON]]]] = None,
 ) -> Optional[WireEvent]:
     """``build_event``, cut to size, as the ``WireEvent`` exporters receive. ``max_bytes``
     bounds the encoded event (``max_batch_bytes`` less a request's envelope); None when
-    even truncation cannot bring it under that. Never raises otherwise.
+    even truncation cannot bring it under that. ``transform`` (redaction) changes the
+    event before it is cut and encoded; when it returns None, so does this, with
+    ``FILTERED``. Never raises otherwise.
     """
     event = build_event(snapshot, project_id=project_id, version_id=version_id, max_field_chars=None,
                         test_id=test_id)
+    if transform is not None:
+        changed = transform(event)
+        if changed is None:
+            return FILTERED
+        event = changed
     encoded = fit(event, snapshot.problems, max_field_chars, max_bytes)
     if encoded is None:
         return None
@@ -288,6 +296,9 @@ def encode(
 
 
 _tuple_new = tuple.__new__
+
+#: What ``encode`` returns for an event its ``transform`` dropped (compare with ``is``).
+FILTERED = WireEvent("", None, 0, b"")
 
 
 def wire(event: Dict[str, JSON], encoded: bytes) -> WireEvent:

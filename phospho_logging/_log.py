@@ -15,6 +15,7 @@ from . import _configure, _context
 from ._event import task_from_record
 from ._item import STANDARD_ATTRS, new_task_id
 from ._recorder import caller, resolve_logger
+from ._redact import RedactError, make_redaction
 from ._stream import log_stream
 
 
@@ -69,7 +70,15 @@ def log(
     record = target.makeRecord(target.name, level, file, line, message, (), None, function, extra)
     if target.isEnabledFor(level):
         target.handle(record)
-    return task_from_record(record, context=_context.current(), **_destination())
+    task = task_from_record(record, context=_context.current(), **_destination())
+    pipeline = _configure.installed
+    redaction = make_redaction(pipeline.options.redact) if pipeline is not None else None
+    if redaction is not None:
+        try:
+            task = redaction(task) or task  # dropped by your redact function: not sent, yours to see
+        except RedactError:
+            pass  # the worker says so and drops the task; the caller sees its own values
+    return task
 
 
 def _destination() -> Dict[str, Optional[str]]:

@@ -22,10 +22,11 @@ from . import _diag, _lifecycle
 from ._batch import ADDED, FILLED, NO_ROOM, Batch
 from ._config import Options
 from ._delivery import Books, Delivery, Resolution, count_value, interrupts_this_thread
-from ._event import PlainEncoder, TestRun, encode, test_run
+from ._event import FILTERED, PlainEncoder, TestRun, encode, test_run
 from ._export import WireEvent
 from ._feedback import Feedback, Outbox
 from ._item import snapshot_of
+from ._redact import RedactError, Redaction, Sampler
 from ._settle import Settler
 
 #: Seconds the worker waits for an item when it has nothing else to do.
@@ -278,6 +279,8 @@ class WorkerLoop:
     _deferred_stop: Optional[int]
     _stop_started: float
     _feedback_lost: Dict[str, int]
+    _redaction: Optional[Redaction]
+    _sampler: Optional[Sampler]
 
     def close_for_exit(self) -> None:  # pragma: no cover - Engine's
         raise NotImplementedError
@@ -463,10 +466,11 @@ class WorkerLoop:
         try:
             o = self.options
             test_run = self._test_run
-            if test_run is None:
+            redaction = self._redaction
+            if test_run is None and redaction is None:
                 event = self._plain_encoder.encode(item, o.max_field_chars, self._budget)
                 if event is not None:
-                    return event
+                    return self._sampled(event)
             if isinstance(item, logging.LogRecord):
                 self._pass(item)
             snapshot = snapshot_of(item)
@@ -478,18 +482,36 @@ class WorkerLoop:
                                   f"{test_run.metric!r}, not 'evaluate' (a phospho test run): tasks are not sent, "
                                   "as the phospho SDK does")
                 return None
-            event = encode(snapshot, project_id=o.project_id, version_id=o.version_id,
-                           max_field_chars=o.max_field_chars, max_bytes=self._budget,
-                           test_id=None if test_run is None else test_run.test_id)
+            try:
+                event = encode(snapshot, project_id=o.project_id, version_id=o.version_id,
+                               max_field_chars=o.max_field_chars, max_bytes=self._budget,
+                               test_id=None if test_run is None else test_run.test_id, transform=redaction)
+            except RedactError as exc:
+                self.settler.drop(1, "redact_error", f"{exc}; the task is not sent unredacted")
+                return None
             if snapshot.problems:
                 self.settler.count_problems(snapshot.problems)
             if event is None:
                 self.settler.drop(1, "too_large", f"a task is larger than max_batch_bytes={o.max_batch_bytes} "
                                                   "even when truncated")
-            return event
+                return None
+            if event is FILTERED:
+                with self.books.lock:
+                    self.books.redacted_out += 1
+                return None
+            return self._sampled(event)
         except Exception as exc:  # noqa: BLE001 - a bug here must not stop the worker
             self.settler.drop(1, "internal_error", f"could not build a task: {exc!r}")
             return None
+
+    def _sampled(self, event: WireEvent) -> Optional[WireEvent]:
+        """The event, unless ``sample_rate`` leaves its session out (counted, not a loss)."""
+        sampler = self._sampler
+        if sampler is None or sampler.keeps(event.session_id, event.task_id):
+            return event
+        with self.books.lock:
+            self.books.sampled_out += 1
+        return None
 
     def _send(self, held: Held) -> Held:
         """Deliver (or keep) the events ``held``, here or on a sender thread; returns a

@@ -25,10 +25,11 @@ except ImportError:
             "phospho_logging.json needs python-json-logger: pip install python-json-logger"
         ) from exc
 
-from . import _context, _diag
+from . import _configure, _context, _diag
 from ._config import TextFunction, resolve
 from ._event import build_event
 from ._item import STANDARD_ATTRS, Snapshot
+from ._redact import RedactError, make_redaction, mask_text
 from ._serialize import JSON, dumps, to_jsonable
 from ._snapshot import carries_task, snapshot_record
 
@@ -92,6 +93,7 @@ class PhosphoJsonFormatter(_JsonFormatter):
         max_field_chars: Optional[int] = None,
         input_to_str: Optional[TextFunction] = None,
         output_to_str: Optional[TextFunction] = None,
+        redact: Any = None,
         **kwargs: Any,
     ) -> None:
         if "format" in kwargs:
@@ -108,9 +110,11 @@ class PhosphoJsonFormatter(_JsonFormatter):
                 "max_field_chars": max_field_chars,
                 "input_to_str": input_to_str,
                 "output_to_str": output_to_str,
+                "redact": redact,
             },
             environ={},
         )
+        self._redact_given = redact is not None
         self._project_id = project_id
         super().__init__(*args, **kwargs)
         # What the stand-in record keeps: LogRecord's own attributes and the fields the
@@ -156,6 +160,20 @@ class PhosphoJsonFormatter(_JsonFormatter):
             version_id=options.version_id,
             max_field_chars=options.max_field_chars,
         )
+        setting = self._options.redact if self._redact_given else _configured_redact()
+        redaction = make_redaction(setting)
+        if redaction is not None:
+            try:
+                redacted = redaction(event)
+            except RedactError as exc:
+                _diag.warn_once("json_redact_error", "%s; the task's fields are left out of the JSON line", exc)
+                redacted = None
+            if redacted is None:  # dropped by your redact function: a plain line, no task fields
+                proxy = _blank(record)
+                proxy.__dict__ = {key: value for key, value in record.__dict__.items() if key in self._keep}
+                proxy.__dict__["msg"], proxy.__dict__["args"] = _message(record, snapshot), None
+                return super().format(proxy)
+            event = redacted
         if snapshot.problems:
             self._report(snapshot.problems)
         # python-json-logger renders a stand-in: the caller's record is left untouched, and
@@ -170,6 +188,8 @@ class PhosphoJsonFormatter(_JsonFormatter):
             # Formatted once, safely: a bad %-format must not lose the task.
             state["msg"] = _message(record, snapshot)
             state["args"] = None
+            if redaction is not None and setting is True:
+                state["msg"] = mask_text(state["msg"])  # the line's message: the same masks
         state[_EVENT] = event
         return super().format(proxy)
 
@@ -207,6 +227,12 @@ class PhosphoJsonFormatter(_JsonFormatter):
                     "metadata['phospho_logging_problems']",
                     tag,
                 )
+
+
+def _configured_redact() -> Any:
+    """The ``redact`` option of the pipeline ``configure()`` installed, if any."""
+    pipeline = _configure.installed
+    return pipeline.options.redact if pipeline is not None else None
 
 
 def _blank(record: logging.LogRecord) -> logging.LogRecord:
