@@ -58,6 +58,12 @@ is an artefact of the set-up, not a cost an application pays).
                         (a list), in ns per chunk.
 * ``stream_wrapped``    the same generator through ``phospho_logging.log_stream`` on that
                         handler: per chunk, the one task per 100 chunks included.
+* ``hot_path_otel_idle`` ``hot_path`` with OpenTelemetry installed, no span open (every other
+                        case runs with OpenTelemetry hidden).
+* ``hot_path_otel_span`` ``hot_path`` inside a recording span: trace and span ids added.
+* ``redact_worker``     the worker's cost per task of ``redact=True``: events built with and
+                        without the masks, ns per task more (text with an e-mail, a phone
+                        number and a key).
 * ``stream_raw_lines``  a raw HTTP stream through ``log_stream``: Ollama JSON lines as bytes,
                         one line per chunk (``iter_lines()``), in ns per line.
 * ``stream_raw_cut``    one Ollama last line with a long ``context`` (N bytes) cut a byte at a
@@ -90,6 +96,11 @@ if (ROOT / "phospho_logging" / "__init__.py").exists() and str(ROOT) not in sys.
     sys.path.insert(0, str(ROOT))
 for _name in [k for k in os.environ if k.startswith("PHOSPHO_")]:
     del os.environ[_name]
+
+if not (len(sys.argv) > 1 and sys.argv[1].startswith("hot_path_otel")):
+    # Every other case measures phospho-logging without OpenTelemetry (installed with the
+    # dev extras): its trace correlation has cases of its own.
+    sys.modules.setdefault("opentelemetry", None)  # type: ignore[arg-type]
 
 import phospho_logging  # noqa: E402
 from phospho_logging import PhosphoHandler, PhosphoQueueHandler, PhosphoQueueListener  # noqa: E402
@@ -314,6 +325,27 @@ def floor_handler(n: int) -> Dict[str, Any]:
 
 def null_messages(n: int) -> Dict[str, Any]:
     return _null("null_messages", "answered", MESSAGES_EXTRA, n)
+
+
+def hot_path_otel_idle(n: int) -> Dict[str, Any]:
+    """``hot_path`` with OpenTelemetry installed and a tracer provider set, no span open:
+    what trace correlation costs a call made outside any span."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
+    return _phospho("hot_path_otel_idle", "answered", EXTRA, n)
+
+
+def hot_path_otel_span(n: int) -> Dict[str, Any]:
+    """``hot_path`` inside a recording OpenTelemetry span: its trace and span ids go into
+    each task's metadata."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    trace.set_tracer_provider(TracerProvider())
+    with trace.get_tracer("bench").start_as_current_span("request"):
+        return _phospho("hot_path_otel_span", "answered", EXTRA, n)
 
 
 def hot_path_messages(n: int) -> Dict[str, Any]:
@@ -596,6 +628,33 @@ def stream_wrapped(n: int) -> Dict[str, Any]:
     return _with_queue_logger("stream_wrapped", body, _expected_calls(streams))
 
 
+def redact_worker(n: int) -> Dict[str, Any]:
+    from phospho_logging._event import encode
+    from phospho_logging._item import make_snapshot
+    from phospho_logging._redact import make_redaction
+
+    fields = {"input": "Hi, I am jane@example.com, call me on +33 6 12 34 56 78 " + EXTRA["input"],
+              "output": "Here is your key: sk-abcdefghijklmnopqrstuvwxyz " + EXTRA["output"],
+              "metadata": dict(EXTRA["metadata"])}
+    redaction = make_redaction(True)
+    count = max(1, n // 10)
+
+    def build(transform: Any) -> float:
+        started = time.perf_counter_ns()
+        for _ in range(count):
+            encode(make_snapshot(dict(fields)), max_bytes=1_000_000, transform=transform)
+        return (time.perf_counter_ns() - started) / count
+
+    runs = []
+    for _ in range(3):
+        runs.append(build(redaction) - build(None))
+    clean = {"input": EXTRA["input"], "output": EXTRA["output"], "metadata": dict(EXTRA["metadata"])}
+    fields, pii = clean, fields
+    no_pii = min(build(redaction) - build(None) for _ in range(3))
+    return {"value": min(runs), "runs": runs, "no_pii": no_pii, "pii_fields": sorted(pii),
+            "unit": "ns/task more on the worker (an e-mail, a phone number, a key)"}
+
+
 OLLAMA_LINES = [json.dumps({"model": "llama3", "created_at": "2026-12-05T00:00:00Z", "response": f" word{i}",
                             "done": False}).encode() for i in range(100)]
 
@@ -798,11 +857,12 @@ def sdk_end_to_end_50ms(n: int) -> Dict[str, Any]:
 CASES: Dict[str, Callable[[int], Dict[str, Any]]] = {
     f.__name__: f
     for f in (
-        null_extra, stdlib_queue, hot_path, floor_handler, null_messages, hot_path_messages,
+        null_extra, stdlib_queue, hot_path, hot_path_otel_idle, hot_path_otel_span, floor_handler, null_messages,
+        hot_path_messages,
         null_plain, non_task, structlog_enqueue, structlog_processor, floor_processor, end_to_end,
         end_to_end_50ms, end_to_end_durable, end_to_end_local, cpu_per_task,
         latency_up, latency_down, exit_hung, sdk_log, sdk_end_to_end, sdk_end_to_end_50ms,
-        wrap_plain, wrap_call, stream_plain, stream_wrapped, stream_raw_lines, stream_raw_cut,
+        wrap_plain, wrap_call, stream_plain, stream_wrapped, stream_raw_lines, stream_raw_cut, redact_worker,
     )
 }
 

@@ -37,11 +37,12 @@ from typing import Any, Dict, List, Optional
 
 CASES_FILE = Path(__file__).resolve().parent / "cases.py"
 ORDER = [
-    "null_extra", "stdlib_queue", "hot_path", "floor_handler", "null_messages", "hot_path_messages",
+    "null_extra", "stdlib_queue", "hot_path", "hot_path_otel_idle", "hot_path_otel_span", "floor_handler",
+    "null_messages", "hot_path_messages",
     "null_plain", "non_task", "structlog_enqueue", "structlog_processor", "floor_processor",
     "end_to_end", "end_to_end_50ms", "end_to_end_durable", "end_to_end_local", "cpu_per_task",
     "wrap_plain", "wrap_call", "stream_plain", "stream_wrapped", "stream_raw_lines", "stream_raw_cut",
-    "latency_up", "latency_down", "exit_hung", "sdk_log", "sdk_end_to_end", "sdk_end_to_end_50ms",
+    "redact_worker", "latency_up", "latency_down", "exit_hung", "sdk_log", "sdk_end_to_end", "sdk_end_to_end_50ms",
 ]
 END_TO_END = {
     "end_to_end", "end_to_end_50ms", "end_to_end_durable", "end_to_end_local", "cpu_per_task",
@@ -50,6 +51,8 @@ END_TO_END = {
 BASELINE = {
     "stdlib_queue": "null_extra",
     "hot_path": "null_extra",
+    "hot_path_otel_idle": "null_extra",
+    "hot_path_otel_span": "null_extra",
     "floor_handler": "null_extra",
     "hot_path_messages": "null_messages",
     "non_task": "null_plain",

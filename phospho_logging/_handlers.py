@@ -19,7 +19,7 @@ from . import _context, _diag, _lifecycle
 from ._config import Options, TextFunction, resolve
 from ._engine import Engine
 from ._feedback import feedback_of
-from ._item import Snapshot, carried, plain_record
+from ._item import STANDARD_ATTRS, Snapshot, carried, plain_record
 from ._lifecycle import OWN_IO, made_by_own_io
 from ._snapshot import snapshot_record
 from ._store import LocalStoreExporter, refusal, unwritable
@@ -113,6 +113,22 @@ def notice_no_input(record: logging.LogRecord) -> None:
                       "logger", name)
 
 
+def bound_by_loguru(record: logging.LogRecord) -> bool:
+    """A record loguru made for a handler sink (``logger.add(PhosphoHandler())``): the fields
+    bound with ``logger.bind(input=..., output=...)`` are in its ``extra`` dict. They are
+    moved onto the record, as ``extra=`` puts them (loguru makes one record per sink, so
+    nobody else sees the change). True when that made it a task or a feedback."""
+    bound = record.__dict__.get("extra")
+    if type(bound) is not dict or not ("input" in bound or ("flag" in bound and "task_id" in bound)):
+        return False
+    attrs = record.__dict__
+    del attrs["extra"]
+    for key, value in bound.items():
+        if type(key) is str and key not in STANDARD_ATTRS and key not in attrs:
+            attrs[key] = value
+    return True
+
+
 def apply_filters(handler: logging.Handler, record: logging.LogRecord) -> Optional[logging.LogRecord]:
     """The record to handle after the handler's filters (which may replace it), or None."""
     if not handler.filters:
@@ -167,6 +183,8 @@ class TaskIntake:
                 return self._handle_general(record)  # a structlog event dict
             if "flag" in attrs and "task_id" in attrs:
                 return self._handle_feedback(record)
+            if "extra" in attrs and bound_by_loguru(record):
+                return self.handle(record)
             if "output" in attrs or "session_id" in attrs:
                 notice_no_input(record)
             return False

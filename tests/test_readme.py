@@ -99,6 +99,34 @@ def test_raw_stream_snippet_runs(tmp_path: Path, fake: FakeOpenAI) -> None:
     assert (event["input"], event["output"], event["model"]) == ("Why?", "You said: Why?", "mistral")
 
 
+def test_redaction_snippet_runs(tmp_path: Path) -> None:
+    """The Redaction section's snippet: the stored input is the one its comment shows."""
+    code = "import logging, phospho_logging\nlog = logging.getLogger('phospho')\n" + \
+        blocks("python")["Redaction"][0] + "\nassert phospho_logging.flush(timeout=10)\n"
+    result = subprocess.run([sys.executable, "-c", code], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}),
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [event] = latest(tmp_path / "tasks.sqlite3")
+    assert event["input"] == "I am [REDACTED:email], card [REDACTED:card]"
+
+
+def test_loguru_snippet_runs(tmp_path: Path) -> None:
+    """The loguru section's snippet, with the real loguru: a task and a feedback on it."""
+    pytest.importorskip("loguru")
+    code = "import phospho_logging\ntask_id = 'task_from_loguru'\n" + blocks("python")["loguru"][0].replace(
+        'session_id="s-1")', 'session_id="s-1", task_id=task_id)') + "\nassert phospho_logging.flush(timeout=10)\n"
+    result = subprocess.run([sys.executable, "-c", code], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}),
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [event] = latest(tmp_path / "tasks.sqlite3")
+    assert (event["input"], event["output"], event["session_id"]) == ("What is 2+2?", "4", "s-1")
+    conn = sqlite3.connect(str(tmp_path / "tasks.sqlite3"))
+    try:
+        assert conn.execute("SELECT task_id, flag FROM feedback").fetchall() == [("task_from_loguru", "success")]
+    finally:
+        conn.close()
+
+
 @pytest.mark.parametrize("index", [0, 1], ids=["capture-and-exporter", "test-server"])
 def test_testing_snippets_run(tmp_path: Path, index: int) -> None:
     """The testing section's snippets (capture and the in-memory exporter; the loopback
