@@ -48,3 +48,26 @@ def test_feedback_example_keeps_feedback_for_push(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "feedback: 2 given, 2 sent to the local store" in result.stdout, result.stdout
     assert "would send 1 task(s)" in result.stdout and "and 2 feedback(s), after the tasks" in result.stdout
+
+
+def test_redaction_sampling_example_keeps_whole_sessions_masked(tmp_path: Path) -> None:
+    script = EXAMPLES[0].parent / "redaction_sampling.py"
+    result = subprocess.run([sys.executable, str(script)], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path / "s")}),
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "sent 22 of 61 task(s)" in result.stdout, result.stdout  # 11 sessions of 30, both turns each
+    assert "38 by sample_rate (whole sessions), 1 by your redact function" in result.stdout
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "s").glob("tasks.sqlite3*") if p.exists())
+    assert b"@example.com" not in stored and b"4111 1111" not in stored and b"Jane Doe" not in stored
+
+
+def test_opentelemetry_loguru_example_correlates(tmp_path: Path) -> None:
+    pytest.importorskip("loguru")
+    pytest.importorskip("opentelemetry.sdk")
+    script = EXAMPLES[0].parent / "opentelemetry_loguru.py"
+    result = subprocess.run([sys.executable, str(script)], env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path / "s")}),
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    span = next(line for line in result.stdout.splitlines() if line.startswith("span:"))
+    task = next(line for line in result.stdout.splitlines() if line.startswith("task:"))
+    assert span[len("span: "):] in task, result.stdout
