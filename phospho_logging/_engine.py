@@ -35,7 +35,7 @@ from ._event import PlainEncoder, event_budget
 from ._export import destination_of
 from ._feedback import Feedback, Outbox
 from ._http import HTTPExporter
-from ._redact import make_redaction, make_sampler
+from ._redact import make_redaction, make_sampler, mask_text
 from ._settle import Settler
 from ._spool import Spool
 from ._store import LocalStoreExporter
@@ -198,6 +198,9 @@ class Engine(WorkerLoop):
         if self._closed:
             self._lose_feedback("logged_after_exit", "a feedback was given after the exit drain: it is not kept")
             return
+        if self._redaction is not None and item.notes:
+            # Notes are free text too: with any redact setting, the built-in masks apply.
+            item = item._replace(notes=mask_text(item.notes))
         if self._capturing:
             _capture.deliver_feedback(item)
             return

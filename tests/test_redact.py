@@ -161,6 +161,13 @@ class TestEverywhere:
         assert line["message"] == "from [REDACTED:email]"
         assert EMAIL in plain.getvalue()
 
+    def test_feedback_notes(self, server: PhosphoTestServer, creds: dict, tmp_path: Path) -> None:
+        phospho_logging.configure(local_dir=str(tmp_path), redact=keep_unless_internal, **creds)
+        task = phospho_logging.log(input="q", output="a")
+        phospho_logging.feedback(task["task_id"], "failure", notes=f"wrong, write to {EMAIL}")
+        assert phospho_logging.flush(timeout=10)
+        assert [f["notes"] for f in server.feedback] == ["wrong, write to [REDACTED:email]"]
+
     def test_capture_and_log_show_what_is_sent(self) -> None:
         phospho_logging.configure(redact=True)
         with capture_tasks() as tasks:
