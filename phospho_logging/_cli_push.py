@@ -32,10 +32,12 @@ from ._cli_commands import (
 )
 from ._config import Options
 from ._delivery import Books, Delivery, Resolution
-from ._event import event_budget, fitted, stored_event
+from ._event import event_budget, fitted, stored_event, wire
 from ._export import WireEvent
 from ._feedback import Feedback
 from ._http import HTTPExporter
+from ._redact import RedactError, make_redaction, mask_text
+from ._serialize import dumps
 from ._settle import FEEDBACK_MAX_AGE
 from ._spool import Spool
 
@@ -99,6 +101,9 @@ class Pusher:
         self.sent = {"store": 0, "spool": 0}
         #: Feedback sent, and feedback whose task phospho does not know yet (kept for a later push).
         self.feedback = {"sent": 0, "waiting": 0, "rejected": 0, "given_up": 0}
+        self._redaction = make_redaction(options.redact)
+        self.left_out = 0  # stored tasks your redact function leaves out
+        self._redact_errors = ""
         self.skipped = 0
         self.total = 0
         self.rejected: Dict[str, int] = {}
@@ -170,7 +175,7 @@ class Pusher:
 
     @property
     def done(self) -> int:
-        return sum(self.sent.values()) + sum(self.rejected.values())
+        return sum(self.sent.values()) + sum(self.rejected.values()) + self.left_out
 
     def _spool_batch(self) -> bool:
         rows = self.spool.claim(self.options.max_batch_size)
@@ -180,7 +185,11 @@ class Pusher:
         events: List[WireEvent] = []
         finished: List[int] = []
         for row_id, encoded in rows:
-            event = fitted(stored_event(encoded), self.options.max_field_chars, self._budget)
+            stored = self._redacted(stored_event(encoded))
+            if stored is None:  # left out by your redact function: forgotten
+                finished.append(row_id)
+                continue
+            event = fitted(stored, self.options.max_field_chars, self._budget)
             if event is None:  # cannot be cut to max_batch_bytes: rejected, as the server would
                 self._reject_too_large()
                 finished.append(row_id)
@@ -212,12 +221,21 @@ class Pusher:
         if not rows:
             return 0
         events = []
+        left_out = []
         for row in rows:
-            event = fitted(stored_event(row[2].encode("utf-8")), self.options.max_field_chars, self._budget)
+            stored = self._redacted(stored_event(row[2].encode("utf-8")))
+            if stored is None:  # left out by your redact function: never sent, recorded as done
+                left_out.append((self.options.project_id, row[1], time.time()))
+                continue
+            event = fitted(stored, self.options.max_field_chars, self._budget)
             if event is None:
                 self._reject_too_large()
             else:
                 events.append(event)
+        if left_out:
+            with self.db.transaction() as conn:
+                _store.insert_rows(conn, "INSERT OR IGNORE INTO pushed (destination, task_id, pushed_at) VALUES",
+                                   left_out)
         for batch in batches(events, self.options.max_batch_size, self.options.max_batch_bytes):
             delivered, _ = self._deliver(batch)
             self.sent["store"] += len(delivered)
@@ -229,10 +247,30 @@ class Pusher:
                 break
         return int(rows[-1][0])
 
+    def _redacted(self, event: WireEvent) -> Optional[WireEvent]:
+        """With ``redact`` set (``PHOSPHO_REDACT``), a stored event as it would be logged now:
+        masked, or None when your function leaves it out (counted in the summary). Events
+        stored before redaction was turned on are sent masked too."""
+        redaction = self._redaction
+        if redaction is None:
+            return event
+        try:
+            data = redaction(event.data())
+        except RedactError as exc:
+            self.left_out += 1
+            self._redact_errors = str(exc)
+            return None
+        if data is None:
+            self.left_out += 1
+            return None
+        return wire(data, dumps(data))
+
     def _send_feedback(self, item: Feedback) -> str:
         """Send one feedback: ``"sent"``, ``"waiting"`` (its task is unknown yet: kept for a
         later push), ``"rejected"``, or ``"failed"`` (sets ``error``). Transient failures
         are retried with the library's back-off, within ``max_attempts``."""
+        if self._redaction is not None and item.notes:
+            item = item._replace(notes=mask_text(item.notes))
         for attempt in range(1, max(1, self.options.max_attempts) + 1):
             result = self.delivery.send_feedback(item)
             if result.ok:
@@ -324,6 +362,11 @@ class Pusher:
         ]
         lines += [f"    {count} x {reason}" for reason, count in sorted(self.rejected.items())]
         lines.append(f"  failed    {failed}" + ("  (not delivered: run push again to resume)" if failed else ""))
+        if self._redaction is not None:
+            lines.append("  redacted  every task and feedback note was masked before sending (PHOSPHO_REDACT)"
+                         + (f"; {self.left_out} left out by your redact function" if self.left_out else ""))
+            if self._redact_errors:
+                lines.append(f"    {self._redact_errors}")
         if self.retries:
             lines.append(f"  retries   {self.retries}")
         fb = self.feedback

@@ -101,7 +101,8 @@ class Books:
         self.last_error: Optional[str] = None
         #: Feedback taken off the queue, and what became of it (``stats()["feedback"]``).
         self.feedback_got = itertools.count()
-        self.feedback: Dict[str, int] = {"sent": 0, "rejected": 0, "spooled": 0, "dropped": 0, "replayed": 0}
+        self.feedback: Dict[str, int] = {"sent": 0, "rejected": 0, "spooled": 0, "dropped": 0, "replayed": 0,
+                                         "sampled_out": 0}
 
     def resolved(self) -> int:
         """Tasks of this run settled by the worker: sent, rejected, spooled or dropped

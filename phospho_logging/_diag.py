@@ -12,6 +12,7 @@ import logging
 import math
 import threading
 import time
+from typing import Callable, Optional
 
 logger = logging.getLogger("phospho_logging")
 logger.propagate = False
@@ -22,6 +23,11 @@ _suppressed: dict[str, int] = {}
 
 #: Seconds during which a repeated problem of the same kind is counted, not printed.
 REPEAT_INTERVAL = 60.0
+
+#: With redaction on (any pipeline's ``redact``), a function that masks the text of every
+#: message: an exception's text (a redact function's ``KeyError('jane@...')``) or a
+#: server's echo may hold what the tasks had masked.
+masker: Optional[Callable[[str], str]] = None
 
 
 def quiet(key: str) -> None:
@@ -48,16 +54,22 @@ def warn_once(key: str, message: str, *args: object, level: int = logging.WARNIN
         message += " (%d similar messages suppressed)"
         args = (*args, repeats)
     try:
+        mask = masker
+        if mask is not None:
+            text = message % args if args else message
+            message, args = mask(text).replace("%", "%%"), ()
         logger.log(level, "phospho-logging: " + message, *args)
     except Exception:  # noqa: BLE001 - a diagnostics failure must never reach the app
         pass
 
 
 def reset() -> None:
-    """Forget what was reported (tests use this to see a message again)."""
+    """Forget what was reported (tests use this to see a message again), and the masker."""
+    global masker
     with _lock:
         _last.clear()
         _suppressed.clear()
+    masker = None
 
 
 def reset_after_fork() -> None:

@@ -28,7 +28,7 @@ import time
 import weakref
 from typing import Any, Callable, Deque, Dict, Optional, Set
 
-from . import _capture, _lifecycle
+from . import _capture, _diag, _lifecycle
 from ._config import Options
 from ._delivery import Books, Delivery, count_value
 from ._event import PlainEncoder, event_budget
@@ -110,6 +110,8 @@ class Engine(WorkerLoop):
         self._budget = event_budget(options.max_batch_bytes)
         self._plain_encoder = PlainEncoder(options.project_id, options.version_id)
         self._redaction = make_redaction(options.redact)
+        if self._redaction is not None:
+            _diag.masker = mask_text  # the library's own messages are masked from now on
         self._sampler = make_sampler(options.sample_rate)
         self._capturing = False
         self._closed = False
@@ -558,7 +560,7 @@ class Engine(WorkerLoop):
 
     def _feedback_stats(self, put: int, got: int) -> Dict[str, int]:
         """Feedback given to this engine, and what became of it: ``given == sent +
-        rejected + spooled + dropped + waiting``."""
+        rejected + spooled + dropped + waiting + sampled_out``."""
         counts = dict(self.books.feedback)
         lost = sum(self._feedback_lost.values())
         counts["dropped"] += lost

@@ -123,9 +123,16 @@ def bound_by_loguru(record: logging.LogRecord) -> bool:
         return False
     attrs = record.__dict__
     del attrs["extra"]
+    clashing = {}
     for key, value in bound.items():
         if type(key) is str and key not in STANDARD_ATTRS and key not in attrs:
             attrs[key] = value
+        else:  # a LogRecord's own name (name, message, levelname...): into the metadata, as log() does
+            clashing[str(key)] = value
+    if clashing:
+        given = attrs.get("metadata")
+        attrs["metadata"] = {**clashing, **given} if isinstance(given, dict) else {**clashing, "metadata": given} \
+            if given is not None else clashing
     return True
 
 

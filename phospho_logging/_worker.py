@@ -395,6 +395,11 @@ class WorkerLoop:
             if kind is Feedback:
                 next(self.books.feedback_got)
                 self._beats += 1
+                sampler = self._sampler
+                if sampler is not None and sampler.was_left_out(item.task_id):
+                    with self.books.lock:  # its task's session was left out by sample_rate
+                        self.books.feedback["sampled_out"] += 1
+                    continue
                 self.outbox.add(item)
                 continue
             next(self.books.got)
@@ -487,7 +492,7 @@ class WorkerLoop:
                                max_field_chars=o.max_field_chars, max_bytes=self._budget,
                                test_id=None if test_run is None else test_run.test_id, transform=redaction)
             except RedactError as exc:
-                self.settler.drop(1, "redact_error", f"{exc}; the task is not sent unredacted")
+                self.settler.drop(1, "redact_error", f"{exc} (never sent unredacted)")
                 return None
             if snapshot.problems:
                 self.settler.count_problems(snapshot.problems)
@@ -509,6 +514,7 @@ class WorkerLoop:
         sampler = self._sampler
         if sampler is None or sampler.keeps(event.session_id, event.task_id):
             return event
+        sampler.left_out(event.task_id)
         with self.books.lock:
             self.books.sampled_out += 1
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+import os
 from typing import Any, Dict, FrozenSet, List, Optional, Set
 
 try:  # python-json-logger 3.x/4.x: the old path still exists there, but warns
@@ -28,6 +29,7 @@ except ImportError:
 from . import _configure, _context, _diag
 from ._config import TextFunction, resolve
 from ._event import build_event
+from ._feedback import is_feedback
 from ._item import STANDARD_ATTRS, Snapshot
 from ._redact import RedactError, make_redaction, mask_text
 from ._serialize import JSON, dumps, to_jsonable
@@ -126,6 +128,14 @@ class PhosphoJsonFormatter(_JsonFormatter):
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as one JSON line; a task-carrying record with its task fields."""
         if not carries_task(record):
+            if is_feedback(record.__dict__) and self._redact_setting() is not None:
+                # A feedback's notes and source are free text: masked as the task's texts are.
+                proxy = _blank(record)
+                proxy.__dict__.update(record.__dict__)
+                for key in ("notes", "source"):
+                    if isinstance(proxy.__dict__.get(key), str):
+                        proxy.__dict__[key] = mask_text(proxy.__dict__[key])
+                return super().format(proxy)
             return super().format(record)
         try:
             return self._format_task(record)
@@ -160,7 +170,7 @@ class PhosphoJsonFormatter(_JsonFormatter):
             version_id=options.version_id,
             max_field_chars=options.max_field_chars,
         )
-        setting = self._options.redact if self._redact_given else _configured_redact()
+        setting = self._redact_setting()
         redaction = make_redaction(setting)
         if redaction is not None:
             try:
@@ -188,10 +198,28 @@ class PhosphoJsonFormatter(_JsonFormatter):
             # Formatted once, safely: a bad %-format must not lose the task.
             state["msg"] = _message(record, snapshot)
             state["args"] = None
-            if redaction is not None and setting is True:
+            if redaction is not None:
                 state["msg"] = mask_text(state["msg"])  # the line's message: the same masks
+        if redaction is not None:
+            # The line's other texts: the fields the format names, and the traceback.
+            for key, value in list(state.items()):
+                if key not in STANDARD_ATTRS and type(value) is str:
+                    state[key] = mask_text(value)
+            if record.exc_info:
+                state["exc_text"] = mask_text(str(self.formatException(record.exc_info)))
+                state["exc_info"] = None
+            elif isinstance(state.get("exc_text"), str):
+                state["exc_text"] = mask_text(state["exc_text"])
+            if isinstance(state.get("stack_info"), str):
+                state["stack_info"] = mask_text(state["stack_info"])
         state[_EVENT] = event
         return super().format(proxy)
+
+    def _redact_setting(self) -> Any:
+        """This formatter's ``redact=``; else the configured pipeline's; else PHOSPHO_REDACT."""
+        if self._redact_given:
+            return self._options.redact
+        return _configured_redact()
 
     def _format_fallback(self, record: logging.LogRecord, exc: Exception) -> str:
         reason = _describe(exc)
@@ -230,9 +258,20 @@ class PhosphoJsonFormatter(_JsonFormatter):
 
 
 def _configured_redact() -> Any:
-    """The ``redact`` option of the pipeline ``configure()`` installed, if any."""
+    """The ``redact`` option of the pipeline ``configure()`` installed; without one, that of
+    ``PHOSPHO_REDACT`` (a bad value there is said once and taken as on: privacy first)."""
     pipeline = _configure.installed
-    return pipeline.options.redact if pipeline is not None else None
+    if pipeline is not None:
+        return pipeline.options.redact
+    value = os.environ.get("PHOSPHO_REDACT")
+    if not value:
+        return None
+    try:
+        return resolve({}, environ={"PHOSPHO_REDACT": value}).redact
+    except (TypeError, ValueError) as exc:
+        _diag.warn_once("json_redact_env", "PHOSPHO_REDACT: %s; the JSON lines are masked with the built-in masks",
+                        exc)
+        return True
 
 
 def _blank(record: logging.LogRecord) -> logging.LogRecord:

@@ -71,6 +71,15 @@ class TestMasks:
         (f"id {AWS_KEY}", "id [REDACTED:aws_key]"),
         ("Authorization: Bearer abc.def-123456", "Authorization: Bearer [REDACTED:bearer]"),
         (f"t={JWT}", "t=[REDACTED:jwt]"),
+        ("4111 1111 1111 1111 123 and qty 2 4111-1111-1111-1111", "[REDACTED:card] 123 and qty 2 [REDACTED:card]"),
+        ("4111111111111111123", "[REDACTED:card]123"),
+        ("GB82WEST12345698765432 BIC NWBKGB2L", "[REDACTED:iban] BIC NWBKGB2L"),
+        ("sk-proj-abc_DEF-xyzXYZ1234567890123 sk-ant-api03-AbC_dEf-1234567890abcdefgh",
+         "[REDACTED:api_key] [REDACTED:api_key]"),
+        ("Bearer  tok3n-0f-b3ar3r, Bearer\ttok3n-0f-b3ar3r, BeArEr tok3n-0f-b3ar3r",
+         "Bearer  [REDACTED:bearer], Bearer\t[REDACTED:bearer], BeArEr [REDACTED:bearer]"),
+        ("josé.garcía@correo.es, 07700 900123, 030 1234567, 1-800-555-0199",
+         "[REDACTED:email], [REDACTED:phone], [REDACTED:phone], [REDACTED:phone]"),
     ])
     def test_found_and_masked(self, text: str, expected: str) -> None:
         assert mask_text(text) == expected
@@ -80,15 +89,32 @@ class TestMasks:
         "FR76 3000 6000 0112 3456 7890 188 fails the IBAN check",
         "on 2024-12-05 at 10:30, order 12345, version 1.2.3, pi 3.14159265358979, host 192.168.100.200",
         "sk-short and AKIA123 are too short; a@b is no address",
+        "15.03.2024, 15-03-2024, 2024.03.15, 15 03 2024, 2024-01-15 10:30:00, 12.345.678",
+        "hash a4111111111111111b, order ORD4111111111111111",
     ])
     def test_left_alone(self, text: str) -> None:
         assert mask_text(text) == text
 
+    def test_linear_whatever_the_text(self, tmp_path: Path) -> None:
+        """Texts built to make patterns backtrack (a run of "sk-", letters before an "@",
+        "eyJ-" repeated, digits and spaces): each is masked in one pass; the program ends
+        well within the subprocess timeout (minutes, if any pattern were quadratic)."""
+        code = ("import logging, phospho_logging\nphospho_logging.configure(redact=True)\n"
+                "for text in ['sk-' * 100000, 'a' * 100000 + '@', 'eyJ-' * 100000, '1 ' * 200000, 'a@' * 100000,\n"
+                "             'bearer ' * 50000, '@' * 200000]:\n"
+                "    logging.getLogger('phospho').info('t', extra={'input': text})\n"
+                "assert phospho_logging.flush(timeout=30)\nprint(phospho_logging.stats()['sent'])\n")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                                env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}))
+        assert result.returncode == 0 and result.stdout.strip() == "7", result.stderr
+
     def test_mask_event_walks_every_text_field(self) -> None:
-        event = {"task_id": EMAIL, "input": EMAIL, "raw_input": {"a": [EMAIL, {"b": EMAIL}]}, "metadata": {"x": 1}}
+        event = {"task_id": EMAIL, "input": EMAIL, "raw_input": {"a": [EMAIL, {"b": EMAIL}]},
+                 "metadata": {"x": 1, EMAIL: "opened", "votes": {OPENAI_KEY: 1}, "span_id": "4111111111111111"}}
         assert mask_event(event) == {"task_id": EMAIL, "input": "[REDACTED:email]",
                                      "raw_input": {"a": ["[REDACTED:email]", {"b": "[REDACTED:email]"}]},
-                                     "metadata": {"x": 1}}
+                                     "metadata": {"x": 1, "[REDACTED:email]": "opened",
+                                                  "votes": {"[REDACTED:api_key]": 1}, "span_id": "4111111111111111"}}
 
 
 class TestEverywhere:
@@ -168,6 +194,57 @@ class TestEverywhere:
         assert phospho_logging.flush(timeout=10)
         assert [f["notes"] for f in server.feedback] == ["wrong, write to [REDACTED:email]"]
 
+    def test_the_librarys_own_messages(self, tmp_path: Path) -> None:
+        """What a redact function raises may hold what it was masking: the message names
+        the function and the exception's type only, and every message is masked."""
+        code = ("import logging, phospho_logging\n"
+                "def redact(event):\n    raise KeyError(event['input'])\n"
+                "phospho_logging.configure(redact=redact)\n"
+                f"logging.getLogger('phospho').info('t', extra={{'input': {EMAIL!r}}})\n"
+                "assert not phospho_logging.flush(timeout=10)\n")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                                env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}))
+        assert result.returncode == 0, result.stderr
+        assert "the redact function redact raised KeyError" in result.stderr
+        assert EMAIL not in result.stderr
+
+    def test_json_lines_everywhere_and_from_the_environment(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With PHOSPHO_REDACT=1 and no configure(): the task fields, the message, the fields
+        the format names, the traceback, and a feedback's notes."""
+        monkeypatch.setenv("PHOSPHO_REDACT", "1")
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(PhosphoJsonFormatter("%(message)s %(user_email)s"))
+        app = logging.getLogger("app.json.env")
+        app.propagate = False
+        app.addHandler(handler)
+        try:
+            try:
+                raise ValueError(f"failed for {EMAIL}")
+            except ValueError:
+                app.exception("for %s", EMAIL, extra={"input": PROMPT, "user_email": EMAIL})
+            app.warning("rated", extra={"task_id": "t1", "flag": "failure", "notes": f"from {EMAIL}"})
+        finally:
+            app.removeHandler(handler)
+        assert EMAIL not in stream.getvalue()
+        first, second = map(json.loads, stream.getvalue().splitlines())
+        assert first["user_email"] == "[REDACTED:email]" and "[REDACTED:email]" in first["exc_info"]
+        assert second["notes"] == "from [REDACTED:email]"
+
+    def test_push_masks_what_was_stored_before(self, server: PhosphoTestServer, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+        """Tasks stored offline before redaction was turned on are masked by a push made with it."""
+        phospho_logging.configure(local_dir=str(tmp_path))
+        pii_task()
+        assert phospho_logging.flush(timeout=10)
+        phospho_logging.shutdown(timeout=5)
+        monkeypatch.setenv("PHOSPHO_REDACT", "1")
+        assert main(["push", "--api-key", server.api_key, "--project-id", server.project_id, "--base-url", server.url,
+                     "--local-dir", str(tmp_path)]) == 0
+        [request] = server.requests
+        [event] = json.loads(request.body)["batched_log_events"]
+        assert_masked(event)
+
     def test_capture_and_log_show_what_is_sent(self) -> None:
         phospho_logging.configure(redact=True)
         with capture_tasks() as tasks:
@@ -217,7 +294,15 @@ class TestYourFunction:
         assert not phospho_logging.flush(timeout=10)
         assert server.tasks == []
         assert phospho_logging.stats()["dropped_by_reason"] == {"redact_error": 3}
-        assert said(diag, "the task is not sent unredacted") == 1
+        assert said(diag, "the task is dropped (never sent unredacted)") == 1
+
+    @pytest.mark.parametrize("bad", [{}, {"task_id": 5, "input": "q"}, {"task_id": "t", "input": {"a": 1}}])
+    def test_an_event_phospho_would_refuse_is_not_sent(self, bad: Dict[str, Any], server: PhosphoTestServer,
+                                                       creds: dict, tmp_path: Path) -> None:
+        phospho_logging.configure(local_dir=str(tmp_path), redact=lambda event: bad, **creds)
+        log.info("a", extra={"input": "q"})
+        assert not phospho_logging.flush(timeout=10)
+        assert server.tasks == [] and phospho_logging.stats()["dropped_by_reason"] == {"redact_error": 1}
 
     def test_named_in_the_environment(self, tmp_path: Path) -> None:
         code = ("import logging, phospho_logging\nphospho_logging.configure()\n"
@@ -263,6 +348,16 @@ class TestSessionSampling:
         stats = phospho_logging.stats()
         assert stats["sampled_out"] == 1000 - len(server.tasks)
         assert stats["dropped"] == 0 and stats["enqueued"] == stats["sent"] + stats["sampled_out"]
+
+    def test_feedback_on_a_task_left_out_is_left_out(self, server: PhosphoTestServer, creds: dict,
+                                                     tmp_path: Path) -> None:
+        phospho_logging.configure(local_dir=str(tmp_path), sample_rate=0.0, **creds)
+        task = phospho_logging.log(input="q", session_id="s-out")
+        phospho_logging.feedback(task["task_id"], "success")
+        assert phospho_logging.flush(timeout=10)
+        counts = phospho_logging.stats()["feedback"]
+        assert (counts["sampled_out"], counts["spooled"], counts["waiting"]) == (1, 0, 0)
+        assert [r for r in server.requests if r.path.endswith("/human-eval")] == []
 
     def test_the_same_sessions_in_every_process(self) -> None:
         """Two processes (different hash seeds) keep exactly the same sessions."""

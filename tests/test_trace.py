@@ -130,6 +130,18 @@ class TestLoguru:
         assert task["metadata"]["log_level"] == "INFO"
         handler.engine.shutdown(timeout=5)
 
+    def test_bound_names_a_log_record_owns_go_to_metadata(self) -> None:
+        handler = PhosphoHandler()
+        sink = loguru.logger.add(handler, format="{message}")
+        try:
+            with capture_tasks() as tasks:
+                loguru.logger.bind(input="q", name="n1", module="m1", message="msg").info("hi")
+        finally:
+            loguru.logger.remove(sink)
+            handler.engine.shutdown(timeout=5)
+        meta = tasks[0]["metadata"]
+        assert (meta["name"], meta["module"], meta["message"], meta["log_message"]) == ("n1", "m1", "msg", "hi")
+
     def test_captured_too(self) -> None:
         handler = PhosphoHandler()
         sink = loguru.logger.add(handler)
