@@ -54,6 +54,13 @@ def notice_start(engine: Engine) -> None:
     """Say once per destination, on stderr, where tasks go when that needs saying: offline,
     the local store and how to see it (or that its directory cannot be written); online,
     only a spool directory that cannot be written."""
+    if engine.options.sample_rate == 0.0 and "sample_rate=0" not in _noticed:
+        _noticed.add("sample_rate=0")
+        try:
+            sys.stderr.write("phospho-logging: sample_rate is 0: no task is sent or kept (each is counted in "
+                             "stats()['sampled_out']); set it between 0 and 1 to keep that share of sessions.\n")
+        except Exception:  # noqa: BLE001 - a closed stderr must not break the app
+            pass
     if engine.destination in _noticed:
         return
     _noticed.add(engine.destination)

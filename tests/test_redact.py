@@ -369,6 +369,14 @@ class TestSessionSampling:
             runs.append(json.loads(result.stdout.replace("'", '"')))
         assert runs[0] == runs[1] and 40 <= len(runs[0]) <= 140
 
+    def test_a_rate_of_zero_is_said(self, tmp_path: Path) -> None:
+        code = ("import phospho_logging\nphospho_logging.configure()\nphospho_logging.log(input='q')\n"
+                "assert phospho_logging.flush(timeout=10)\nprint(phospho_logging.stats()['sampled_out'])\n")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                                env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path), "PHOSPHO_SAMPLE_RATE": "0"}))
+        assert result.returncode == 0 and result.stdout.strip() == "1", result.stderr
+        assert result.stderr.count("sample_rate is 0: no task is sent or kept") == 1
+
     def test_a_bad_rate_is_a_clear_error(self) -> None:
         with pytest.raises(ValueError, match="sample_rate must be a number from 0 to 1"):
             phospho_logging.configure(sample_rate=1.5)
