@@ -269,8 +269,9 @@ class Pusher:
         """Send one feedback: ``"sent"``, ``"waiting"`` (its task is unknown yet: kept for a
         later push), ``"rejected"``, or ``"failed"`` (sets ``error``). Transient failures
         are retried with the library's back-off, within ``max_attempts``."""
-        if self._redaction is not None and item.notes:
-            item = item._replace(notes=mask_text(item.notes))
+        if self._redaction is not None:
+            item = item._replace(notes=mask_text(item.notes) if item.notes else item.notes,
+                                 source=mask_text(item.source))
         for attempt in range(1, max(1, self.options.max_attempts) + 1):
             result = self.delivery.send_feedback(item)
             if result.ok:

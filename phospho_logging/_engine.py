@@ -200,9 +200,10 @@ class Engine(WorkerLoop):
         if self._closed:
             self._lose_feedback("logged_after_exit", "a feedback was given after the exit drain: it is not kept")
             return
-        if self._redaction is not None and item.notes:
-            # Notes are free text too: with any redact setting, the built-in masks apply.
-            item = item._replace(notes=mask_text(item.notes))
+        if self._redaction is not None:
+            # Notes and source are free text too: with any redact setting, the built-in masks apply.
+            item = item._replace(notes=mask_text(item.notes) if item.notes else item.notes,
+                                 source=mask_text(item.source))
         if self._capturing:
             _capture.deliver_feedback(item)
             return

@@ -30,49 +30,58 @@ ID_KEYS = frozenset({"trace_id", "span_id"})
 # start only (a lookbehind for the run's own characters), quantifiers are bounded, and
 # e-mail addresses are found from their "@" out (a logged 1 MB string of "sk-" or of
 # letters before an "@" costs one pass, not a pass per position).
-_DOMAIN = re.compile(r"[\w-]{1,63}(?:\.[\w-]{1,63}){0,9}\.[^\W\d_]{2,24}(?![\w-])")
+_DOMAIN = re.compile(r"[\w-]{1,63}(?:\.[\w-]{1,63}){0,9}\.(?:xn--[A-Za-z0-9-]{1,59}|[^\W\d_]{2,24})(?![^\W\d_])")
+#: Before a value: not a letter or digit of the same word, unless it is the ``n``, ``t`` or
+#: ``r`` of an escaped newline or tab (a prompt logged as JSON text: ``"...\\nsk-..."``).
+_START = r"(?:(?<![A-Za-z0-9_-])|(?<=\\[ntr]))"
 _LOCAL_CHARS = frozenset("._%+-")
 _SECRETS = (
-    ("jwt", re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")),
-    ("api_key", re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{16,}")),
-    ("aws_key", re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}(?![A-Za-z0-9])")),
+    ("jwt", re.compile(_START + r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")),
+    ("api_key", re.compile(_START + r"sk-[A-Za-z0-9_-]{16,}")),
+    ("aws_key", re.compile(_START + r"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}(?![A-Za-z0-9])")),
 )
-_BEARER = re.compile(r"(?<![A-Za-z])(bearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE)
-#: Two letters, two digits, then 11 to 30 letters or digits, in groups of four or not.
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![a-z0-9])")
-_IBAN_HINT = re.compile(r"[A-Z]{2}\d{2}")
-#: A run of digits and separators (8 characters or more) standing alone: where card and
-#: phone numbers are looked for.
-_NUMBER_RUN = re.compile(r"(?<![\w+(.])[+(]?\d[\d ().+-]{6,}\d\)?(?![\w]|\.\d)")
+_BEARER = re.compile(r"(?:(?<![A-Za-z])|(?<=\\[ntr]))(bearer(?:\s+|\s*[:=]\s*|%20))[A-Za-z0-9._~+/=-]{8,}",
+                     re.IGNORECASE)
+#: Two letters, two digits, then 11 to 30 letters or digits, in groups of four or not
+#: (spaces or dashes), either case; the checksum decides how much of it is the IBAN.
+_IBAN = re.compile(_START + r"[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]){11,30}")
+_IBAN_HINT = re.compile(r"[A-Za-z]{2}\d{2}")
+#: A run of digits and separators (8 characters or more) standing alone (not inside an
+#: ASCII word or a decimal number; next to other scripts' letters, it stands alone): where
+#: card and phone numbers are looked for.
+_NUMBER_RUN = re.compile(r"(?:(?<![A-Za-z0-9_+.])|(?<=\\[ntr])|(?<=[A-Za-z]\.))[+(]?\d[\d ().+/_-]{6,}\d\)?"
+                         r"(?![A-Za-z0-9_]|\.\d)")
 #: A phone number candidate inside a run: an international one (``+33``, ``(+33)``) or a
 #: national one with separators, groups of 1 to 8 digits; ``_phone`` then wants 8 to 15
 #: digits and no date, IP address or thousands-grouped number.
 _PHONE = re.compile(
-    r"(?<![\w+])(?:(?:\+|\(\+)\d{1,3}\)?[ .-]?\(?\d{1,5}\)?(?:[ .-]?\d{1,8}){0,5}"
+    r"(?<![\w+])(?:(?:\+|\(\+)\d{1,3}\)?(?:[ .-]?\(?\d{1,5}\)?(?:[ .-]\d{1,8}){0,5}|\d{6,12})"
     r"|\(?\d{1,5}\)?(?:[ .-]\d{1,8}){1,5})(?!\w|\.\d)"
 )
 _DATE = re.compile(r"(?<!\d)(?:\d{4}[./ -]\d{1,2}[./ -]\d{1,2}|\d{1,2}[./ -]\d{1,2}[./ -]\d{4})(?!\d)")
 #: Whole candidates that are not phone numbers: an IPv4 address, a number in thousands.
 _NOT_PHONE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|\d{1,3}(?:[.,]\d{3}){2,}")
 _GROUP = re.compile(r"\d+")
+_ANY_DIGIT = re.compile(r"\d")  # digits of any script (full-width, Arabic-Indic...)
 
 
 def _luhn(digits: str) -> bool:
     total = 0
     for i, ch in enumerate(reversed(digits)):
-        n = ord(ch) - 48
+        n = int(ch)  # any script's digits (full-width, Arabic-Indic...)
         if i % 2:
             n = n * 2 - 9 if n > 4 else n * 2
         total += n
     return total % 10 == 0
 
 
-def _emails(text: str) -> str:
-    """E-mail addresses, found from each "@": up to 64 characters of local part before it,
-    a domain after it."""
+def _emails(text: str, at_sign: str = "@") -> str:
+    """E-mail addresses, found from each "@" (or its URL encoding ``%40``): up to 64
+    characters of local part before it, a domain after it."""
     out: List[str] = []
     last = 0
-    at = text.find("@")
+    width = len(at_sign)
+    at = text.find(at_sign)
     while at != -1:
         start = at
         while start > 0 and at - start < 64 and start - 1 >= last:
@@ -80,31 +89,54 @@ def _emails(text: str) -> str:
             if not (ch.isalnum() or ch in _LOCAL_CHARS):
                 break
             start -= 1
-        domain = _DOMAIN.match(text, at + 1) if start < at else None
+        domain = _DOMAIN.match(text, at + width) if start < at else None
         if domain is None:
-            at = text.find("@", at + 1)
+            at = text.find(at_sign, at + 1)
             continue
         out.append(text[last:start])
         out.append("[REDACTED:email]")
         last = domain.end()
-        at = text.find("@", last)
+        at = text.find(at_sign, last)
     if not out:
         return text
     out.append(text[last:])
     return "".join(out)
 
 
-def _iban(match: re.Match[str]) -> str:
-    """A checksum-valid IBAN, the longest that fits (a word in capitals may follow it)."""
-    found = match.group()
+def _valid_iban(found: str) -> int:
+    """The length of the checksum-valid IBAN that ``found`` starts with (the longest), or 0."""
     for end in range(len(found), 14, -1):
-        candidate = found[:end].rstrip()
-        compact = candidate.replace(" ", "")
-        if 15 <= len(compact) <= 34 and (end == len(found) or found[end] == " "):
+        candidate = found[:end].rstrip(" -")
+        if len(candidate) != end:
+            continue
+        compact = candidate.replace(" ", "").replace("-", "").upper()
+        if 15 <= len(compact) <= 34 and compact[:2].isalpha() and compact.isalnum() and compact.isascii():
             moved = compact[4:] + compact[:4]
             if int("".join(str(int(ch, 36)) for ch in moved)) % 97 == 1:
-                return "[REDACTED:iban]" + found[len(candidate):]
-    return found
+                return end
+    return 0
+
+
+def _ibans(text: str) -> str:
+    """IBANs: each candidate is cut to the checksum-valid IBAN it starts with; the search
+    goes on right after it (a greedy candidate may have taken the start of the next one)."""
+    out: List[str] = []
+    pos = last = 0
+    while True:
+        match = _IBAN.search(text, pos)
+        if match is None:
+            break
+        size = _valid_iban(match.group())
+        if size:
+            out.append(text[last:match.start()])
+            out.append("[REDACTED:iban]")
+            last = pos = match.start() + size
+        else:
+            pos = match.start() + 1
+    if not out:
+        return text
+    out.append(text[last:])
+    return "".join(out)
 
 
 def _cards(run: str) -> str:
@@ -164,6 +196,8 @@ def mask_text(text: str) -> str:
     prefix, a digit)."""
     if "@" in text:
         text = _emails(text)
+    if "%40" in text:
+        text = _emails(text, "%40")
     # Substring tests first (C memchr scans): Python's regular expressions cost several
     # nanoseconds a character even where nothing matches.
     if "sk-" in text or "eyJ" in text or "AKIA" in text or "ASIA" in text or "ABIA" in text or "ACCA" in text:
@@ -172,9 +206,9 @@ def mask_text(text: str) -> str:
     if "earer" in text or "EARER" in text or "bearer" in text.lower():
         text = _BEARER.sub(r"\1[REDACTED:bearer]", text)
     if ("0" in text or "1" in text or "2" in text or "3" in text or "4" in text or "5" in text or "6" in text
-            or "7" in text or "8" in text or "9" in text):
+            or "7" in text or "8" in text or "9" in text or (not text.isascii() and _ANY_DIGIT.search(text))):
         if _IBAN_HINT.search(text) is not None:
-            text = _IBAN.sub(_iban, text)
+            text = _ibans(text)
         # Cards and phones only where digits run (the patterns, on those runs alone).
         text = _NUMBER_RUN.sub(_numbers, text)
     return text
@@ -182,6 +216,8 @@ def mask_text(text: str) -> str:
 
 def _mask(value: Any, seen: Dict[str, str], depth: int = 0) -> Any:
     kind = type(value)
+    if kind is int and 10**14 <= abs(value) < 10**19 and _luhn(str(abs(value))):
+        return "[REDACTED:card]"  # a card number kept as a number (15 to 19 digits)
     if kind is str:
         masked = seen.get(value)
         if masked is None:  # the input's text is in raw_input too: masked once

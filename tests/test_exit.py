@@ -43,9 +43,16 @@ def server_env(server: PhosphoTestServer) -> Dict[str, str]:
 
 
 def stored_inputs(local_dir: Path, table: str = "tasks") -> List[str]:
-    """The inputs of the events in the local store (``tasks``) or the spool (``outbox``)."""
-    conn = sqlite3.connect(str(local_dir / "tasks.sqlite3"))
+    """The inputs of the events in the local store (``tasks``) or the spool (``outbox``); none
+    when the file or the table was never made (nothing had to be kept: the spool is opened
+    only when a task is spooled or replayed)."""
+    path = local_dir / "tasks.sqlite3"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone():
+            return []
         return [json.loads(row[0])["input"] for row in conn.execute(f"SELECT event FROM {table}")]  # noqa: S608
     finally:
         conn.close()

@@ -80,6 +80,17 @@ class TestMasks:
          "Bearer  [REDACTED:bearer], Bearer\t[REDACTED:bearer], BeArEr [REDACTED:bearer]"),
         ("josé.garcía@correo.es, 07700 900123, 030 1234567, 1-800-555-0199",
          "[REDACTED:email], [REDACTED:phone], [REDACTED:phone], [REDACTED:phone]"),
+        ('"keys:\\nsk-proj-abcdefghijklmnopqrstuv\\nAKIAIOSFODNN7EXAMPLE\\nBearer abcdefghijklmnop1234\\n4111111111111111"',
+         '"keys:\\n[REDACTED:api_key]\\n[REDACTED:aws_key]\\nBearer [REDACTED:bearer]\\n[REDACTED:card]"'),
+        ("我的卡号4111111111111111，谢谢 Card No.4111111111111111 Visa(4111111111111111)",
+         "我的卡号[REDACTED:card]，谢谢 Card No.[REDACTED:card] Visa([REDACTED:card])"),
+        ("カード ４１１１１１１１１１１１１１１１", "カード [REDACTED:card]"),
+        ("jane@doe.com--or jane@doe.com_old ?email=jane%40doe.com ivan@yandex.xn--p1ai",
+         "[REDACTED:email]--or [REDACTED:email]_old ?email=[REDACTED:email] [REDACTED:email]"),
+        ("Bearer: abcdefghijklmnop1234 auth=Bearer%20abcdefghijklmnop1234",
+         "Bearer: [REDACTED:bearer] auth=Bearer%20[REDACTED:bearer]"),
+        ("gb82west12345698765432 GB82-WEST-1234-5698-7654-32 GB82WEST12345698765432EUR",
+         "[REDACTED:iban] [REDACTED:iban] [REDACTED:iban]EUR"),
     ])
     def test_found_and_masked(self, text: str, expected: str) -> None:
         assert mask_text(text) == expected
@@ -91,6 +102,7 @@ class TestMasks:
         "sk-short and AKIA123 are too short; a@b is no address",
         "15.03.2024, 15-03-2024, 2024.03.15, 15 03 2024, 2024-01-15 10:30:00, 12.345.678",
         "hash a4111111111111111b, order ORD4111111111111111",
+        "task-management-system-overview, pi 3.14159265358979323846",
     ])
     def test_left_alone(self, text: str) -> None:
         assert mask_text(text) == text
@@ -101,12 +113,12 @@ class TestMasks:
         well within the subprocess timeout (minutes, if any pattern were quadratic)."""
         code = ("import logging, phospho_logging\nphospho_logging.configure(redact=True)\n"
                 "for text in ['sk-' * 100000, 'a' * 100000 + '@', 'eyJ-' * 100000, '1 ' * 200000, 'a@' * 100000,\n"
-                "             'bearer ' * 50000, '@' * 200000]:\n"
+                "             'bearer ' * 50000, '@' * 200000, (' +' + '1' * 60) * 6000, 'gb82' + 'a' * 200000]:\n"
                 "    logging.getLogger('phospho').info('t', extra={'input': text})\n"
                 "assert phospho_logging.flush(timeout=30)\nprint(phospho_logging.stats()['sent'])\n")
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                                 env=child_env({"PHOSPHO_LOCAL_DIR": str(tmp_path)}))
-        assert result.returncode == 0 and result.stdout.strip() == "7", result.stderr
+        assert result.returncode == 0 and result.stdout.strip() == "9", result.stderr
 
     def test_mask_event_walks_every_text_field(self) -> None:
         event = {"task_id": EMAIL, "input": EMAIL, "raw_input": {"a": [EMAIL, {"b": EMAIL}]},
@@ -187,12 +199,16 @@ class TestEverywhere:
         assert line["message"] == "from [REDACTED:email]"
         assert EMAIL in plain.getvalue()
 
-    def test_feedback_notes(self, server: PhosphoTestServer, creds: dict, tmp_path: Path) -> None:
+    def test_feedback_notes_and_numbers_in_metadata(self, server: PhosphoTestServer, creds: dict,
+                                                    tmp_path: Path) -> None:
         phospho_logging.configure(local_dir=str(tmp_path), redact=keep_unless_internal, **creds)
-        task = phospho_logging.log(input="q", output="a")
-        phospho_logging.feedback(task["task_id"], "failure", notes=f"wrong, write to {EMAIL}")
+        task = phospho_logging.log(input="q", output="a", metadata={"card": 4111111111111111, "count": 12345})
+        phospho_logging.feedback(task["task_id"], "failure", notes=f"wrong, write to {EMAIL}", source=EMAIL)
         assert phospho_logging.flush(timeout=10)
-        assert [f["notes"] for f in server.feedback] == ["wrong, write to [REDACTED:email]"]
+        assert [(f["notes"], f["source"]) for f in server.feedback] == [
+            ("wrong, write to [REDACTED:email]", "[REDACTED:email]")]
+        meta = server.tasks[0]["metadata"]
+        assert (meta["card"], meta["count"]) == ("[REDACTED:card]", 12345)
 
     def test_the_librarys_own_messages(self, tmp_path: Path) -> None:
         """What a redact function raises may hold what it was masking: the message names
