@@ -62,6 +62,9 @@ _DATE = re.compile(r"(?<!\d)(?:\d{4}[./ -]\d{1,2}[./ -]\d{1,2}|\d{1,2}[./ -]\d{1
 #: Whole candidates that are not phone numbers: an IPv4 address, a number in thousands.
 _NOT_PHONE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|\d{1,3}(?:[.,]\d{3}){2,}")
 _GROUP = re.compile(r"\d+")
+#: The gates of the two costlier scans: a run of 8 digits and separators at least (no
+#: lookbehind: a plain scan), and an IBAN's country code and check digits.
+_RUN_HINT = re.compile(r"\d[\d ().+/_-]{6,}\d")
 _ANY_DIGIT = re.compile(r"\d")  # digits of any script (full-width, Arabic-Indic...)
 
 
@@ -210,7 +213,8 @@ def mask_text(text: str) -> str:
         if _IBAN_HINT.search(text) is not None:
             text = _ibans(text)
         # Cards and phones only where digits run (the patterns, on those runs alone).
-        text = _NUMBER_RUN.sub(_numbers, text)
+        if _RUN_HINT.search(text) is not None:
+            text = _NUMBER_RUN.sub(_numbers, text)
     return text
 
 
