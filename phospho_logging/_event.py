@@ -339,14 +339,15 @@ class PlainEncoder:
 
     def encode(self, item: Any, max_field_chars: int, max_bytes: int) -> Optional[WireEvent]:
         """The ``WireEvent`` of ``item``, or None (see the class docstring). Never raises."""
-        if record_form(item) is None:
-            return None
         try:
-            frozen, created, name, level, msg, path, line, function = item
+            parts = record_form(item)
+            if parts is None:
+                return None
+            frozen, created, name, level, msg, path, line, function = parts
             if (type(line) is not int or type(name) is not str or type(level) is not str or type(path) is not str
                     or (function is not None and type(function) is not str)):
                 return None  # a hand-made record: 1.0 or True would find line 1's cached log fields
-            fields = _marshal_loads(frozen)
+            fields = _marshal_loads(frozen) if type(frozen) is bytes else frozen
             get = fields.get
             text_in, text_out, metadata = get("input"), get("output"), get("metadata")
             if type(text_in) is not str or (text_out is not None and type(text_out) is not str):
@@ -360,9 +361,10 @@ class PlainEncoder:
                 for value in (task_id, session_id, user_id, version_id):
                     if value is not None and type(value) is not str:
                         return None
-            log_part = self._log_parts.get(item[2:])
+            log_key = parts[2:]
+            log_part = self._log_parts.get(log_key)
             if log_part is None:
-                log_part = self._log_part(item[2:])
+                log_part = self._log_part(log_key)
             if metadata is None:
                 metadata_json = "{" + log_part + "}}"
             elif type(metadata) is dict and _plain(metadata, 0) and _LOG_KEY_SET.isdisjoint(metadata):

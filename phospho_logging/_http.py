@@ -16,6 +16,7 @@ import re
 import socket
 import threading
 import time
+import traceback
 from email.utils import parsedate_to_datetime
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote, unquote, urlsplit
@@ -285,7 +286,10 @@ class HTTPExporter:
         except _Unfinished as exc:
             return ExportResult.retry(f"{url} {exc}", cause=exc.cause)
         except Exception as exc:  # noqa: BLE001 - requests', urllib3's and the socket's, sorted here
-            return _failure(exc, url, timeout, deadline)
+            try:
+                return _failure(exc, url, timeout, deadline)
+            finally:
+                _let_go(exc)
         finally:
             _deadlines.local.deadline = None
         return response.status_code, content, response.headers
@@ -356,6 +360,26 @@ def _failure(exc: Exception, url: str, timeout: float, deadline: float) -> Expor
             what = f"the connection failed ({reason})"
         return ExportResult.retry(f"cannot reach {url}: {what}", cause=cause)
     return ExportResult.retry(f"cannot read the answer of {url}: {type(exc).__name__}", cause="connection")
+
+
+def _let_go(exc: BaseException) -> None:
+    """Free what a failed request's exception holds now, not at the next garbage
+    collection: its traceback's frames (requests' and urllib3's) and the exception form
+    reference cycles that keep the request body alive, a megabyte per failed attempt
+    while the backend is down."""
+    seen = 0
+    chained: Optional[BaseException] = exc
+    while chained is not None and seen < 8:
+        seen += 1
+        if chained.__traceback__ is not None:
+            traceback.clear_frames(chained.__traceback__)
+            chained.__traceback__ = None
+        if getattr(chained, "request", None) is not None:
+            try:
+                chained.request = None  # type: ignore[attr-defined]  # requests' errors: the prepared body
+            except Exception:  # noqa: BLE001, S110 - a read-only attribute: the frames were the cycle
+                pass
+        chained = chained.__cause__ or chained.__context__
 
 
 class _Unfinished(Exception):

@@ -1,10 +1,12 @@
 """What crosses the queue: a task as the caller's thread snapshotted it.
 
-``Snapshot`` is the one item type, read by name everywhere. The two commonest calls (a
-plain record, a plain structlog event) put a smaller plain tuple on the queue instead,
-a third of a ``Snapshot``'s cost; those compact forms are built and read in this module
-only (``plain_record``, ``plain_event_dict``, ``snapshot_of``, ``record_form``). A record a
-queue handler copies for other handlers carries its snapshot as an attribute (``carry``).
+``Snapshot`` is the one item type, read by name everywhere. The two commonest calls put
+a compact form on the queue instead: a plain record is one bytes object (its fields,
+time, line and call-site number, marshalled; a tuple of the same parts when its call
+site has no number), a plain structlog event a short tuple. Those forms are built and
+read in this module only (``plain_record``, ``plain_event_dict``, ``snapshot_of``,
+``record_form``). A record a queue handler copies for other handlers carries its
+snapshot as an attribute (``carry``).
 
 Task ids are made here too: the caller's side makes them (the structlog processor hands
 one back) as well as the worker's.
@@ -12,6 +14,7 @@ one back) as well as the worker's.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import marshal
 import os
@@ -100,10 +103,11 @@ def make_snapshot(
 
 _tuple_new = tuple.__new__
 _marshal_dumps = marshal.dumps
+_marshal_loads = marshal.loads
 _time = time.time
 
 
-def plain_record(record: logging.LogRecord) -> Optional[Tuple[Any, ...]]:
+def plain_record(record: logging.LogRecord) -> Union[bytes, Tuple[Any, ...], None]:
     """The compact item for the commonest record, or None if it needs ``_snapshot``.
 
     The commonest record: a ``str`` message without %-arguments or traceback, string
@@ -130,11 +134,48 @@ def plain_record(record: logging.LogRecord) -> Optional[Tuple[Any, ...]]:
     if "input" not in fields or record.args or record.exc_info or type(msg) is not str:
         return None
     try:
+        site = _site_ids.get((record.name, record.levelname, msg, record.pathname, record.funcName))
+        if site is not None:
+            return _marshal_dumps((fields, record.created, record.lineno, site))
+        site = _new_site(record)
+        if site is not None:
+            return _marshal_dumps((fields, record.created, record.lineno, site))
         frozen = _marshal_dumps(fields)
     except Exception:  # noqa: BLE001 - foreign types: the general path makes them JSON-safe
         return None
     return (frozen, record.created, record.name, record.levelname, msg, record.pathname, record.lineno,
             record.funcName)
+
+
+# Call sites. A queued task is one bytes object when its call site (logger name, level
+# name, message, path, function) has a number here: half the memory of a tuple of the
+# same parts, for a backlog of thousands. Ids are drawn from a counter and the two dicts
+# are written in single steps, so any thread or signal handler may add one without a
+# lock (a race gives one site two ids, harmless). Capped, as the table keeps its
+# messages: past MAX_SITES sites (messages that vary per call), or for a message longer
+# than MAX_SITE_MESSAGE, a site's tasks take the tuple form.
+MAX_SITES = 4096
+MAX_SITE_MESSAGE = 256
+_site_ids: Dict[Tuple[Any, ...], int] = {}
+_sites: Dict[int, Tuple[Any, ...]] = {}
+_site_numbers = itertools.count()
+
+
+def _new_site(record: logging.LogRecord) -> Optional[int]:
+    key = (record.name, record.levelname, record.msg, record.pathname, record.funcName)
+    function = key[4]
+    if (len(_sites) >= MAX_SITES or len(key[2]) > MAX_SITE_MESSAGE or type(key[0]) is not str or type(key[1]) is not str
+            or type(key[3]) is not str or (function is not None and type(function) is not str)):
+        return None  # a hand-made record's odd parts: the tuple form (the worker checks them)
+    site = next(_site_numbers)
+    _sites[site] = key
+    _site_ids[key] = site
+    return site
+
+
+def site_parts(site: int) -> Tuple[Any, ...]:
+    """The (logger name, level name, message, path, function) of a call site number."""
+    return _sites[site]
 
 
 def plain_event_dict(event_dict: Any, method_name: str, task_id: str) -> Optional[Tuple[Any, ...]]:
@@ -146,10 +187,16 @@ def plain_event_dict(event_dict: Any, method_name: str, task_id: str) -> Optiona
     return (frozen, _time(), method_name, task_id)
 
 
-def record_form(item: Any) -> Optional[Tuple[bytes, float, Any, Any, str, Any, Any, Any]]:
-    """The parts of a compact plain record item (marshalled fields, created, logger
-    name, level name, message, path, line, function), or None for any other item."""
-    return item if type(item) is tuple and len(item) == 8 else None  # type: ignore[no-any-return]
+def record_form(item: Any) -> Optional[Tuple[Any, float, Any, Any, str, Any, Any, Any]]:
+    """The parts of a compact plain record item (its fields, as a dict or marshalled,
+    created, logger name, level name, message, path, line, function), or None for any
+    other item."""
+    kind = type(item)
+    if kind is bytes:
+        fields, created, line, site = _marshal_loads(item)
+        name, level, msg, path, function = _sites[site]
+        return (fields, created, name, level, msg, path, line, function)
+    return item if kind is tuple and len(item) == 8 else None  # type: ignore[no-any-return]
 
 
 def carry(record: logging.LogRecord, snapshot: Snapshot) -> None:
@@ -168,6 +215,10 @@ def snapshot_of(item: Any) -> Optional[Snapshot]:
     kind = type(item)
     if kind is Snapshot:
         return item  # type: ignore[no-any-return]
+    if kind is bytes:
+        fields, created, name, level, msg, path, line, function = record_form(item)  # type: ignore[misc]
+        item = (_marshal_dumps(fields), created, name, level, msg, path, line, function)
+        kind = tuple
     if kind is tuple:
         if len(item) == 8:
             frozen, created, name, level, msg, path, line, function = item

@@ -38,6 +38,9 @@ Item = Tuple[str, Any]
 _SSE_FIELDS = ("data:", "event:", "id:", "retry:")
 _SSE_IGNORED = ("event:", "id:", "retry:", ":")
 _UNDECIDED, _PLAIN, _JSON, _SSE = 0, 1, 2, 3
+#: A tentative line was ended by a lone "\r" (a "\n" next belongs to it); _CR_KEPT: that
+#: line was kept as text, so the "\n" is kept too.
+_CR, _CR_KEPT = 1, 2
 _loads = json.loads
 
 
@@ -103,7 +106,7 @@ class RawReader:
         self._head = ""  # the held text, left-stripped, its first characters: what decides
         #: A line taken whole before its newline: (its text, its items), until confirmed.
         self._tentative: Optional[Tuple[str, List[Item]]] = None
-        self._cr = False  # a tentative line was ended by a lone "\r": a "\n" next belongs to it
+        self._cr = 0  # _CR or _CR_KEPT: a tentative line was ended by a lone "\r"
         self._memo: Tuple[str, Any] = ("", None)  # the last text parsed, and its object
 
     @property
@@ -171,9 +174,11 @@ class RawReader:
     def _lines(self, text: str) -> List[Item]:
         items: List[Item] = []
         if self._cr:
-            self._cr = False
+            kept, self._cr = self._cr == _CR_KEPT, 0
             if text.startswith("\n"):
                 text = text[1:]
+                if kept:
+                    items.append(("\n", None))  # the rest of the "\r\n" of a line kept as text
         if self._tentative is not None:
             text = self._confirm(text, items)
         if not text:
@@ -212,22 +217,24 @@ class RawReader:
         """The chunk after a line taken whole before its newline: a newline, a new line or a
         blank chunk confirm it; anything else goes on with it (it was not a line)."""
         line, taken = self._tentative  # type: ignore[misc]
-        ended = False
+        ending = ""
         if text.startswith("\r\n"):
-            text, ended = text[2:], True
+            text, ending = text[2:], "\r\n"
         elif text.startswith("\n"):
-            text, ended = text[1:], True
+            text, ending = text[1:], "\n"
         elif text.startswith("\r"):
-            text, ended = text[1:], True
-            self._cr = not text  # "\r" then "\n" in the next chunk: one newline
+            text, ending = text[1:], "\r"
         elif text and not self._starts_new(text):
             self._tentative = None
             self._open(line)  # it goes on: the open line again
             return text
         self._tentative = None
         items += taken
-        if ended and self._mode == _JSON and taken and taken[0][0] == line:
-            items.append(("\n", None))  # kept as text: its newline too
+        kept = self._mode == _JSON and bool(taken) and taken[0][0] == line
+        if ending and kept:
+            items.append((ending, None))  # kept as text: its newline too, as it came
+        if ending == "\r" and not text:
+            self._cr = _CR_KEPT if kept else _CR  # "\r" then "\n" in the next chunk: one newline
         return text
 
     def _starts_new(self, text: str) -> bool:

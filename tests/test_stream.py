@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Dict, Iterator, List
 
 import openai
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
 
@@ -660,6 +660,10 @@ class TestRawHTTPStreams:
 
     @settings(max_examples=300, deadline=None)
     @given(st.lists(st.text(alphabet='{}[]":, ab1\n\r', max_size=12), max_size=12), st.booleans())
+    @example(["{}", "\r"], False)  # a line kept as text keeps its own line ending
+    @example(["{}", "\r", "\n"], True)
+    @example(["{}", "\r", "\n{}", "\r\n"], False)
+    @example(['{"a": 1}', "\r", "x"], False)
     def test_text_is_never_lost(self, tokens: List[str], as_bytes: bool) -> None:
         """Whatever a text stream holds (braces, quotes, newlines, JSON of no LLM shape),
         cut anywhere, as text or bytes: the output is the text."""

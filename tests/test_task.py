@@ -265,7 +265,7 @@ class TestSnapshot:
         """Both short forms the hot paths enqueue carry everything the task needs."""
         record = make_record(input="q", output="a", metadata={"k": "v"})
         short = plain_record(record)
-        assert type(short) is tuple
+        assert short is not None
         event = build_event(snapshot_of(short))
         assert (event["input"], event["output"], event["metadata"]["k"]) == ("q", "a", "v")
         assert (event["metadata"]["log_level"], event["metadata"]["log_line"]) == ("INFO", 12)
@@ -371,7 +371,7 @@ class TestCommonRecordPath:
         for handler in handlers:
             logger.addHandler(handler)
         try:
-            for lineno, func in ((1, "fn"), (1.0, "fn"), (True, "fn"), (0, 0), (0, 0.0), (0, False)):
+            for lineno, func in ((1, "fn"), (1.0, "fn"), (True, "fn"), (0, 0), (0, 0.0), (0, False), (2, ["fn"])):
                 record = logging.LogRecord("phospho.test.hand_made", logging.INFO, "f.py", lineno, "m", None, None,
                                            func=func)  # type: ignore[arg-type]
                 record.input = "hi"
@@ -384,7 +384,45 @@ class TestCommonRecordPath:
                 handler.close()
         strip = re.compile(rb'^\{"task_id":"task_[0-9a-f]{32}"')
         assert [strip.sub(b"", e) for e in fast.json] == [strip.sub(b"", e) for e in general.json]
-        assert len(fast.json) == 6
+        assert len(fast.json) == 7
+
+    def test_messages_that_vary_per_call(self) -> None:
+        """Call sites are numbered so a queued task is one bytes object; messages that vary
+        per call (past the table's cap) and long ones take another form: every task still
+        has its own message, line and fields, as the general path writes them."""
+        import phospho_logging
+
+        fast, general = _Wire(), _Wire()
+        handlers = [phospho_logging.PhosphoHandler(exporter=fast, api_key="k", project_id="p"),
+                    phospho_logging.PhosphoHandler(exporter=general, api_key="k", project_id="p")]
+        handlers[1].addFilter(lambda record: True)
+        logger = logging.getLogger("phospho.test.varying")
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+        for handler in handlers:
+            logger.addHandler(handler)
+        n = 5000  # more than the call-site table holds, whatever other tests put in it
+        try:
+            for i in range(n):
+                logger.info(f"answer {i}", extra={"input": f"q{i}", "metadata": {"i": i}})
+                if i % 1000 == 0:
+                    logger.warning("x" * (300 + i), extra={"input": "long"})
+                    logger.info("constant", extra={"input": f"c{i}"})
+            for handler in handlers:
+                assert handler.flush(timeout=30)
+        finally:
+            for handler in handlers:
+                logger.removeHandler(handler)
+                handler.close()
+        strip = re.compile(rb'^\{"task_id":"task_[0-9a-f]{32}"')
+        assert [strip.sub(b"", e) for e in fast.json] == [strip.sub(b"", e) for e in general.json]
+        events = [json.loads(e) for e in fast.json]
+        assert len(events) == n + 10
+        answers = [e for e in events if e["metadata"]["log_message"].startswith("answer ")]
+        assert [(e["input"], e["metadata"]["log_message"], e["metadata"]["i"]) for e in answers] == [
+            (f"q{i}", f"answer {i}", i) for i in range(n)]
+        assert [len(e["metadata"]["log_message"]) for e in events if e["input"] == "long"] == [
+            300 + i for i in range(0, n, 1000)]
 
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
