@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from ._export import ENVELOPE_BYTES, WireEvent
 from ._extract import detect, input_text, output_text
-from ._item import IGNORED, LogInfo, Snapshot, new_task_id, record_form
+from ._item import IGNORED, LogInfo, Snapshot, new_task_id, record_form, site_parts
 from ._serialize import JSON, dumps, dumps_text, json_str, to_jsonable
 from ._snapshot import EVENT_DICT_LOG_KEYS, snapshot_record, type_name
 
@@ -340,14 +340,22 @@ class PlainEncoder:
     def encode(self, item: Any, max_field_chars: int, max_bytes: int) -> Optional[WireEvent]:
         """The ``WireEvent`` of ``item``, or None (see the class docstring). Never raises."""
         try:
-            parts = record_form(item)
-            if parts is None:
-                return None
-            frozen, created, name, level, msg, path, line, function = parts
-            if (type(line) is not int or type(name) is not str or type(level) is not str or type(path) is not str
-                    or (function is not None and type(function) is not str)):
-                return None  # a hand-made record: 1.0 or True would find line 1's cached log fields
-            fields = _marshal_loads(frozen) if type(frozen) is bytes else frozen
+            if type(item) is bytes:
+                # A numbered call site: its parts were checked when it was numbered.
+                fields, created, line, site = _marshal_loads(item)
+                if type(line) is not int:
+                    return None  # a hand-made record: 1.0 or True would find line 1's cached log fields
+                log_key: Tuple[Any, ...] = (site, line)
+            else:
+                parts = record_form(item)
+                if parts is None:
+                    return None
+                frozen, created, name, level, msg, path, line, function = parts
+                if (type(line) is not int or type(name) is not str or type(level) is not str
+                        or type(path) is not str or (function is not None and type(function) is not str)):
+                    return None  # as above
+                fields = _marshal_loads(frozen)
+                log_key = parts[2:]
             get = fields.get
             text_in, text_out, metadata = get("input"), get("output"), get("metadata")
             if type(text_in) is not str or (text_out is not None and type(text_out) is not str):
@@ -361,7 +369,6 @@ class PlainEncoder:
                 for value in (task_id, session_id, user_id, version_id):
                     if value is not None and type(value) is not str:
                         return None
-            log_key = parts[2:]
             log_part = self._log_parts.get(log_key)
             if log_part is None:
                 log_part = self._log_part(log_key)
@@ -397,7 +404,8 @@ class PlainEncoder:
     def _log_part(self, key: Tuple[Any, ...]) -> str:
         if len(self._log_parts) >= 512:
             self._log_parts.clear()  # messages that vary per call: keep the cache small
-        log = {k: v for k, v in zip(_LOG_KEYS, key) if v is not None}
+        parts = key if len(key) == 6 else (*site_parts(key[0])[:4], key[1], site_parts(key[0])[4])
+        log = {k: v for k, v in zip(_LOG_KEYS, parts) if v is not None}
         part = self._log_parts[key] = dumps(log)[1:-1].decode("utf-8")
         return part
 
