@@ -134,17 +134,20 @@ def plain_record(record: logging.LogRecord) -> Union[bytes, Tuple[Any, ...], Non
     if "input" not in fields or record.args or record.exc_info or type(msg) is not str:
         return None
     try:
-        site = _site_ids.get((record.name, record.levelname, msg, record.pathname, record.funcName))
-        if site is not None:
-            return _marshal_dumps((fields, record.created, record.lineno, site))
-        site = _new_site(record)
-        if site is not None:
-            return _marshal_dumps((fields, record.created, record.lineno, site))
+        name, level, path, function = record.name, record.levelname, record.pathname, record.funcName
+        # Exact types before the lookup: an object equal to a site's text is not that text.
+        if type(name) is str and type(level) is str and type(path) is str and (
+                function is None or type(function) is str):
+            site_key = (name, level, msg, path, function)
+            site = _site_ids.get(site_key)
+            if site is None:
+                site = _new_site(site_key)
+            if site is not None:
+                return _marshal_dumps((fields, record.created, record.lineno, site))
         frozen = _marshal_dumps(fields)
     except Exception:  # noqa: BLE001 - foreign types: the general path makes them JSON-safe
         return None
-    return (frozen, record.created, record.name, record.levelname, msg, record.pathname, record.lineno,
-            record.funcName)
+    return (frozen, record.created, name, level, msg, path, record.lineno, function)
 
 
 # Call sites. A queued task is one bytes object when its call site (logger name, level
@@ -161,12 +164,11 @@ _sites: Dict[int, Tuple[Any, ...]] = {}
 _site_numbers = itertools.count()
 
 
-def _new_site(record: logging.LogRecord) -> Optional[int]:
-    key = (record.name, record.levelname, record.msg, record.pathname, record.funcName)
-    function = key[4]
-    if (len(_sites) >= MAX_SITES or len(key[2]) > MAX_SITE_MESSAGE or type(key[0]) is not str or type(key[1]) is not str
-            or type(key[3]) is not str or (function is not None and type(function) is not str)):
-        return None  # a hand-made record's odd parts: the tuple form (the worker checks them)
+def _new_site(key: Tuple[str, str, str, str, Optional[str]]) -> Optional[int]:
+    """A number for a call site whose parts are ``str`` (the function may be None), or None
+    past the caps."""
+    if len(_sites) >= MAX_SITES or len(key[2]) > MAX_SITE_MESSAGE:
+        return None
     site = next(_site_numbers)
     _sites[site] = key
     _site_ids[key] = site

@@ -386,6 +386,47 @@ class TestCommonRecordPath:
         assert [strip.sub(b"", e) for e in fast.json] == [strip.sub(b"", e) for e in general.json]
         assert len(fast.json) == 7
 
+    def test_parts_equal_to_a_known_site_are_not_that_site(self) -> None:
+        """Call sites are numbered by their text: a record whose path or logger name only
+        compares equal to a known site's (an object with its own ``__eq__``) keeps its own."""
+        import phospho_logging
+        from phospho_logging.testing import InMemoryExporter
+
+        class Caseless(str):
+            def __eq__(self, other: object) -> bool:
+                return isinstance(other, str) and self.lower() == other.lower()
+
+            def __hash__(self) -> int:
+                return hash(self.lower())
+
+        class Alias:
+            def __eq__(self, other: object) -> bool:
+                return other == "phospho.test.alias" or other is self
+
+            def __hash__(self) -> int:
+                return hash("phospho.test.alias")
+
+            def __repr__(self) -> str:
+                return "other"
+
+        exporter = InMemoryExporter()
+        handler = phospho_logging.PhosphoHandler(exporter=exporter, api_key="k", project_id="p")
+        logger = logging.getLogger("phospho.test.alias")
+        logger.propagate = False
+        logger.addHandler(handler)
+        try:
+            for path, name in (("f.py", "phospho.test.alias"), (Caseless("F.PY"), "phospho.test.alias"),
+                               ("f.py", Alias())):
+                record = logging.LogRecord(name, logging.INFO, path, 1, "m", None, None, func="fn")  # type: ignore[arg-type]
+                record.input = "hi"
+                logger.handle(record)
+            assert handler.flush(timeout=10)
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+        logged = [(e["metadata"]["log_file"], e["metadata"]["log_logger"]) for e in exporter.events]
+        assert logged == [("f.py", "phospho.test.alias"), ("F.PY", "phospho.test.alias"), ("f.py", "other")]
+
     def test_messages_that_vary_per_call(self) -> None:
         """Call sites are numbered so a queued task is one bytes object; messages that vary
         per call (past the table's cap) and long ones take another form: every task still
