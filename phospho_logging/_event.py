@@ -404,7 +404,10 @@ class PlainEncoder:
     def _log_part(self, key: Tuple[Any, ...]) -> str:
         if len(self._log_parts) >= 512:
             self._log_parts.clear()  # messages that vary per call: keep the cache small
-        parts = key if len(key) == 6 else (*site_parts(key[0])[:4], key[1], site_parts(key[0])[4])
+        parts = key
+        if len(key) == 2:  # (call site number, line)
+            name, level, msg, path, function = site_parts(key[0])
+            parts = (name, level, msg, path, key[1], function)
         log = {k: v for k, v in zip(_LOG_KEYS, parts) if v is not None}
         part = self._log_parts[key] = dumps(log)[1:-1].decode("utf-8")
         return part

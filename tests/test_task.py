@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import math
 import re
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Iterator, Tuple
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -345,6 +346,31 @@ class _Wire:
         pass
 
 
+@contextlib.contextmanager
+def _side_by_side(name: str) -> Iterator[Tuple[logging.Logger, _Wire, _Wire]]:
+    """A logger with two handlers: one takes the common-record path, the other (a
+    pass-through filter) the general path; each keeps its wire bytes. Both flushed at exit."""
+    import phospho_logging
+
+    fast, general = _Wire(), _Wire()
+    handlers = [phospho_logging.PhosphoHandler(exporter=fast, api_key="k", project_id="p"),
+                phospho_logging.PhosphoHandler(exporter=general, api_key="k", project_id="p")]
+    handlers[1].addFilter(lambda record: True)
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    for handler in handlers:
+        logger.addHandler(handler)
+    try:
+        yield logger, fast, general
+        for handler in handlers:
+            assert handler.flush(timeout=30)
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+
+
 _plain_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
@@ -360,28 +386,12 @@ class TestCommonRecordPath:
     def test_hand_made_records_with_odd_log_fields(self) -> None:
         """Records built by hand (or rewritten by a filter) may hold a float or a bool where
         logging puts an int or a str: equal values of other types are not confused."""
-        import phospho_logging
-
-        fast, general = _Wire(), _Wire()
-        handlers = [phospho_logging.PhosphoHandler(exporter=fast, api_key="k", project_id="p"),
-                    phospho_logging.PhosphoHandler(exporter=general, api_key="k", project_id="p")]
-        handlers[1].addFilter(lambda record: True)
-        logger = logging.getLogger("phospho.test.hand_made")
-        logger.propagate = False
-        for handler in handlers:
-            logger.addHandler(handler)
-        try:
+        with _side_by_side("phospho.test.hand_made") as (logger, fast, general):
             for lineno, func in ((1, "fn"), (1.0, "fn"), (True, "fn"), (0, 0), (0, 0.0), (0, False), (2, ["fn"])):
                 record = logging.LogRecord("phospho.test.hand_made", logging.INFO, "f.py", lineno, "m", None, None,
                                            func=func)  # type: ignore[arg-type]
                 record.input = "hi"
                 logger.handle(record)
-            for handler in handlers:
-                assert handler.flush(timeout=10)
-        finally:
-            for handler in handlers:
-                logger.removeHandler(handler)
-                handler.close()
         strip = re.compile(rb'^\{"task_id":"task_[0-9a-f]{32}"')
         assert [strip.sub(b"", e) for e in fast.json] == [strip.sub(b"", e) for e in general.json]
         assert len(fast.json) == 7
@@ -431,30 +441,13 @@ class TestCommonRecordPath:
         """Call sites are numbered so a queued task is one bytes object; messages that vary
         per call (past the table's cap) and long ones take another form: every task still
         has its own message, line and fields, as the general path writes them."""
-        import phospho_logging
-
-        fast, general = _Wire(), _Wire()
-        handlers = [phospho_logging.PhosphoHandler(exporter=fast, api_key="k", project_id="p"),
-                    phospho_logging.PhosphoHandler(exporter=general, api_key="k", project_id="p")]
-        handlers[1].addFilter(lambda record: True)
-        logger = logging.getLogger("phospho.test.varying")
-        logger.propagate = False
-        logger.setLevel(logging.INFO)
-        for handler in handlers:
-            logger.addHandler(handler)
         n = 5000  # more than the call-site table holds, whatever other tests put in it
-        try:
+        with _side_by_side("phospho.test.varying") as (logger, fast, general):
             for i in range(n):
                 logger.info(f"answer {i}", extra={"input": f"q{i}", "metadata": {"i": i}})
                 if i % 1000 == 0:
                     logger.warning("x" * (300 + i), extra={"input": "long"})
                     logger.info("constant", extra={"input": f"c{i}"})
-            for handler in handlers:
-                assert handler.flush(timeout=30)
-        finally:
-            for handler in handlers:
-                logger.removeHandler(handler)
-                handler.close()
         strip = re.compile(rb'^\{"task_id":"task_[0-9a-f]{32}"')
         assert [strip.sub(b"", e) for e in fast.json] == [strip.sub(b"", e) for e in general.json]
         events = [json.loads(e) for e in fast.json]
