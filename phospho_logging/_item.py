@@ -135,13 +135,14 @@ def plain_record(record: logging.LogRecord) -> Union[bytes, Tuple[Any, ...], Non
         return None
     try:
         name, level, path, function = record.name, record.levelname, record.pathname, record.funcName
-        # Exact types before the lookup: an object equal to a site's text is not that text.
+        # A logging call passes the same objects each time: its site is found by identity.
+        last = _last_site.get(msg)
+        if last is not None and last[0] is name and last[1] is level and last[2] is path and last[3] is function:
+            return _marshal_dumps((fields, record.created, record.lineno, last[4]))
+        # Exact types before the lookup by value: an object equal to a site's text is not that text.
         if type(name) is str and type(level) is str and type(path) is str and (
                 function is None or type(function) is str):
-            site_key = (name, level, msg, path, function)
-            site = _site_ids.get(site_key)
-            if site is None:
-                site = _new_site(site_key)
+            site = _site_number(name, level, msg, path, function)
             if site is not None:
                 return _marshal_dumps((fields, record.created, record.lineno, site))
         frozen = _marshal_dumps(fields)
@@ -162,16 +163,23 @@ MAX_SITE_MESSAGE = 256
 _site_ids: Dict[Tuple[Any, ...], int] = {}
 _sites: Dict[int, Tuple[Any, ...]] = {}
 _site_numbers = itertools.count()
+#: message -> (name, level, path, function, number) of the last site seen with it.
+_last_site: Dict[str, Tuple[Any, ...]] = {}
 
 
-def _new_site(key: Tuple[str, str, str, str, Optional[str]]) -> Optional[int]:
-    """A number for a call site whose parts are ``str`` (the function may be None), or None
-    past the caps."""
-    if len(_sites) >= MAX_SITES or len(key[2]) > MAX_SITE_MESSAGE:
-        return None
-    site = next(_site_numbers)
-    _sites[site] = key
-    _site_ids[key] = site
+def _site_number(name: str, level: str, msg: str, path: str, function: Optional[str]) -> Optional[int]:
+    """The number of a call site whose parts are ``str`` (the function may be None),
+    numbered now if new; None past the caps. Remembered by message for the lookup by
+    identity (the last site seen with that message)."""
+    key = (name, level, msg, path, function)
+    site = _site_ids.get(key)
+    if site is None:
+        if len(_sites) >= MAX_SITES or len(msg) > MAX_SITE_MESSAGE:
+            return None
+        site = next(_site_numbers)
+        _sites[site] = key
+        _site_ids[key] = site
+    _last_site[msg] = (name, level, path, function, site)
     return site
 
 
