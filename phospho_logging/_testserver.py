@@ -200,14 +200,14 @@ class _Reply:
     kind: str  # "respond", "hang" or "close"
     status: int = 200
     body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str | None] = field(default_factory=dict)  # None: a header not sent
     content_type: str = "application/json"
     repeat: int = 1  # the body is sent this many times over
     drip: float | None = None  # seconds between two bytes of the body
     drip_head: float | None = None  # seconds between two bytes of the status line and headers
 
 
-def _json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> _Reply:
+def _json_reply(status: int, payload: Any, headers: dict[str, str | None] | None = None) -> _Reply:
     body = b"" if status in (204, 304) else json.dumps(payload).encode("utf-8")  # no body allowed
     return _Reply("respond", status, body, headers or {})
 
@@ -305,9 +305,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body) * reply.repeat))
+        if "Content-Length" in reply.headers or "Transfer-Encoding" in reply.headers:
+            # Its own framing (a length given, or None: none, the answer ends at the close).
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(reply.body) * reply.repeat))
         for name, value in reply.headers.items():
-            self.send_header(name, value)
+            if value is not None:
+                self.send_header(name, value)
         self.end_headers()
         if self.command == "HEAD":
             return
@@ -555,7 +560,7 @@ class PhosphoTestServer:
         """
         if not 200 <= status <= 599:
             raise ValueError(f"status must be within 200-599, got {status}")
-        headers = {}
+        headers: dict[str, str | None] = {}
         if isinstance(retry_after, str):
             headers["Retry-After"] = retry_after
         elif retry_after is not None:
@@ -572,12 +577,20 @@ class PhosphoTestServer:
 
     def answer_next(self, status: int = 200, body: bytes = b"", count: int = 1, *,
                     content_type: str = "text/html", repeat: int = 1, drip: float | None = None,
-                    drip_head: float | None = None, route: str = "log") -> None:
+                    drip_head: float | None = None, headers: dict[str, str | None] | None = None,
+                    route: str = "log") -> None:
         """Answer the next ``count`` log requests with ``body`` as is, logging nothing: a
         proxy's page (``answer_next(200, b"<html>...")``), an endless answer (``repeat``:
         the body sent that many times over, without holding it all in memory), or a
         dripping one (``drip``: seconds between two bytes of the body; ``drip_head``: of
         the status line and headers).
+
+        ``headers`` are sent as given, e.g. ``{"Content-Encoding": "gzip"}`` for a body
+        compressed by the caller or ``{"Transfer-Encoding": "chunked"}`` for one framed
+        in chunks (then no ``Content-Length`` is sent). A ``Content-Length`` given there
+        replaces the body's own (more than the body: an answer cut short), and None
+        sends none (the answer ends when the connection closes). With a framing of its
+        own, the connection closes after the body.
 
         Raises:
             ValueError: If ``status`` is outside 200-599 or ``repeat`` below 1.
@@ -586,7 +599,8 @@ class PhosphoTestServer:
             raise ValueError(f"status must be within 200-599, got {status}")
         if repeat < 1:
             raise ValueError(f"repeat must be at least 1, got {repeat}")
-        self._push(count, _Reply("respond", status, body, {}, content_type, repeat, drip, drip_head), route)
+        self._push(count, _Reply("respond", status, body, dict(headers or {}), content_type, repeat, drip, drip_head),
+                   route)
 
     def hang_next(self, count: int = 1, *, route: str = "log") -> None:
         """Read the next ``count`` log (or ``route="feedback"``) requests and never answer

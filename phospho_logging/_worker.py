@@ -16,7 +16,7 @@ import queue as queue_module
 import signal
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set, Tuple
 
 from . import _diag, _lifecycle
 from ._batch import ADDED, FILLED, NO_ROOM, Batch
@@ -331,6 +331,7 @@ class WorkerLoop:
         held = self._hold()
         due = 0.0
         exiting: Optional[Stop] = None
+        carried: Any = None  # an item a run of plain records took off the queue: the next one
         while True:
             batch = held.batch
             pending = batch.events  # a list: its truth is the batch's, without a call
@@ -355,7 +356,10 @@ class WorkerLoop:
             if self._deferred:
                 self._release_deferred()
             try:
-                item = q.get(True, timeout) if timeout > 0 else q.get_nowait()
+                if carried is not None:
+                    item, carried = carried, None
+                else:
+                    item = q.get(True, timeout) if timeout > 0 else q.get_nowait()
             except queue_module.Empty:
                 if batch:
                     held = self._send(held)
@@ -416,9 +420,16 @@ class WorkerLoop:
             if event is None:
                 continue
             done = held.offer(event)
+            if done == ADDED and len(pending) == 1:  # it opened the batch
+                due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
+            if (done == ADDED and kind is bytes and exiting is None and self._test_run is None
+                    and self._redaction is None and self._sampler is None):
+                # A run of plain records (the commonest item), taken while the queue has
+                # them and built without the steps above: none of them is a marker, the
+                # exit deadline is not near, no test run, redaction or sampling applies.
+                # It ends at the batch's end, an empty queue or another kind of item.
+                done, event, carried = self._plain_run(held, event)
             if done == ADDED:
-                if len(pending) == 1:  # it opened the batch
-                    due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
                 continue
             if done == NO_ROOM:
                 # The event starts the next batch before the full one is sent: held by a
@@ -436,6 +447,33 @@ class WorkerLoop:
                 due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
             if done == FILLED:
                 held = self._send(held)
+
+    def _plain_run(self, held: Held, event: WireEvent) -> Tuple[int, WireEvent, Any]:
+        """Plain records off the queue into ``held`` (``event`` the last one added) while
+        the queue has them: (the last ``offer`` result, its event, an item of another
+        kind taken off the queue or None).
+        Each record is counted as taken, and one the plain encoder cannot build takes
+        ``_encode`` (which counts what it drops)."""
+        get, got, offer = self._queue.get_nowait, self.books.got, held.offer
+        encode, mfc, budget = self._plain_encoder.encode, self.options.max_field_chars, self._budget
+        while True:
+            try:
+                item = get()
+            except queue_module.Empty:
+                return ADDED, event, None
+            if type(item) is not bytes:
+                return ADDED, event, item
+            next(got)
+            self._beats += 1
+            built = encode(item, mfc, budget)
+            if built is None:
+                built = self._encode(item)
+                if built is None:
+                    continue
+            event = built
+            done = offer(event)
+            if done != ADDED:
+                return done, event, None
 
     def _may_replay(self) -> bool:
         """The worker is idle and may send from the spool; with ``durable=True``, not while

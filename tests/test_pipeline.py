@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import queue
 import threading
@@ -280,6 +282,71 @@ class TestDelivery:
         assert pipeline.flush(timeout=10)
         assert server.rejected == [] and len(server.tasks) == 1
         assert wire_errors(server.tasks[0]) is None
+
+
+def _chunked(body: bytes, size: int = 7) -> bytes:
+    """``body`` in HTTP/1.1 chunked framing, ``size`` bytes a chunk."""
+    pieces = [body[i:i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+#: A 200 of the API for a batch of three whose second event was refused.
+SECOND_REFUSED = json.dumps({"logged_events": [{"input": "q0"}, {"error_in_log": "Quota exceeded"},
+                                               {"input": "q2"}]}).encode()
+
+
+class TestAnswers:
+    """How an answer to a batch is read: any HTTP framing, never a stale or partial one."""
+
+    @pytest.mark.parametrize("framing", ["length", "gzip", "chunked", "until_close"])
+    def test_any_framing_is_read_whole(self, server: PhosphoTestServer, creds: dict, framing: str) -> None:
+        """The answer's per-event refusal is found whatever its framing: so it was read
+        whole and decoded (an answer not understood would be retried, not counted)."""
+        body, headers = SECOND_REFUSED, {}
+        if framing == "gzip":
+            body, headers = gzip.compress(body), {"Content-Encoding": "gzip"}
+        elif framing == "chunked":
+            body, headers = _chunked(body), {"Transfer-Encoding": "chunked"}
+        elif framing == "until_close":
+            headers = {"Content-Length": None}
+        server.answer_next(200, body, content_type="application/json", headers=headers)
+        pipeline = phospho_logging.configure(**creds, max_batch_size=3, flush_interval=60)
+        for i in range(3):
+            log.info("t", extra={"input": f"q{i}"})
+        assert pipeline.flush(timeout=20) is False  # a refusal since the last flush
+        stats = pipeline.stats()
+        assert stats["rejected_by_reason"] == {"Quota exceeded": 1} and stats["sent"] == 2, stats
+        assert stats["retries"] == 0 and reconciles(stats), stats
+
+    def test_an_answer_cut_short_is_not_a_delivery(self, server: PhosphoTestServer, creds: dict) -> None:
+        """A 200 that announces more bytes than it sends before the connection closes (its
+        start looks like the API's answer): the batch is sent again, and arrives once."""
+        answer = b'{"logged_events": []}'
+        server.answer_next(200, answer, content_type="application/json",
+                           headers={"Content-Length": str(len(answer) + 500)})
+        pipeline = phospho_logging.configure(**creds, flush_interval=60)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=20)
+        stats = pipeline.stats()
+        assert stats["retries"] >= 1 and stats["sent"] == 1, stats
+        assert [t["input"] for t in server.tasks] == ["q"]
+
+    def test_a_short_answer_after_a_long_one_is_read_alone(self, server: PhosphoTestServer, creds: dict) -> None:
+        """Answers read one after another by one thread (one request in flight): a short
+        JSON 200 that is not the API's, after an answer hundreds of times longer that
+        was, is not taken for an acknowledgement (nothing of the earlier one is read
+        into it: the echo of its events holds the API's key all along); the batch goes
+        again and arrives once."""
+        pipeline = phospho_logging.configure(**creds, max_in_flight=1, flush_interval=60)
+        for i in range(300):
+            log.info("t", extra={"input": f"long {i} " + "x" * 2000, "metadata": {"logged_events": i}})
+        assert pipeline.flush(timeout=20)
+        server.answer_next(200, b'{"status": "ok"}', content_type="application/json")
+        log.info("t", extra={"input": "short"})
+        assert pipeline.flush(timeout=20)
+        stats = pipeline.stats()
+        assert stats["retries"] == 1 and stats["sent"] == 301 and reconciles(stats), stats
+        assert [t["input"] for t in server.tasks].count("short") == 1 and len(server.tasks) == 301
 
 
 class TestPhosphoTestRunner:
