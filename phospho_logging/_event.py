@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 from ._export import ENVELOPE_BYTES, WireEvent
 from ._extract import detect, input_text, output_text
 from ._item import IGNORED, LogInfo, Snapshot, new_task_id, record_form, site_parts
+from . import _serialize
 from ._serialize import JSON, dumps, dumps_text, json_str, to_jsonable
 from ._snapshot import EVENT_DICT_LOG_KEYS, snapshot_record, type_name
 
@@ -330,12 +331,14 @@ class PlainEncoder:
     ``_event.encode``, byte for byte.
     """
 
-    __slots__ = ("_project_version", "_version", "_log_parts")
+    __slots__ = ("_project_id", "_version_id", "_project_version", "_version", "_log_parts", "_log_dicts")
 
     def __init__(self, project_id: Optional[str], version_id: Optional[str]) -> None:
+        self._project_id, self._version_id = project_id, version_id
         self._project_version = ',"project_id":' + dumps(project_id).decode() + ',"version_id":'
         self._version = dumps(version_id).decode()
         self._log_parts: Dict[Tuple[Any, ...], str] = {}
+        self._log_dicts: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
 
     def encode(self, item: Any, max_field_chars: int, max_bytes: int) -> Optional[WireEvent]:
         """The ``WireEvent`` of ``item``, or None (see the class docstring). Never raises."""
@@ -369,6 +372,35 @@ class PlainEncoder:
                 for value in (task_id, session_id, user_id, version_id):
                     if value is not None and type(value) is not str:
                         return None
+            orjson_dumps = _serialize._orjson_dumps if _serialize._USE_ORJSON else None
+            if orjson_dumps is not None:
+                # With orjson: the event as a dict, in one call (the general path's encoder).
+                log = self._log_dicts.get(log_key)
+                if log is None:
+                    log = self._log_dict(log_key)
+                if metadata is None:
+                    merged = log
+                elif type(metadata) is dict and _plain(metadata, 0) and _LOG_KEY_SET.isdisjoint(metadata):
+                    merged = {**metadata, **log}
+                else:
+                    return None
+                if task_id is None:
+                    task_id = new_task_id()
+                stamp = int(created)
+                tree = {"task_id": task_id, "session_id": session_id, "input": text_in, "output": text_out,
+                        "client_created_at": stamp, "project_id": self._project_id,
+                        "version_id": self._version_id if version_id is None else version_id}
+                if user_id is not None:
+                    tree["user_id"] = user_id
+                tree["raw_input"] = text_in
+                tree["raw_output"] = text_out
+                tree["raw_input_type_name"] = "str"
+                tree["raw_output_type_name"] = None if text_out is None else "str"
+                tree["metadata"] = merged
+                encoded = orjson_dumps(tree)
+                if len(encoded) > max_field_chars or len(encoded) > max_bytes:
+                    return None
+                return _tuple_new(WireEvent, (task_id, session_id, stamp, encoded))  # type: ignore[no-any-return]
             log_part = self._log_parts.get(log_key)
             if log_part is None:
                 log_part = self._log_part(log_key)
@@ -404,13 +436,24 @@ class PlainEncoder:
     def _log_part(self, key: Tuple[Any, ...]) -> str:
         if len(self._log_parts) >= 512:
             self._log_parts.clear()  # messages that vary per call: keep the cache small
-        parts = key
-        if len(key) == 2:  # (call site number, line)
-            name, level, msg, path, function = site_parts(key[0])
-            parts = (name, level, msg, path, key[1], function)
-        log = {k: v for k, v in zip(_LOG_KEYS, parts) if v is not None}
-        part = self._log_parts[key] = dumps(log)[1:-1].decode("utf-8")
+        part = self._log_parts[key] = dumps(_log_fields(key))[1:-1].decode("utf-8")
         return part
+
+    def _log_dict(self, key: Tuple[Any, ...]) -> Dict[str, Any]:
+        if len(self._log_dicts) >= 512:
+            self._log_dicts.clear()  # as above
+        log = self._log_dicts[key] = _log_fields(key)
+        return log
+
+
+def _log_fields(key: Tuple[Any, ...]) -> Dict[str, Any]:
+    """The log_* metadata of a call site: ``key`` is (call site number, line) or the parts
+    of a record's tuple form from the logger name on."""
+    parts = key
+    if len(key) == 2:  # (call site number, line)
+        name, level, msg, path, function = site_parts(key[0])
+        parts = (name, level, msg, path, key[1], function)
+    return {k: v for k, v in zip(_LOG_KEYS, parts) if v is not None}
 
 
 def event_budget(max_batch_bytes: int) -> int:
