@@ -19,10 +19,10 @@ import math
 import os
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
+from . import _serialize
 from ._export import ENVELOPE_BYTES, WireEvent
 from ._extract import detect, input_text, output_text
 from ._item import IGNORED, LogInfo, Snapshot, new_task_id, record_form, site_parts
-from . import _serialize
 from ._serialize import JSON, dumps, dumps_text, json_str, to_jsonable
 from ._snapshot import EVENT_DICT_LOG_KEYS, snapshot_record, type_name
 

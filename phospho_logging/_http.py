@@ -19,8 +19,9 @@ import socket
 import threading
 import time
 import traceback
+import zlib
 from email.utils import parsedate_to_datetime
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import quote, unquote, urlsplit
 
 from ._export import ExportResult, WireEvent, request_body
@@ -143,7 +144,11 @@ def _connection_classes() -> Tuple[Any, Any]:
     def bounded(base: Any) -> Any:
         class Bounded(base):  # type: ignore[misc, valid-type]
             def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-                key = _deadlines.watch(getattr(self, "sock", None))
+                sock = getattr(self, "sock", None)
+                # The answer's body is read from this socket too, even once http.client
+                # has handed it to a response that closes the connection.
+                _deadlines.local.sock = sock
+                key = _deadlines.watch(sock)
                 try:
                     return super().getresponse(*args, **kwargs)
                 finally:
@@ -312,7 +317,7 @@ class HTTPExporter:
             finally:
                 _let_go(exc)
         finally:
-            _deadlines.local.deadline = None
+            _deadlines.local.deadline = _deadlines.local.sock = None
         return response.status_code, content, response.headers
 
     def _prepared(self, session: Any, url: str, body: Any) -> Any:
@@ -431,29 +436,50 @@ class _Unfinished(Exception):
 def read_answer(raw: Any, deadline: float, cap: int, buffers: Optional[_Buffers] = None) -> Any:
     """The body of an answer (urllib3's ``raw``), read by this thread before ``deadline``
     and up to ``cap`` bytes: a server that drips its answer or sends without end cannot
-    hold the sender or fill its memory.
+    hold the sender or fill its memory. The deadline thread watches the socket meanwhile
+    (a read that outlives the deadline is ended), and each read is bounded by the time left.
 
     With ``buffers`` (the sending thread's), a plain answer (no content encoding) is read
     into its answer buffer, straight from the connection, and that buffer is returned,
-    cut to the answer's size; otherwise each read waits at most the time left and takes
-    what one socket read gives, and the answer is new bytes."""
-    fp = getattr(raw, "_fp", None) if buffers is not None else None
-    if (buffers is not None and isinstance(fp, http.client.HTTPResponse)
-            and raw.headers.get("Content-Encoding", "identity").strip().lower() == "identity"):
-        return _read_into(raw, fp, deadline, cap, buffers.answer_buffer())
+    cut to the answer's size. Otherwise the answer is new bytes; one a server compressed
+    (gzip or deflate, though none was asked for) is decoded here, once whole."""
+    sock = getattr(_deadlines.local, "sock", None)
+    key = _deadlines.watch(sock)
+    try:
+        fp = getattr(raw, "_fp", None) if buffers is not None else None
+        coding = raw.headers.get("Content-Encoding", "identity").strip().lower()
+        content: Union[bytes, bytearray]
+        if buffers is not None and isinstance(fp, http.client.HTTPResponse) and coding == "identity":
+            content = _read_into(fp, sock, deadline, cap, buffers.answer_buffer())
+        else:
+            content = _read_chunks(raw, sock, deadline, cap)
+    finally:
+        _deadlines.done(key)
+    if time.monotonic() >= deadline:  # the deadline thread may have ended the read
+        raise _too_slow(len(content))
+    if coding not in ("identity", ""):
+        return _decoded(content, coding, cap)
+    return content
+
+
+def _read_chunks(raw: Any, sock: Any, deadline: float, cap: int) -> bytes:
+    """``read_answer`` through urllib3, as it came (not decoded), one socket read at a time."""
     from urllib3.exceptions import ReadTimeoutError
 
     read = getattr(raw, "read1", None) or raw.read  # read1 (urllib3 2.x): at most one socket read
-    decode = bool(raw.headers.get("Content-Encoding"))  # asked for none, but a server may compress anyway
     chunks: List[bytes] = []
     size = 0
     while True:
         left = deadline - time.monotonic()
         if left > 0:
-            _read_timeout(raw, left)
+            _read_timeout(sock, left)
             try:
-                chunk = read(CHUNK_BYTES, decode_content=decode)
+                chunk = read(CHUNK_BYTES, decode_content=False)
             except (ReadTimeoutError, socket.timeout):
+                left = 0.0
+            except OSError:  # the deadline thread's shutdown (TLS), or the connection's end
+                if time.monotonic() < deadline:
+                    raise
                 left = 0.0
         if left <= 0:
             raise _too_slow(size)
@@ -469,45 +495,62 @@ def read_answer(raw: Any, deadline: float, cap: int, buffers: Optional[_Buffers]
 _ROOM = bytes(CHUNK_BYTES)
 
 
-def _read_into(raw: Any, fp: http.client.HTTPResponse, deadline: float, cap: int, buffer: bytearray) -> bytearray:
+def _read_into(fp: http.client.HTTPResponse, sock: Any, deadline: float, cap: int, buffer: bytearray) -> bytearray:
     """``read_answer`` into ``buffer``, through http.client's response (which undoes a
     chunked encoding and stops at the Content-Length). A read fills as much of the buffer
-    as arrives, so the deadline thread watches the socket meanwhile: a dripping answer is
-    cut at the deadline, and one cut short by the server is not taken as whole."""
-    key = _deadlines.watch(getattr(getattr(raw, "connection", None), "sock", None))
+    as arrives before the deadline thread ends it; an answer cut short by the server is
+    not taken as whole."""
     size = 0
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _too_slow(size)
-            _read_timeout(raw, left)
-            while len(buffer) - size < CHUNK_BYTES and len(buffer) <= cap:
-                buffer += _ROOM
-            whole = memoryview(buffer)
-            window = whole[size:min(len(buffer), cap + 1)]
-            try:
-                got = fp.readinto(window)
-            except OSError as exc:  # a socket timeout, or the deadline thread's shutdown (TLS)
-                if isinstance(exc, socket.timeout) or time.monotonic() >= deadline:
-                    raise _too_slow(size) from None
-                raise
-            finally:
-                window.release()
-                whole.release()
-            if not got:
-                break
-            size += got
-            if size > cap:
-                raise _too_large(cap)
-    finally:
-        _deadlines.done(key)
-    if time.monotonic() >= deadline:  # the deadline thread may have ended the read
-        raise _too_slow(size)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _too_slow(size)
+        _read_timeout(sock, left)
+        while len(buffer) - size < CHUNK_BYTES and len(buffer) <= cap:
+            buffer += _ROOM
+        whole = memoryview(buffer)
+        window = whole[size:min(len(buffer), cap + 1)]
+        try:
+            got = fp.readinto(window)
+        except OSError as exc:  # a socket timeout, or the deadline thread's shutdown (TLS)
+            if isinstance(exc, socket.timeout) or time.monotonic() >= deadline:
+                raise _too_slow(size) from None
+            raise
+        finally:
+            window.release()
+            whole.release()
+        if not got:
+            break
+        size += got
+        if size > cap:
+            raise _too_large(cap)
     if fp.length:  # the connection closed before the Content-Length was read
         raise _Unfinished(f"ended its answer early ({size} of {size + fp.length} bytes)", "connection")
     del buffer[size:]
     return buffer
+
+
+def _decoded(content: Union[bytes, bytearray], coding: str, cap: int) -> Union[bytes, bytearray]:
+    """An answer compressed with ``coding``: gzip or deflate decoded (at most ``cap``
+    bytes, and only a whole stream: one cut short is not the API's answer); any other
+    coding is left as it came (it then does not read as the API's answer)."""
+    if coding in ("gzip", "x-gzip"):
+        decoders = [zlib.decompressobj(16 + zlib.MAX_WBITS)]
+    elif coding == "deflate":  # zlib-wrapped, or raw as some servers send it
+        decoders = [zlib.decompressobj(zlib.MAX_WBITS), zlib.decompressobj(-zlib.MAX_WBITS)]
+    else:
+        return content
+    for decoder in decoders:
+        try:
+            text = decoder.decompress(content, cap + 1)
+        except zlib.error:
+            continue
+        if len(text) > cap:
+            raise _too_large(cap)
+        if not decoder.eof:
+            break
+        return text
+    raise _Unfinished(f"answered with a {coding} body that does not decode whole", "not_api")
 
 
 def _too_slow(size: int) -> _Unfinished:
@@ -574,9 +617,8 @@ class _Buffers(threading.local):
 _buffers = _Buffers()
 
 
-def _read_timeout(raw: Any, seconds: float) -> None:
-    """Bound the next socket read of ``raw`` by ``seconds`` (where urllib3 tells its socket)."""
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
+def _read_timeout(sock: Any, seconds: float) -> None:
+    """Bound the next read of ``sock`` (None: unknown) by ``seconds``."""
     if sock is not None:
         try:
             sock.settimeout(max(0.001, seconds))
@@ -615,10 +657,11 @@ def classify(status: int, content: bytes, headers: Any, url: str, count: int) ->
 
 
 def _is_api_answer(content: bytes) -> bool:
-    """A 200 of the ingestion API: a JSON object with ``logged_events`` (checked without
-    parsing or copying the echo of the whole batch; per-event errors are parsed when
-    present)."""
-    return _JSON_OBJECT.match(content) is not None and b'"logged_events"' in content
+    """A 200 of the ingestion API: a JSON object (its first and last characters) with
+    ``logged_events``, checked without parsing or copying the echo of the whole batch
+    (per-event errors are parsed when present)."""
+    return (_JSON_OBJECT.match(content) is not None and (content[-64:].rstrip() or content.rstrip())[-1:] == b"}"
+            and b'"logged_events"' in content)
 
 
 _JSON_OBJECT = re.compile(rb"\s*\{")

@@ -7,6 +7,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -329,6 +330,48 @@ class TestAnswers:
         assert pipeline.flush(timeout=20)
         stats = pipeline.stats()
         assert stats["retries"] >= 1 and stats["sent"] == 1, stats
+        assert [t["input"] for t in server.tasks] == ["q"]
+
+    @pytest.mark.parametrize("cut", ["json", "gzip"])
+    def test_an_answer_that_ends_mid_way_is_not_a_delivery(self, server: PhosphoTestServer, creds: dict,
+                                                           cut: str) -> None:
+        """A 200 whose framing is whole but whose body stops mid-way: JSON that does not
+        close its object, or a gzip stream without its end. The batch goes again."""
+        body, headers = SECOND_REFUSED[:40], {}
+        if cut == "gzip":
+            body, headers = gzip.compress(SECOND_REFUSED)[:-8], {"Content-Encoding": "gzip"}
+        server.answer_next(200, body, content_type="application/json", headers=headers)
+        pipeline = phospho_logging.configure(**creds, max_batch_size=3, flush_interval=60)
+        for i in range(3):
+            log.info("t", extra={"input": f"q{i}"})
+        assert pipeline.flush(timeout=20)
+        stats = pipeline.stats()
+        assert stats["retries"] >= 1 and stats["sent"] == 3 and stats["rejected"] == 0, stats
+        assert sorted(t["input"] for t in server.tasks) == ["q0", "q1", "q2"]
+
+    @pytest.mark.parametrize("framing", ["until_close", "gzip"])
+    def test_a_dripping_answer_ends_at_the_timeout(self, server: PhosphoTestServer, creds: dict,
+                                                   framing: str) -> None:
+        """A 200 sent a byte every 0.25 s (12 s for the whole of it) on a connection the
+        server closes after it, or compressed (its header holds a comment, so nothing
+        decodes until its end): the request still ends at its 1 s timeout, and the batch
+        goes again and arrives once."""
+        body = b'{"logged_events": [' + b" " * 27 + b"]}"
+        headers: Dict[str, Any] = {"Content-Length": None}
+        if framing == "gzip":
+            packed = gzip.compress(body)
+            # FCOMMENT set, a comment after the 10-byte header: no output until the stream ends.
+            body = packed[:3] + bytes([packed[3] | 0x10]) + packed[4:10] + b"c" * 20 + b"\0" + packed[10:]
+            headers = {"Content-Encoding": "gzip"}
+        server.answer_next(200, body, content_type="application/json", headers=headers, drip=0.25)
+        pipeline = phospho_logging.configure(**creds, timeout=1.0, flush_interval=60)
+        log.info("t", extra={"input": "q"})
+        started = time.monotonic()
+        assert pipeline.flush(timeout=30)
+        elapsed = time.monotonic() - started
+        stats = pipeline.stats()
+        assert stats["retries"] == 1 and stats["sent"] == 1, stats
+        assert elapsed < 6, f"the request was held {elapsed:.1f} s past its 1 s timeout"
         assert [t["input"] for t in server.tasks] == ["q"]
 
     def test_a_short_answer_after_a_long_one_is_read_alone(self, server: PhosphoTestServer, creds: dict) -> None:
