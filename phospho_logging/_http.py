@@ -443,13 +443,16 @@ def read_answer(raw: Any, deadline: float, cap: int, buffers: Optional[_Buffers]
     into its answer buffer, straight from the connection, and that buffer is returned,
     cut to the answer's size. Otherwise the answer is new bytes; one a server compressed
     (gzip or deflate, though none was asked for) is decoded here, once whole."""
-    sock = getattr(_deadlines.local, "sock", None)
+    # The socket that carried the request (our pools note it: http.client hands it to an
+    # answer that closes the connection); through a proxy, the connection's.
+    sock = getattr(_deadlines.local, "sock", None) or getattr(getattr(raw, "connection", None), "sock", None)
     key = _deadlines.watch(sock)
     try:
         fp = getattr(raw, "_fp", None) if buffers is not None else None
         coding = raw.headers.get("Content-Encoding", "identity").strip().lower()
         content: Union[bytes, bytearray]
-        if buffers is not None and isinstance(fp, http.client.HTTPResponse) and coding == "identity":
+        if (buffers is not None and sock is not None and isinstance(fp, http.client.HTTPResponse)
+                and coding == "identity"):
             content = _read_into(fp, sock, deadline, cap, buffers.answer_buffer())
         else:
             content = _read_chunks(raw, sock, deadline, cap)
