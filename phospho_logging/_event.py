@@ -19,11 +19,10 @@ import math
 import os
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from . import _serialize
 from ._export import ENVELOPE_BYTES, WireEvent
 from ._extract import detect, input_text, output_text
 from ._item import IGNORED, LogInfo, Snapshot, new_task_id, record_form, site_parts
-from ._serialize import JSON, dumps, dumps_text, json_str, to_jsonable
+from ._serialize import JSON, dumps, dumps_text, json_str, orjson_dumps, to_jsonable
 from ._snapshot import EVENT_DICT_LOG_KEYS, snapshot_record, type_name
 
 #: Keys with a meaning of their own; every other extra goes into the task's metadata.
@@ -372,8 +371,8 @@ class PlainEncoder:
                 for value in (task_id, session_id, user_id, version_id):
                     if value is not None and type(value) is not str:
                         return None
-            orjson_dumps = _serialize._orjson_dumps if _serialize._USE_ORJSON else None
-            if orjson_dumps is not None:
+            fast_dumps = orjson_dumps()
+            if fast_dumps is not None:
                 # With orjson: the event as a dict, in one call (the general path's encoder).
                 log = self._log_dicts.get(log_key)
                 if log is None:
@@ -397,7 +396,7 @@ class PlainEncoder:
                 tree["raw_input_type_name"] = "str"
                 tree["raw_output_type_name"] = None if text_out is None else "str"
                 tree["metadata"] = merged
-                encoded = orjson_dumps(tree)
+                encoded = fast_dumps(tree)
                 if len(encoded) > max_field_chars or len(encoded) > max_bytes:
                     return None
                 return _tuple_new(WireEvent, (task_id, session_id, stamp, encoded))  # type: ignore[no-any-return]

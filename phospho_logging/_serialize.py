@@ -493,6 +493,12 @@ def _scrub(obj: Any) -> JSON:
     return _scrub(to_jsonable(obj))
 
 
+def orjson_dumps() -> Callable[[Any], bytes] | None:
+    """orjson's ``dumps`` when it is installed and in use (``dumps`` then encodes with it),
+    else None."""
+    return _orjson_dumps if _USE_ORJSON else None
+
+
 def dumps_text(obj: JSON) -> str:
     """``dumps`` as text, for a value that is only JSON types (no repair: may raise)."""
     if _USE_ORJSON and _orjson_dumps is not None:
