@@ -167,7 +167,8 @@ def _connection_classes() -> Tuple[Any, Any]:
 
 
 def _bounded_adapter() -> Any:
-    """A requests adapter over ``_connection_classes`` (proxied requests keep urllib3's)."""
+    """A requests adapter over ``_connection_classes``, through an HTTP proxy too (a SOCKS
+    proxy's connections keep urllib3's own classes, bounded per read only)."""
     from requests.adapters import HTTPAdapter
 
     pools = _connection_classes()
@@ -176,6 +177,12 @@ def _bounded_adapter() -> Any:
         def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
             super().init_poolmanager(*args, **kwargs)
             self.poolmanager.pool_classes_by_scheme = {"http": pools[0], "https": pools[1]}
+
+        def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+            if not proxy.lower().startswith("socks"):
+                manager.pool_classes_by_scheme = {"http": pools[0], "https": pools[1]}
+            return manager
 
     return BoundedAdapter()
 

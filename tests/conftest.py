@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -117,3 +118,75 @@ def fake() -> Iterator[FakeOpenAI]:
         yield server
     finally:
         server.stop()
+
+
+class ForwardingProxy:
+    """A plain HTTP proxy on 127.0.0.1 for ``http://`` URLs: each request (absolute form)
+    goes to its host with ``Connection: close``, and the answer comes back as it arrives,
+    the client's connection closed after it. ``requests`` counts what it forwarded."""
+
+    def __init__(self) -> None:
+        import socketserver
+
+        owner = self
+        self.requests = 0
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                owner._forward(self.request)
+
+        class Server(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="test-proxy", daemon=True)
+
+    def _forward(self, client: socket.socket) -> None:
+        from urllib.parse import urlsplit
+
+        client.settimeout(30)
+        reader = client.makefile("rb")
+        method, target, _ = reader.readline().decode("latin-1").split()
+        head, length = [], 0
+        while True:
+            line = reader.readline()
+            if line in (b"\r\n", b"\n", b""):
+                break
+            name = line.split(b":", 1)[0].strip().lower()
+            if name == b"content-length":
+                length = int(line.split(b":", 1)[1])
+            if name not in (b"connection", b"proxy-connection", b"proxy-authorization"):
+                head.append(line)
+        body = reader.read(length) if length else b""
+        url = urlsplit(target)
+        self.requests += 1
+        with socket.create_connection((url.hostname, url.port), timeout=30) as upstream:
+            upstream.sendall(f"{method} {url.path or '/'} HTTP/1.1\r\n".encode() + b"".join(head)
+                             + b"Connection: close\r\n\r\n" + body)
+            try:
+                while True:
+                    chunk = upstream.recv(65536)
+                    if not chunk:
+                        break
+                    client.sendall(chunk)
+            except OSError:  # the client gave up on the answer
+                pass
+
+    def __enter__(self) -> ForwardingProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture
+def forwarding_proxy() -> Iterator[ForwardingProxy]:
+    """A running ``ForwardingProxy``, stopped after the test."""
+    with ForwardingProxy() as proxy:
+        yield proxy

@@ -374,6 +374,27 @@ class TestAnswers:
         assert elapsed < 6, f"the request was held {elapsed:.1f} s past its 1 s timeout"
         assert [t["input"] for t in server.tasks] == ["q"]
 
+    def test_an_answer_through_a_proxy_ends_at_the_timeout(self, server: PhosphoTestServer, creds: dict,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          forwarding_proxy: Any) -> None:
+        """Through an HTTP proxy (HTTP_PROXY), an answer that ends when the connection
+        closes, sent a byte every 0.9 s: the request ends at its 1 s timeout, not at the
+        first read past it (1.8 s), and the batch goes again and arrives once."""
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, forwarding_proxy.url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        server.answer_next(200, b'{"logged_events": []}', content_type="application/json",
+                           headers={"Content-Length": None}, drip=0.9)
+        pipeline = phospho_logging.configure(**creds, timeout=1.0, flush_interval=60)
+        log.info("t", extra={"input": "q"})
+        assert pipeline.flush(timeout=30)
+        first, retry = server.requests[0], server.requests[1]
+        assert forwarding_proxy.requests == 2 and pipeline.stats()["retries"] == 1
+        # The first attempt's length, plus the back-off before the retry (at most 0.2 s).
+        assert retry.time - first.time < 1.6, retry.time - first.time
+        assert [t["input"] for t in server.tasks] == ["q"]
+
     def test_a_short_answer_after_a_long_one_is_read_alone(self, server: PhosphoTestServer, creds: dict) -> None:
         """Answers read one after another by one thread (one request in flight): a short
         JSON 200 that is not the API's, after an answer hundreds of times longer that
