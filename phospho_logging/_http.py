@@ -397,6 +397,9 @@ def _failure(exc: Exception, url: str, timeout: float, deadline: float) -> Expor
                                   cause="timeout")
     if isinstance(exc, requests.exceptions.SSLError):
         return ExportResult.retry(f"TLS error talking to {url}: {_reason(exc)}", cause="tls")
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return ExportResult.retry(f"cannot reach {url} through the proxy: {_reason(exc)}; check HTTP_PROXY/"
+                                  "HTTPS_PROXY (and NO_PROXY) and that the proxy is up", cause="connection")
     if isinstance(exc, (requests.RequestException, OSError)):
         reason = _reason(exc)
         cause = _cause(reason)
@@ -541,25 +544,40 @@ def _read_into(fp: http.client.HTTPResponse, sock: Any, deadline: float, cap: in
 
 
 def _decoded(content: Union[bytes, bytearray], coding: str, cap: int) -> Union[bytes, bytearray]:
-    """An answer compressed with ``coding``: gzip or deflate decoded (at most ``cap``
-    bytes, and only a whole stream: one cut short is not the API's answer); any other
-    coding is left as it came (it then does not read as the API's answer)."""
-    if coding in ("gzip", "x-gzip"):
-        decoders = [zlib.decompressobj(16 + zlib.MAX_WBITS)]
-    elif coding == "deflate":  # zlib-wrapped, or raw as some servers send it
-        decoders = [zlib.decompressobj(zlib.MAX_WBITS), zlib.decompressobj(-zlib.MAX_WBITS)]
-    else:
+    """An answer compressed with ``coding`` (a Content-Encoding list, applied in order):
+    gzip and deflate decoded (at most ``cap`` bytes, and only whole streams: one cut short
+    is not the API's answer); with any other coding, the answer is left as it came (it
+    then does not read as the API's answer)."""
+    codings = [c.strip() for c in coding.split(",") if c.strip() not in ("", "identity")]
+    if not all(c in ("gzip", "x-gzip", "deflate") for c in codings):
         return content
-    for decoder in decoders:
+    for name in reversed(codings):
+        content = _decompressed(content, name, cap)
+    return content
+
+
+def _decompressed(content: Union[bytes, bytearray], coding: str, cap: int) -> bytes:
+    """``content`` gzip- (every member) or deflate-decoded, whole, at most ``cap`` bytes."""
+    wbits = [16 + zlib.MAX_WBITS] if coding != "deflate" else [zlib.MAX_WBITS, -zlib.MAX_WBITS]  # deflate: zlib or raw
+    for bits in wbits:
+        parts: List[bytes] = []
+        size, rest = 0, bytes(content)
         try:
-            text = decoder.decompress(content, cap + 1)
+            while rest:  # a gzip body may hold several members, one after another
+                decoder = zlib.decompressobj(bits)
+                part = decoder.decompress(rest, cap + 1 - size)
+                size += len(part)
+                if size > cap:
+                    raise _too_large(cap)
+                if not decoder.eof:
+                    break
+                parts.append(part)
+                rest = decoder.unused_data if coding != "deflate" else b""
         except zlib.error:
             continue
-        if len(text) > cap:
-            raise _too_large(cap)
-        if not decoder.eof:
-            break
-        return text
+        if not rest:
+            return b"".join(parts)
+        break
     raise _Unfinished(f"answered with a {coding} body that does not decode whole", "not_api")
 
 

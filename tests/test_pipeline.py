@@ -8,6 +8,7 @@ import logging
 import queue
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -214,7 +215,10 @@ class TestDelivery:
         log.info("t", extra={"input": "q"})
         pipeline.flush(timeout=20)
         assert len(server.tasks) == (1 if delivered else 0)
-        assert pipeline.stats()["spooled"] == (0 if delivered else 1)
+        stats = pipeline.stats()
+        assert stats["spooled"] == (0 if delivered else 1)
+        if not delivered:  # the message names the proxy, not the API, as what refused
+            assert "through the proxy" in stats["last_error"] and "HTTP_PROXY" in stats["last_error"], stats
 
     def test_netrc_does_not_replace_the_key(self, server: PhosphoTestServer, creds: dict,
                                             netrc_for_loopback: Path) -> None:
@@ -299,13 +303,20 @@ SECOND_REFUSED = json.dumps({"logged_events": [{"input": "q0"}, {"error_in_log":
 class TestAnswers:
     """How an answer to a batch is read: any HTTP framing, never a stale or partial one."""
 
-    @pytest.mark.parametrize("framing", ["length", "gzip", "chunked", "until_close"])
+    @pytest.mark.parametrize("framing", ["length", "gzip", "gzip_members", "gzip_twice", "deflate", "chunked",
+                                         "until_close"])
     def test_any_framing_is_read_whole(self, server: PhosphoTestServer, creds: dict, framing: str) -> None:
         """The answer's per-event refusal is found whatever its framing: so it was read
         whole and decoded (an answer not understood would be retried, not counted)."""
         body, headers = SECOND_REFUSED, {}
         if framing == "gzip":
             body, headers = gzip.compress(body), {"Content-Encoding": "gzip"}
+        elif framing == "gzip_members":  # two gzip members one after the other
+            body, headers = gzip.compress(body[:30]) + gzip.compress(body[30:]), {"Content-Encoding": "gzip"}
+        elif framing == "gzip_twice":
+            body, headers = gzip.compress(gzip.compress(body)), {"Content-Encoding": "gzip, gzip"}
+        elif framing == "deflate":
+            body, headers = zlib.compress(body), {"Content-Encoding": "deflate"}
         elif framing == "chunked":
             body, headers = _chunked(body), {"Transfer-Encoding": "chunked"}
         elif framing == "until_close":
