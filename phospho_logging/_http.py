@@ -346,6 +346,7 @@ class HTTPExporter:
 
     def close(self) -> None:
         """Close the session; the next ``export`` opens a new one."""
+        self._template = None
         session, self._session = self._session, None
         if session is not None:
             session.close()
@@ -355,7 +356,7 @@ class HTTPExporter:
         _deadlines.reset_after_fork()
         if self._session is not None:
             _inherited.append(self._session)  # never closed here: the sockets are the parent's
-        self._session = None
+        self._session = self._template = None
         self._session_lock = threading.Lock()  # a parent's thread may have held it at the fork
 
 
