@@ -123,6 +123,7 @@ def configure(
         target.setLevel(logging.INFO)
     _warn_if_level_hides_info(target)
     notice_start(engine)
+    engine.begin()
     return pipeline
 
 

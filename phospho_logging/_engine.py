@@ -120,8 +120,13 @@ class Engine(WorkerLoop):
         _lifecycle.register(self)
         if _capture.active():
             self.capture(True)
+
+    def begin(self) -> None:
+        """Replay what an earlier run left in the spool, in the background, now. Called by
+        the code that made the engine once it has said where tasks go (``notice_start``):
+        the worker's own lines about the spool come after that one."""
         if self.spool is not None:
-            _lifecycle.wake(self)  # the spool of an earlier run is replayed in the background now
+            _lifecycle.wake(self)
 
     def _fresh(self) -> None:
         """Queue, counters, thread state: at creation, and again in a forked child."""

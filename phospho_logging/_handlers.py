@@ -311,6 +311,7 @@ class PhosphoHandler(TaskIntake, logging.Handler):
         self.engine = Engine(resolved, exporter)
         self._bind_route(self.engine, resolved.input_to_str, resolved.output_to_str)
         notice_start(self.engine)
+        self.engine.begin()
 
     @property
     def exporter(self) -> Any:
