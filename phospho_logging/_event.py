@@ -371,21 +371,18 @@ class PlainEncoder:
                 for value in (task_id, session_id, user_id, version_id):
                     if value is not None and type(value) is not str:
                         return None
+            if metadata is not None and not (type(metadata) is dict and _plain(metadata, 0)
+                                             and _LOG_KEY_SET.isdisjoint(metadata)):
+                return None
+            stamp = int(created)
             fast_dumps = orjson_dumps()
             if fast_dumps is not None:
                 # With orjson: the event as a dict, in one call (the general path's encoder).
                 log = self._log_dicts.get(log_key)
                 if log is None:
                     log = self._log_dict(log_key)
-                if metadata is None:
-                    merged = log
-                elif type(metadata) is dict and _plain(metadata, 0) and _LOG_KEY_SET.isdisjoint(metadata):
-                    merged = {**metadata, **log}
-                else:
-                    return None
                 if task_id is None:
                     task_id = new_task_id()
-                stamp = int(created)
                 tree = {"task_id": task_id, "session_id": session_id, "input": text_in, "output": text_out,
                         "client_created_at": stamp, "project_id": self._project_id,
                         "version_id": self._version_id if version_id is None else version_id}
@@ -395,37 +392,29 @@ class PlainEncoder:
                 tree["raw_output"] = text_out
                 tree["raw_input_type_name"] = "str"
                 tree["raw_output_type_name"] = None if text_out is None else "str"
-                tree["metadata"] = merged
+                tree["metadata"] = log if metadata is None else {**metadata, **log}
                 encoded = fast_dumps(tree)
-                if len(encoded) > max_field_chars or len(encoded) > max_bytes:
-                    return None
-                return _tuple_new(WireEvent, (task_id, session_id, stamp, encoded))  # type: ignore[no-any-return]
-            log_part = self._log_parts.get(log_key)
-            if log_part is None:
-                log_part = self._log_part(log_key)
-            if metadata is None:
-                metadata_json = "{" + log_part + "}}"
-            elif type(metadata) is dict and _plain(metadata, 0) and _LOG_KEY_SET.isdisjoint(metadata):
+            else:
+                log_part = self._log_parts.get(log_key)
+                if log_part is None:
+                    log_part = self._log_part(log_key)
                 metadata_json = (dumps_text(metadata)[:-1] + "," if metadata else "{") + log_part + "}}"
-            else:
-                return None
-            in_json = _json_str(text_in)
-            out_json = "null" if text_out is None else _json_str(text_out)
-            if task_id is None:
-                task_id = new_task_id()
-                id_json = '{"task_id":"' + task_id + '"'
-            else:
-                id_json = '{"task_id":' + _json_str(task_id)
-            stamp = int(created)
-            encoded = "".join((
-                id_json, ',"session_id":', "null" if session_id is None else _json_str(session_id),
-                ',"input":', in_json, ',"output":', out_json, ',"client_created_at":', str(stamp),
-                self._project_version, self._version if version_id is None else _json_str(version_id),
-                "" if user_id is None else ',"user_id":' + _json_str(user_id),
-                ',"raw_input":', in_json, ',"raw_output":', out_json,
-                ',"raw_input_type_name":"str","raw_output_type_name":', "null" if text_out is None else '"str"',
-                ',"metadata":', metadata_json,
-            )).encode("utf-8")
+                in_json = _json_str(text_in)
+                out_json = "null" if text_out is None else _json_str(text_out)
+                if task_id is None:
+                    task_id = new_task_id()
+                    id_json = '{"task_id":"' + task_id + '"'
+                else:
+                    id_json = '{"task_id":' + _json_str(task_id)
+                encoded = "".join((
+                    id_json, ',"session_id":', "null" if session_id is None else _json_str(session_id),
+                    ',"input":', in_json, ',"output":', out_json, ',"client_created_at":', str(stamp),
+                    self._project_version, self._version if version_id is None else _json_str(version_id),
+                    "" if user_id is None else ',"user_id":' + _json_str(user_id),
+                    ',"raw_input":', in_json, ',"raw_output":', out_json,
+                    ',"raw_input_type_name":"str","raw_output_type_name":', "null" if text_out is None else '"str"',
+                    ',"metadata":', metadata_json,
+                )).encode("utf-8")
         except Exception:  # noqa: BLE001 - anything unusual (lone surrogates...): _event.encode decides
             return None
         if len(encoded) > max_field_chars or len(encoded) > max_bytes:

@@ -14,10 +14,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
-__all__ = ["ENVELOPE_BYTES", "ExportResult", "Exporter", "WireEvent", "request_body"]
+__all__ = ["BODY_HEAD", "BODY_TAIL", "ENVELOPE_BYTES", "ExportResult", "Exporter", "WireEvent", "request_body"]
 
+#: A request body: ``BODY_HEAD``, the events joined by commas, ``BODY_TAIL``.
+BODY_HEAD, BODY_TAIL = b'{"batched_log_events":[', b"]}"
 #: The bytes a request adds around its events: ``{"batched_log_events":[...]}``.
-ENVELOPE_BYTES = len(b'{"batched_log_events":[]}')
+ENVELOPE_BYTES = len(BODY_HEAD + BODY_TAIL)
 
 
 class WireEvent(NamedTuple):
@@ -43,11 +45,11 @@ class WireEvent(NamedTuple):
 def request_body(events: Sequence[WireEvent]) -> bytes:
     """The body of ``POST /v2/log/{project_id}`` for these events."""
     if not events:
-        return b'{"batched_log_events":[]}'
+        return BODY_HEAD + BODY_TAIL
     parts = [e.json for e in events]
     # The envelope joins the first and last events: the body is made in one copy.
-    parts[0] = b'{"batched_log_events":[' + parts[0]
-    parts[-1] = parts[-1] + b"]}"
+    parts[0] = BODY_HEAD + parts[0]
+    parts[-1] = parts[-1] + BODY_TAIL
     return b",".join(parts)
 
 

@@ -24,7 +24,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import quote, unquote, urlsplit
 
-from ._export import ExportResult, WireEvent, request_body
+from ._export import BODY_HEAD, BODY_TAIL, ExportResult, WireEvent, request_body
 from ._feedback import Feedback
 from ._version import __version__
 
@@ -336,10 +336,9 @@ class HTTPExporter:
 
             prepared = session.prepare_request(requests.Request("POST", url, headers=self._headers))
             prepared.headers.pop("Content-Length", None)  # the body's own is set below
+            template = (session, prepared)
             if url == self.destination:
-                self._template = template = (session, prepared)
-            else:
-                template = (session, prepared)
+                self._template = template
         request = template[1].copy()
         request.prepare_body(body, None)
         return request
@@ -612,12 +611,12 @@ class _Buffers(threading.local):
         request.seek(0)
         try:
             write = request.write
-            write(b'{"batched_log_events":[')
+            write(BODY_HEAD)
             for index, event in enumerate(events):
                 if index:
                     write(b",")
                 write(event.json)
-            write(b"]}")
+            write(BODY_TAIL)
         except BufferError:  # a view of the last body is still held somewhere: a new buffer
             self.request = io.BytesIO()
             return request_body(events)

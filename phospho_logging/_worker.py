@@ -451,9 +451,8 @@ class WorkerLoop:
     def _plain_run(self, held: Held, event: WireEvent) -> Tuple[int, WireEvent, Any]:
         """Plain records off the queue into ``held`` (``event`` the last one added) while
         the queue has them: (the last ``offer`` result, its event, an item of another
-        kind taken off the queue or None).
-        Each record is counted as taken, and one the plain encoder cannot build takes
-        ``_encode`` (which counts what it drops)."""
+        kind taken off the queue or None). Each record is counted as taken, and one the
+        plain encoder cannot build takes ``_encode`` (which counts what it drops)."""
         get, got, offer = self._queue.get_nowait, self.books.got, held.offer
         encode, mfc, budget = self._plain_encoder.encode, self.options.max_field_chars, self._budget
         while True:
