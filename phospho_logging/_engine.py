@@ -49,6 +49,13 @@ WATCH_EVERY = 0.05
 #: within ``STUCK_AFTER`` and this). What it holds may then be delivered as well as spooled:
 #: phospho skips a task id it already has.
 MAX_PATIENCE = 1.0
+#: From this many queued items on, while sending is not known to work (no request has
+#: succeeded since the start or the last failure), the queue is a backlog that may last:
+#: the handlers queue the commonest record marshalled (one bytes object) rather than flat
+#: (``_item.plain_record``), which is cheaper for the worker but, for short text, takes
+#: up to twice the memory. While sending works, the worker drains a burst at its pace, and
+#: the flat form is what lets it drain sooner.
+COMPACT_FROM = 5_000
 #: Reads of the counters ``stats()`` tries for a consistent set while the worker runs.
 STATS_TRIES = 10
 
@@ -107,6 +114,10 @@ class Engine(WorkerLoop):
         self._forward: Optional[Callable[[logging.LogRecord], None]] = None
         self._relay: Optional[Callable[[], Any]] = None  # a weak reference to a listener's relay
         self._max_queue = options.max_queue_size
+        #: At the last ``submit``, the queue held ``COMPACT_FROM`` items or more and sending
+        #: was not known to work (read by the handlers' short path: a backlog's records
+        #: are queued compact).
+        self.backlogged = False
         self._budget = event_budget(options.max_batch_bytes)
         self._plain_encoder = PlainEncoder(options.project_id, options.version_id)
         self._redaction = make_redaction(options.redact)
@@ -189,11 +200,13 @@ class Engine(WorkerLoop):
     def submit(self, item: Any) -> None:
         """Put one item on the queue. Never blocks, raises, takes a lock or starts a thread."""
         q = self._queue
-        if q.qsize() >= self._max_queue:
+        size = q.qsize()
+        if size >= self._max_queue:
             next(self._refused)
             self._say_once("queue_full", "the task queue is full (max_queue_size=%d); tasks are being dropped and "
                            "counted in stats()['dropped_by_reason']['queue_full']", self._max_queue)
             return
+        self.backlogged = size >= COMPACT_FROM and not self.delivery.circuit.proven
         q.put(item)
         if not self._running:
             _lifecycle.wake(self)

@@ -342,35 +342,18 @@ class PlainEncoder:
     def encode(self, item: Any, max_field_chars: int, max_bytes: int) -> Optional[WireEvent]:
         """The ``WireEvent`` of ``item``, or None (see the class docstring). Never raises."""
         try:
-            if type(item) is bytes:
-                # A numbered call site: its parts were checked when it was numbered.
-                fields, created, line, site = _marshal_loads(item)
+            if type(item) is list:
+                # The flat form (``_item._flat``): its types were checked on the caller's thread.
+                site, line, created, text_in, text_out, metadata = item
                 if type(line) is not int:
                     return None  # a hand-made record: 1.0 or True would find line 1's cached log fields
                 log_key: Tuple[Any, ...] = (site, line)
+                task_id = session_id = user_id = version_id = None
             else:
-                parts = record_form(item)
+                parts = _unpacked(item)
                 if parts is None:
                     return None
-                frozen, created, name, level, msg, path, line, function = parts
-                if (type(line) is not int or type(name) is not str or type(level) is not str
-                        or type(path) is not str or (function is not None and type(function) is not str)):
-                    return None  # as above
-                fields = _marshal_loads(frozen)
-                log_key = parts[2:]
-            get = fields.get
-            text_in, text_out, metadata = get("input"), get("output"), get("metadata")
-            if type(text_in) is not str or (text_out is not None and type(text_out) is not str):
-                return None
-            task_id = session_id = user_id = version_id = None
-            if len(fields) > 1 + ("output" in fields) + ("metadata" in fields):
-                if not _PLAIN_KEYS.issuperset(fields):
-                    return None
-                task_id, session_id, user_id, version_id = (
-                    get("task_id"), get("session_id"), get("user_id"), get("version_id"))
-                for value in (task_id, session_id, user_id, version_id):
-                    if value is not None and type(value) is not str:
-                        return None
+                log_key, created, text_in, text_out, metadata, task_id, session_id, user_id, version_id = parts
             if metadata is not None and not (type(metadata) is dict and _plain(metadata, 0)
                                              and _LOG_KEY_SET.isdisjoint(metadata)):
                 return None
@@ -432,6 +415,47 @@ class PlainEncoder:
             self._log_dicts.clear()  # as above
         log = self._log_dicts[key] = _log_fields(key)
         return log
+
+
+def _unpacked(item: Any) -> Optional[Tuple[Any, ...]]:
+    """(log key, created, input, output, metadata, task id, session id, user id, version
+    id) of a marshalled plain record (``_item.plain_record``'s bytes or tuple form), or
+    None where they are not the plain encoder's types."""
+    if type(item) is bytes:
+        # A numbered call site: its parts were checked when it was numbered.
+        parts = _marshal_loads(item)
+        if type(parts) is list:  # a flat item marshalled, as a backlog queues it (``_item._flat``)
+            site, line, created, text_in, text_out, metadata = parts
+            if type(line) is not int:
+                return None
+            return (site, line), created, text_in, text_out, metadata, None, None, None, None
+        fields, created, line, site = parts
+        if type(line) is not int:
+            return None  # as in PlainEncoder.encode
+        log_key: Tuple[Any, ...] = (site, line)
+    else:
+        record = record_form(item)
+        if record is None:
+            return None
+        frozen, created, name, level, msg, path, line, function = record
+        if (type(line) is not int or type(name) is not str or type(level) is not str
+                or type(path) is not str or (function is not None and type(function) is not str)):
+            return None
+        fields = _marshal_loads(frozen)
+        log_key = record[2:]
+    get = fields.get
+    text_in, text_out = get("input"), get("output")
+    if type(text_in) is not str or (text_out is not None and type(text_out) is not str):
+        return None
+    if len(fields) == 1 + ("output" in fields) + ("metadata" in fields):
+        return log_key, created, text_in, text_out, get("metadata"), None, None, None, None
+    if not _PLAIN_KEYS.issuperset(fields):
+        return None
+    ids = get("task_id"), get("session_id"), get("user_id"), get("version_id")
+    for value in ids:
+        if value is not None and type(value) is not str:
+            return None
+    return (log_key, created, text_in, text_out, get("metadata"), *ids)
 
 
 def _log_fields(key: Tuple[Any, ...]) -> Dict[str, Any]:

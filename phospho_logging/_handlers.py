@@ -206,7 +206,7 @@ class TaskIntake:
         if engine is not None:
             try:
                 if _context_get() is None:
-                    item = plain_record(record)
+                    item = plain_record(record, engine.backlogged)
                     if item is not None:
                         if record.thread in OWN_IO and made_by_own_io(record):
                             engine.ignore_own_io()

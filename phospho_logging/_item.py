@@ -102,12 +102,13 @@ def make_snapshot(
 
 
 _tuple_new = tuple.__new__
+_IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 _marshal_dumps = marshal.dumps
 _marshal_loads = marshal.loads
 _time = time.time
 
 
-def plain_record(record: logging.LogRecord) -> Union[bytes, Tuple[Any, ...], None]:
+def plain_record(record: logging.LogRecord, compact: bool = False) -> Union[bytes, List[Any], Tuple[Any, ...], None]:
     """The compact item for the commonest record, or None if it needs ``_snapshot``.
 
     The commonest record: a ``str`` message without %-arguments or traceback, string
@@ -138,17 +139,57 @@ def plain_record(record: logging.LogRecord) -> Union[bytes, Tuple[Any, ...], Non
         # A logging call passes the same objects each time: its site is found by identity.
         last = _last_site.get(msg)
         if last is not None and last[0] is name and last[1] is level and last[2] is path and last[3] is function:
-            return _marshal_dumps((fields, record.created, record.lineno, last[4]))
+            site = last[4]
         # Exact types before the lookup by value: an object equal to a site's text is not that text.
-        if type(name) is str and type(level) is str and type(path) is str and (
+        elif type(name) is str and type(level) is str and type(path) is str and (
                 function is None or type(function) is str):
             site = _site_number(name, level, msg, path, function)
-            if site is not None:
-                return _marshal_dumps((fields, record.created, record.lineno, site))
+        else:
+            site = None
+        if site is not None:
+            return _flat(fields, site, record, compact) or _marshal_dumps((fields, record.created, record.lineno, site))
         frozen = _marshal_dumps(fields)
     except Exception:  # noqa: BLE001 - foreign types: the general path makes them JSON-safe
         return None
     return (frozen, record.created, name, level, msg, path, record.lineno, function)
+
+
+def _flat(fields: Dict[str, Any], site: int, record: logging.LogRecord, compact: bool) -> Union[List[Any], bytes, None]:
+    """The flat item of a numbered call site's fields when they are only a ``str`` input,
+    a ``str`` output (or none) and a metadata dict, or None for any other fields.
+
+    The item is a list, read by the worker without unmarshalling, when the metadata is
+    made of ``str`` keys and immutable scalars (a shallow copy is then as good as
+    ``marshal``'s); with ``compact`` (the queue is a backlog), the list marshalled.
+    """
+    text_in = fields["input"]
+    if type(text_in) is not str or len(fields) != 1 + ("output" in fields) + ("metadata" in fields):
+        return None
+    text_out = fields.get("output")
+    if text_out is not None and type(text_out) is not str:
+        return None
+    metadata = fields.get("metadata")
+    if compact:
+        return _marshal_dumps([site, record.lineno, record.created, text_in, text_out, metadata])
+    if metadata is not None:
+        if type(metadata) is not dict:
+            return None
+        for key, value in metadata.items():
+            if type(value) not in _IMMUTABLE or type(key) is not str:
+                return None
+        metadata = metadata.copy()
+    return [site, record.lineno, record.created, text_in, text_out, metadata]
+
+
+def _flat_parts(item: List[Any]) -> Tuple[Dict[str, Any], float, int, int]:
+    """A flat item's (fields, created, line, call site number), the bytes form's parts."""
+    site, line, created, text_in, text_out, metadata = item
+    fields = {"input": text_in}
+    if text_out is not None:
+        fields["output"] = text_out
+    if metadata is not None:
+        fields["metadata"] = metadata
+    return fields, created, line, site
 
 
 # Call sites. A queued task is one bytes object when its call site (logger name, level
@@ -202,8 +243,9 @@ def record_form(item: Any) -> Optional[Tuple[Any, float, Any, Any, str, Any, Any
     created, logger name, level name, message, path, line, function), or None for any
     other item."""
     kind = type(item)
-    if kind is bytes:
-        fields, created, line, site = _marshal_loads(item)
+    if kind is bytes or kind is list:
+        parts = _marshal_loads(item) if kind is bytes else item
+        fields, created, line, site = _flat_parts(parts) if type(parts) is list else parts
         name, level, msg, path, function = _sites[site]
         return (fields, created, name, level, msg, path, line, function)
     return item if kind is tuple and len(item) == 8 else None  # type: ignore[no-any-return]
@@ -225,7 +267,7 @@ def snapshot_of(item: Any) -> Optional[Snapshot]:
     kind = type(item)
     if kind is Snapshot:
         return item  # type: ignore[no-any-return]
-    if kind is bytes:
+    if kind is bytes or kind is list:
         fields, created, name, level, msg, path, line, function = record_form(item)  # type: ignore[misc]
         item = (_marshal_dumps(fields), created, name, level, msg, path, line, function)
         kind = tuple

@@ -128,31 +128,29 @@ class Held:
     worker, or by the thread that rescues it at the shutdown deadline. The small lock is
     taken by those two only, never by a producer."""
 
-    __slots__ = ("batch", "_lock", "_settled")
+    __slots__ = ("batch", "lock", "settled")
 
     def __init__(self, batch: Batch) -> None:
         self.batch = batch
-        self._lock = threading.Lock()
-        self._settled = False
+        #: Held while the batch is offered an event or claimed.
+        self.lock = threading.Lock()
+        #: Claimed: no event joins any more (read it with the lock held to add one).
+        self.settled = False
 
     def offer(self, event: WireEvent) -> int:
         """``Batch.offer`` unless the batch was claimed meanwhile: ``CLAIMED`` then."""
-        with self._lock:
-            if self._settled:
+        with self.lock:
+            if self.settled:
                 return CLAIMED
             return self.batch.offer(event)
 
     def claim(self) -> bool:
         """True for the first caller only; the batch is theirs to settle."""
-        with self._lock:
-            if self._settled:
+        with self.lock:
+            if self.settled:
                 return False
-            self._settled = True
+            self.settled = True
             return True
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
 
 
 class Senders:
@@ -422,7 +420,7 @@ class WorkerLoop:
             done = held.offer(event)
             if done == ADDED and len(pending) == 1:  # it opened the batch
                 due = time.monotonic() + (0.0 if self.stopped else self.options.flush_interval)
-            if (done == ADDED and kind is bytes and exiting is None and self._test_run is None
+            if (done == ADDED and (kind is list or kind is bytes) and exiting is None and self._test_run is None
                     and self._redaction is None and self._sampler is None):
                 # A run of plain records (the commonest item), taken while the queue has
                 # them and built without the steps above: none of them is a marker, the
@@ -453,24 +451,26 @@ class WorkerLoop:
         the queue has them: (the last ``offer`` result, its event, an item of another
         kind taken off the queue or None). Each record is counted as taken, and one the
         plain encoder cannot build takes ``_encode`` (which counts what it drops)."""
-        get, got, offer = self._queue.get_nowait, self.books.got, held.offer
+        get, got = self._queue.get_nowait, self.books.got
         encode, mfc, budget = self._plain_encoder.encode, self.options.max_field_chars, self._budget
+        # Held.offer's steps, with the lock and the batch's offer looked up once for the run.
+        lock, offer = held.lock, held.batch.offer
         while True:
             try:
                 item = get()
             except queue_module.Empty:
                 return ADDED, event, None
-            if type(item) is not bytes:
+            if type(item) is not list and type(item) is not bytes:
                 return ADDED, event, item
             next(got)
-            self._beats += 1
             built = encode(item, mfc, budget)
             if built is None:
                 built = self._encode(item)
                 if built is None:
                     continue
             event = built
-            done = offer(event)
+            with lock:
+                done = CLAIMED if held.settled else offer(event)
             if done != ADDED:
                 return done, event, None
 

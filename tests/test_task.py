@@ -275,6 +275,61 @@ class TestSnapshot:
         assert (event["task_id"], event["input"], event["metadata"]["log_message"]) == ("task_given", "q", "answered")
         assert event["metadata"]["log_level"] == "INFO"
 
+    def test_a_flat_metadata_dict_is_copied_at_the_call(self) -> None:
+        """The commonest record (str input and output, metadata of scalars) is queued as
+        a shallow copy: mutating the caller's dict afterwards does not change the task."""
+        meta: Dict[str, Any] = {"model": "m1", "temperature": 0.2, "n": 3, "ok": True, "none": None}
+        items = [plain_record(make_record(input="q", output="a", metadata=meta)) for _ in range(2)]
+        meta["model"], meta["new"] = "changed", 1
+        for item in items:  # the call that numbers its call site and the one that finds it
+            event = build_event(snapshot_of(item))
+            assert {k: v for k, v in event["metadata"].items() if not k.startswith("log_")} == {
+                "model": "m1", "temperature": 0.2, "n": 3, "ok": True, "none": None}
+
+    def test_the_worker_ships_the_value_at_the_call(self) -> None:
+        """Through a handler, with the worker held in an export while the task waits on
+        the queue: the caller's later changes to the metadata dict are not shipped."""
+        import threading
+
+        import phospho_logging
+        from phospho_logging import ExportResult
+
+        entered, release = threading.Event(), threading.Event()
+        shipped: list = []
+
+        class Gate:
+            destination = "gate"
+
+            def export(self, events: Any, timeout: float) -> Any:
+                shipped.extend(json.loads(e.json) for e in events)
+                entered.set()
+                release.wait(30)
+                return ExportResult.delivered()
+
+            def close(self) -> None:
+                pass
+
+        handler = phospho_logging.PhosphoHandler(exporter=Gate(), api_key="k", project_id="p")
+        logger = logging.getLogger("phospho.test.copied_at_the_call")
+        logger.propagate, logger.level = False, logging.INFO
+        logger.addHandler(handler)
+        try:
+            meta: Dict[str, Any] = {"model": "m1"}
+            logger.info("first", extra={"input": "q0"})
+            assert entered.wait(30)  # the worker is in export(): the next tasks stay queued
+            for i in range(3):
+                logger.info("answered", extra={"input": f"q{i + 1}", "output": "a", "metadata": meta})
+            meta["model"] = "changed"
+            meta["added"] = "later"
+            release.set()
+            assert handler.flush(timeout=30)
+        finally:
+            release.set()
+            logger.removeHandler(handler)
+            handler.close()
+        assert [e["input"] for e in shipped] == ["q0", "q1", "q2", "q3"]
+        assert [(e["metadata"]["model"], "added" in e["metadata"]) for e in shipped[1:]] == [("m1", False)] * 3
+
     def test_callers_metadata_not_mutated(self) -> None:
         """Building the task never changes the caller's own dicts."""
         meta = {"k": "v"}
@@ -317,15 +372,18 @@ class TestProperties:
         gives the event the full snapshot gives, whenever it applies."""
         extra["input"] = input_value
         record = make_record(**extra)
-        short = plain_record(record)
         full = build_event(snapshot_record(record))
-        if short is None:
-            return  # foreign types: the handler takes the full path
-        event = build_event(snapshot_of(short))
         given = extra.get("task_id")
         if not (type(given) is str and given):
-            event.pop("task_id"), full.pop("task_id")  # random when not given (or unusable)
-        assert event == full
+            full.pop("task_id")  # random when not given (or unusable)
+        for compact in (False, True):  # the queue short, or a backlog
+            short = plain_record(record, compact)
+            if short is None:
+                continue  # foreign types: the handler takes the full path
+            event = build_event(snapshot_of(short))
+            if not (type(given) is str and given):
+                event.pop("task_id")
+            assert event == full
 
 
 class _Wire:
@@ -347,14 +405,14 @@ class _Wire:
 
 
 @contextlib.contextmanager
-def _side_by_side(name: str) -> Iterator[Tuple[logging.Logger, _Wire, _Wire]]:
+def _side_by_side(name: str, fast: Any = None, **options: Any) -> Iterator[Tuple[logging.Logger, _Wire, _Wire]]:
     """A logger with two handlers: one takes the common-record path, the other (a
     pass-through filter) the general path; each keeps its wire bytes. Both flushed at exit."""
     import phospho_logging
 
-    fast, general = _Wire(), _Wire()
-    handlers = [phospho_logging.PhosphoHandler(exporter=fast, api_key="k", project_id="p"),
-                phospho_logging.PhosphoHandler(exporter=general, api_key="k", project_id="p")]
+    fast, general = fast or _Wire(), _Wire()
+    handlers = [phospho_logging.PhosphoHandler(exporter=fast, api_key="k", project_id="p", **options),
+                phospho_logging.PhosphoHandler(exporter=general, api_key="k", project_id="p", **options)]
     handlers[1].addFilter(lambda record: True)
     logger = logging.getLogger(name)
     logger.propagate = False
@@ -457,6 +515,58 @@ class TestCommonRecordPath:
             (f"q{i}", f"answer {i}", i) for i in range(n)]
         assert [len(e["metadata"]["log_message"]) for e in events if e["input"] == "long"] == [
             300 + i for i in range(0, n, 1000)]
+
+    def test_flat_records_as_the_general_path_writes_them(self) -> None:
+        """The commonest extras (a str input, a str output or none, metadata of scalars)
+        are queued without marshalling: same bytes as the general path, edge values included."""
+        metadatas: list = [
+            None, {}, {"model": "m1", "temperature": 0.2}, {"n": 2**63, "m": -(2**63) - 1},
+            {"nan": float("nan"), "inf": float("-inf")}, {"log_line": 1}, {1: "int key"},
+            {"t": True, "f": False, "z": None, "u": "é\u2028\ud800"}, {"nested": {"a": 1}},
+        ]
+        with _side_by_side("phospho.test.flat") as (logger, fast, general):
+            for metadata in metadatas:
+                for output in (None, "a", "\udfff"):
+                    for _ in range(2):  # the call that numbers its call site, then the one that finds it
+                        extra: Dict[str, Any] = {"input": "q\n\"", "output": output}
+                        if metadata is not None:
+                            extra["metadata"] = metadata
+                        logger.info("flat", extra=extra)
+                logger.info("no output", extra={"input": "q", "metadata": metadata})
+        strip = re.compile(rb'^\{"task_id":"task_[0-9a-f]{32}"')
+        assert [strip.sub(b"", e) for e in fast.json] == [strip.sub(b"", e) for e in general.json]
+        assert len(fast.json) == 7 * len(metadatas)
+        events = [json.loads(e) for e in fast.json]
+        assert [e["output"] for e in events[:7]] == [None, None, "a", "a", "\ufffd", "\ufffd", None]
+
+    def test_a_backlog_is_queued_compact_and_written_the_same(self) -> None:
+        """Past a backlog of ``COMPACT_FROM`` queued items (the worker held in an export),
+        the commonest records are queued marshalled: their events are still byte for
+        byte the general path's."""
+        import threading
+
+        from phospho_logging._engine import COMPACT_FROM
+
+        entered, release = threading.Event(), threading.Event()
+
+        class Gated(_Wire):
+            def export(self, events: Any, timeout: float) -> Any:
+                entered.set()
+                release.wait(30)
+                return super().export(events, timeout)
+
+        with _side_by_side("phospho.test.backlog", fast=Gated(), flush_interval=0.01) as (logger, fast, general):
+            try:
+                logger.info("first", extra={"input": "q"})
+                assert entered.wait(30)  # the fast handler's worker is in export(): a backlog builds
+                for i in range(COMPACT_FROM + 200):
+                    logger.info("flat", extra={"input": f"q{i}", "output": None if i % 3 else "a",
+                                                "metadata": {"i": i, "f": i / 7, "s": "x"}})
+            finally:
+                release.set()
+        strip = re.compile(rb'^\{"task_id":"task_[0-9a-f]{32}"')
+        assert [strip.sub(b"", e) for e in fast.json] == [strip.sub(b"", e) for e in general.json]
+        assert [json.loads(e)["input"] for e in fast.json[-2:]] == [f"q{COMPACT_FROM + 198}", f"q{COMPACT_FROM + 199}"]
 
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
