@@ -206,7 +206,10 @@ class Engine(WorkerLoop):
             self._say_once("queue_full", "the task queue is full (max_queue_size=%d); tasks are being dropped and "
                            "counted in stats()['dropped_by_reason']['queue_full']", self._max_queue)
             return
-        self.backlogged = size >= COMPACT_FROM and not self.delivery.circuit.proven
+        if size >= COMPACT_FROM:
+            self.backlogged = not self.delivery.circuit.proven
+        elif self.backlogged:
+            self.backlogged = False
         q.put(item)
         if not self._running:
             _lifecycle.wake(self)
