@@ -1,12 +1,15 @@
 """What crosses the queue: a task as the caller's thread snapshotted it.
 
 ``Snapshot`` is the one item type, read by name everywhere. The two commonest calls put
-a compact form on the queue instead: a plain record is one bytes object (its fields,
-time, line and call-site number, marshalled; a tuple of the same parts when its call
-site has no number), a plain structlog event a short tuple. Those forms are built and
-read in this module only (``plain_record``, ``plain_event_dict``, ``snapshot_of``,
-``record_form``). A record a queue handler copies for other handlers carries its
-snapshot as an attribute (``carry``).
+a compact form on the queue instead: a plain record is a flat list (``_flat``: its
+call-site number, line, time, input, output and metadata copy) when its fields allow, or
+one bytes object (that list marshalled, for a backlog; or its fields, time, line and
+call-site number marshalled; a tuple of the same parts when its call site has no
+number), a plain structlog event a short tuple. Those forms are built here
+(``plain_record``, ``plain_event_dict``) and read here (``snapshot_of``, ``record_form``)
+and by the worker's plain encoder (``_event.PlainEncoder``), which writes the flat and
+bytes forms' events directly. A record a queue handler copies for other handlers carries
+its snapshot as an attribute (``carry``).
 
 Task ids are made here too: the caller's side makes them (the structlog processor hands
 one back) as well as the worker's.
@@ -158,9 +161,11 @@ def _flat(fields: Dict[str, Any], site: int, record: logging.LogRecord, compact:
     """The flat item of a numbered call site's fields when they are only a ``str`` input,
     a ``str`` output (or none) and a metadata dict, or None for any other fields.
 
-    The item is a list, read by the worker without unmarshalling, when the metadata is
-    made of ``str`` keys and immutable scalars (a shallow copy is then as good as
-    ``marshal``'s); with ``compact`` (the queue is a backlog), the list marshalled.
+    The item is a list (call-site number, line, created, input, output, metadata), read
+    by the worker without unmarshalling, when the metadata is made of ``str`` keys and
+    immutable scalars: strings cannot change, and a shallow copy of such a dict is then as
+    good as ``marshal``'s. With ``compact`` (the queue is a backlog), the list marshalled:
+    one object, and any metadata (``marshal`` copies it deeply).
     """
     text_in = fields["input"]
     if type(text_in) is not str or len(fields) != 1 + ("output" in fields) + ("metadata" in fields):
@@ -192,9 +197,9 @@ def _flat_parts(item: List[Any]) -> Tuple[Dict[str, Any], float, int, int]:
     return fields, created, line, site
 
 
-# Call sites. A queued task is one bytes object when its call site (logger name, level
-# name, message, path, function) has a number here: half the memory of a tuple of the
-# same parts, for a backlog of thousands. Ids are drawn from a counter and the two dicts
+# Call sites. A queued task is a flat list or one bytes object when its call site (logger
+# name, level name, message, path, function) has a number here: its names are kept once,
+# not per task. Ids are drawn from a counter and the two dicts
 # are written in single steps, so any thread or signal handler may add one without a
 # lock (a race gives one site two ids, harmless). Capped, as the table keeps its
 # messages: past MAX_SITES sites (messages that vary per call), or for a message longer
