@@ -179,10 +179,10 @@ def _flat(fields: Dict[str, Any], site: int, record: logging.LogRecord, compact:
     if metadata is not None:
         if type(metadata) is not dict:
             return None
+        metadata = metadata.copy()  # first: another thread may change the caller's dict meanwhile
         for key, value in metadata.items():
             if type(value) not in _IMMUTABLE or type(key) is not str:
                 return None
-        metadata = metadata.copy()
     return [site, record.lineno, record.created, text_in, text_out, metadata]
 
 
