@@ -23,8 +23,8 @@ from tests.test_faults import Child, env_for, spooled  # noqa: E402
 
 
 def run(name: str, script: Optional[Callable[[PhosphoTestServer], Any]], n: int = 500, **options: Any) -> None:
-    local_dir = Path(tempfile.mkdtemp(prefix="phospho-faults-"))
-    with PhosphoTestServer() as server:
+    with tempfile.TemporaryDirectory(prefix="phospho-faults-") as tmp, PhosphoTestServer() as server:
+        local_dir = Path(tmp)
         url = server.url
         if script is None:
             server.stop()  # connection refused from here on
@@ -36,7 +36,7 @@ def run(name: str, script: Optional[Callable[[PhosphoTestServer], Any]], n: int 
             server.wait_for_requests(1, timeout=10)  # the worker is stuck in a request
         child.finish()
         delivered = {t["input"] for t in server.tasks}
-    kept = set(spooled(local_dir))
+        kept = set(spooled(local_dir))
     lost = n - len(delivered | kept)
     drops = child.report["stats"]["dropped"]
     print(f"| {name} | {child.exit_seconds:.2f} s | {len(delivered)} | {len(kept)} | {lost} (drops: {drops}) |")

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Deque, Dict, Optional, Set
+from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple
 
 from . import _capture, _diag, _lifecycle
 from ._config import Options
@@ -54,8 +54,11 @@ MAX_PATIENCE = 1.0
 #: the handlers queue the commonest record marshalled (one bytes object) rather than flat
 #: (``_item.plain_record``), which is cheaper for the worker but, for short text, takes
 #: up to twice the memory. While sending works, the worker drains a burst at its pace, and
-#: the flat form is what lets it drain sooner.
+#: the flat form is what lets it drain sooner; past ``COMPACT_ALWAYS_FROM`` (a backend
+#: that hangs keeps sending "known to work" until its first timeout), marshalled too.
+#: At about 400 bytes more a flat task, the flat part of a queue stays under 8 MB.
 COMPACT_FROM = 5_000
+COMPACT_ALWAYS_FROM = 20_000
 #: Reads of the counters ``stats()`` tries for a consistent set while the worker runs.
 STATS_TRIES = 10
 
@@ -207,7 +210,7 @@ class Engine(WorkerLoop):
                            "counted in stats()['dropped_by_reason']['queue_full']", self._max_queue)
             return
         if size >= COMPACT_FROM:
-            self.backlogged = not self.delivery.circuit.proven
+            self.backlogged = size >= COMPACT_ALWAYS_FROM or not self.delivery.circuit.proven
         elif self.backlogged:
             self.backlogged = False
         q.put(item)
@@ -496,22 +499,27 @@ class Engine(WorkerLoop):
             return True
         end = deadline + (EXIT_GRACE if stop.at_exit else 0.0)
         patience = min(MAX_PATIENCE, max(STUCK_AFTER, 0.25 * (deadline - time.monotonic())))
-        beats, since = self._beats, time.monotonic()
+        beats, since = self._progress(), time.monotonic()
         rescued = False
         while not stop.done.wait(max(0.0, min(WATCH_EVERY, end - time.monotonic()))):
             now = time.monotonic()
             if now >= end:
                 break
-            if self._beats != beats:  # slow, not stuck: the worker keeps the rest itself at the deadline
-                beats, since = self._beats, now
+            if self._progress() != beats:  # slow, not stuck: the worker keeps the rest itself at the deadline
+                beats, since = self._progress(), now
             elif now - since >= patience:
                 self._rescue(at_exit=stop.at_exit, until=end)
                 rescued = True
-                beats, since = self._beats, time.monotonic()
+                beats, since = self._progress(), time.monotonic()
         if rescued and not stop.at_exit:  # what was queued is settled: later tasks get the whole policy
             self._deadline = None
             self._stopping.clear()
         return stop.done.is_set()
+
+    def _progress(self) -> Tuple[int, int]:
+        """What changes while the worker makes progress: its beats, and the tasks it has
+        taken (a run of plain records counts those alone)."""
+        return self._beats, count_value(self.books.got)
 
     # -- statistics -------------------------------------------------------------------------
 

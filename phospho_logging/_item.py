@@ -167,15 +167,16 @@ def _flat(fields: Dict[str, Any], site: int, record: logging.LogRecord, compact:
     good as ``marshal``'s. With ``compact`` (the queue is a backlog), the list marshalled:
     one object, and any metadata (``marshal`` copies it deeply).
     """
-    text_in = fields["input"]
-    if type(text_in) is not str or len(fields) != 1 + ("output" in fields) + ("metadata" in fields):
-        return None
+    text_in, line, created = fields["input"], record.lineno, record.created
+    if (type(text_in) is not str or len(fields) != 1 + ("output" in fields) + ("metadata" in fields)
+            or type(line) is not int or type(created) is not float):
+        return None  # (a hand-made record's line or time may be any object: marshal copies it)
     text_out = fields.get("output")
     if text_out is not None and type(text_out) is not str:
         return None
     metadata = fields.get("metadata")
     if compact:
-        return _marshal_dumps([site, record.lineno, record.created, text_in, text_out, metadata])
+        return _marshal_dumps([site, line, created, text_in, text_out, metadata])
     if metadata is not None:
         if type(metadata) is not dict:
             return None
@@ -183,7 +184,7 @@ def _flat(fields: Dict[str, Any], site: int, record: logging.LogRecord, compact:
         for key, value in metadata.items():
             if type(value) not in _IMMUTABLE or type(key) is not str:
                 return None
-    return [site, record.lineno, record.created, text_in, text_out, metadata]
+    return [site, line, created, text_in, text_out, metadata]
 
 
 def _flat_parts(item: List[Any]) -> Tuple[Dict[str, Any], float, int, int]:

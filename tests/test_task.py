@@ -286,6 +286,17 @@ class TestSnapshot:
             assert {k: v for k, v in event["metadata"].items() if not k.startswith("log_")} == {
                 "model": "m1", "temperature": 0.2, "n": 3, "ok": True, "none": None}
 
+    def test_a_hand_made_line_or_time_is_copied_at_the_call(self) -> None:
+        """A record built by hand may carry a list as its line or an object as its time:
+        the commonest record's item copies them, as it copies the fields."""
+        lineno: list = [7]
+        record = logging.LogRecord("phospho.test", logging.INFO, "app.py", lineno, "answered", None, None,  # type: ignore[arg-type]
+                                   func="handler")
+        record.__dict__.update(input="q", output="a", metadata={"k": "v"})
+        item = plain_record(record)
+        lineno.append("changed")
+        assert build_event(snapshot_of(item))["metadata"]["log_line"] == [7]
+
     def test_the_worker_ships_the_value_at_the_call(self) -> None:
         """Through a handler, with the worker held in an export while the task waits on
         the queue: the caller's later changes to the metadata dict are not shipped."""
@@ -567,6 +578,45 @@ class TestCommonRecordPath:
         strip = re.compile(rb'^\{"task_id":"task_[0-9a-f]{32}"')
         assert [strip.sub(b"", e) for e in fast.json] == [strip.sub(b"", e) for e in general.json]
         assert [json.loads(e)["input"] for e in fast.json[-2:]] == [f"q{COMPACT_FROM + 198}", f"q{COMPACT_FROM + 199}"]
+
+    def test_a_long_run_of_records_is_progress_not_a_stuck_worker(self) -> None:
+        """A shutdown watches the worker and keeps what it holds if it takes nothing for a
+        while. A long run of records the worker takes one after another (here each one
+        through the general path: a NaN in its metadata) is progress: nothing is spooled."""
+        import threading
+
+        import phospho_logging
+
+        entered, release = threading.Event(), threading.Event()
+
+        class Gated(_Wire):
+            def export(self, events: Any, timeout: float) -> Any:
+                if any(b'"input":"held"' in e.json for e in events):
+                    entered.set()
+                    release.wait(30)
+                return super().export(events, timeout)
+
+        exporter = Gated()
+        n = 100_000
+        handler = phospho_logging.PhosphoHandler(exporter=exporter, api_key="k", project_id="p",
+                                                 max_batch_size=n, max_batch_bytes=50_000_000, max_queue_size=2 * n)
+        logger = logging.getLogger("phospho.test.long_run")
+        logger.propagate, logger.level = False, logging.INFO
+        logger.addHandler(handler)
+        try:
+            logger.info("held", extra={"input": "held"})
+            assert entered.wait(30)  # the worker waits in export(): the records below queue up
+            metadata = {"v": float("nan")}
+            for i in range(n):
+                logger.info("b", extra={"input": f"i{i}", "output": "o", "metadata": metadata})
+            release.set()
+            handler.engine.shutdown(timeout=3.0)
+            stats = handler.stats()
+        finally:
+            release.set()
+            logger.removeHandler(handler)
+            handler.close()
+        assert (stats["sent"], stats["spooled"], stats["dropped"]) == (n + 1, 0, 0)
 
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(
