@@ -343,7 +343,7 @@ class PlainEncoder:
         """The ``WireEvent`` of ``item``, or None (see the class docstring). Never raises."""
         try:
             if type(item) is list:
-                # The flat form (``_item._flat``): its types were checked on the caller's thread.
+                # The flat form (``_item.plain_record``): its types were checked on the caller's thread.
                 site, line, created, text_in, text_out, metadata = item
                 if type(line) is not int:
                     return None  # a hand-made record: 1.0 or True would find line 1's cached log fields
@@ -424,7 +424,7 @@ def _unpacked(item: Any) -> Optional[Tuple[Any, ...]]:
     if type(item) is bytes:
         # A numbered call site: its parts were checked when it was numbered.
         parts = _marshal_loads(item)
-        if type(parts) is list:  # a flat item marshalled, as a backlog queues it (``_item._flat``)
+        if type(parts) is list:  # a flat item marshalled, as a backlog queues it (``_item.plain_record``)
             site, line, created, text_in, text_out, metadata = parts
             if type(line) is not int:
                 return None

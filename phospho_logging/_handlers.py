@@ -208,7 +208,7 @@ class TaskIntake:
                 if _context_get() is None:
                     item = plain_record(record, engine.backlogged)
                     if item is not None:
-                        if record.thread in OWN_IO and made_by_own_io(record):
+                        if OWN_IO and record.thread in OWN_IO and made_by_own_io(record):
                             engine.ignore_own_io()
                             return False
                         engine.submit(item)

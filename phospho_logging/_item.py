@@ -1,7 +1,7 @@
 """What crosses the queue: a task as the caller's thread snapshotted it.
 
 ``Snapshot`` is the one item type, read by name everywhere. The two commonest calls put
-a compact form on the queue instead: a plain record is a flat list (``_flat``: its
+a compact form on the queue instead: a plain record is a flat list (its
 call-site number, line, time, input, output and metadata copy) when its fields allow, or
 one bytes object (that list marshalled, for a backlog; or its fields, time, line and
 call-site number marshalled; a tuple of the same parts when its call site has no
@@ -118,6 +118,14 @@ def plain_record(record: logging.LogRecord, compact: bool = False) -> Union[byte
     extras without per-record text functions, builtin types only (the caller checks there
     is no bound context and no text function of its own). The hot path of the handlers,
     kept short on purpose.
+
+    From a numbered call site, when the fields are only a ``str`` input, a ``str`` output
+    (or none) and a metadata dict of ``str`` keys and immutable scalars, the item is flat:
+    a list (call-site number, line, created, input, output, metadata copy), read by the
+    worker without unmarshalling. Strings cannot change, and a shallow copy of such a dict
+    is as good as ``marshal``'s. With ``compact`` (the queue is a backlog), that list
+    marshalled, any metadata (``marshal`` copies it deeply): one object. Any other fields,
+    or a hand-made record's line or time of another type: marshalled with the site number.
     """
     fields: Dict[str, Any] = {}
     try:
@@ -150,41 +158,28 @@ def plain_record(record: logging.LogRecord, compact: bool = False) -> Union[byte
         else:
             site = None
         if site is not None:
-            return _flat(fields, site, record, compact) or _marshal_dumps((fields, record.created, record.lineno, site))
+            # The flat item when the fields allow (inline: the hot path), else marshalled.
+            text_in, line, created = fields["input"], record.lineno, record.created
+            if type(text_in) is str and type(line) is int and type(created) is float and len(fields) <= 3:
+                text_out, metadata = fields.get("output"), fields.get("metadata")
+                if (text_out is None or type(text_out) is str) and (
+                        len(fields) == 1 + ("output" in fields) + ("metadata" in fields)):
+                    if compact:
+                        return _marshal_dumps([site, line, created, text_in, text_out, metadata])
+                    if metadata is None:
+                        return [site, line, created, text_in, text_out, None]
+                    if type(metadata) is dict:
+                        metadata = metadata.copy()  # first: another thread may change the caller's dict
+                        for key, value in metadata.items():
+                            if type(value) not in _IMMUTABLE or type(key) is not str:
+                                break
+                        else:
+                            return [site, line, created, text_in, text_out, metadata]
+            return _marshal_dumps((fields, record.created, record.lineno, site))
         frozen = _marshal_dumps(fields)
     except Exception:  # noqa: BLE001 - foreign types: the general path makes them JSON-safe
         return None
     return (frozen, record.created, name, level, msg, path, record.lineno, function)
-
-
-def _flat(fields: Dict[str, Any], site: int, record: logging.LogRecord, compact: bool) -> Union[List[Any], bytes, None]:
-    """The flat item of a numbered call site's fields when they are only a ``str`` input,
-    a ``str`` output (or none) and a metadata dict, or None for any other fields.
-
-    The item is a list (call-site number, line, created, input, output, metadata), read
-    by the worker without unmarshalling, when the metadata is made of ``str`` keys and
-    immutable scalars: strings cannot change, and a shallow copy of such a dict is then as
-    good as ``marshal``'s. With ``compact`` (the queue is a backlog), the list marshalled:
-    one object, and any metadata (``marshal`` copies it deeply).
-    """
-    text_in, line, created = fields["input"], record.lineno, record.created
-    if (type(text_in) is not str or len(fields) != 1 + ("output" in fields) + ("metadata" in fields)
-            or type(line) is not int or type(created) is not float):
-        return None  # (a hand-made record's line or time may be any object: marshal copies it)
-    text_out = fields.get("output")
-    if text_out is not None and type(text_out) is not str:
-        return None
-    metadata = fields.get("metadata")
-    if compact:
-        return _marshal_dumps([site, line, created, text_in, text_out, metadata])
-    if metadata is not None:
-        if type(metadata) is not dict:
-            return None
-        metadata = metadata.copy()  # first: another thread may change the caller's dict meanwhile
-        for key, value in metadata.items():
-            if type(value) not in _IMMUTABLE or type(key) is not str:
-                return None
-    return [site, line, created, text_in, text_out, metadata]
 
 
 def _flat_parts(item: List[Any]) -> Tuple[Dict[str, Any], float, int, int]:
