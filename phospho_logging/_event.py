@@ -342,15 +342,16 @@ class PlainEncoder:
     def encode(self, item: Any, max_field_chars: int, max_bytes: int) -> Optional[WireEvent]:
         """The ``WireEvent`` of ``item``, or None (see the class docstring). Never raises."""
         try:
+            loaded = type(item) is bytes
+            if loaded:
+                item = _marshal_loads(item)  # a flat list (a backlog's), or (fields, created, line, site)
             if type(item) is list:
                 # The flat form (``_item.plain_record``): its types were checked on the caller's thread.
                 site, line, created, text_in, text_out, metadata = item
-                if type(line) is not int:
-                    return None  # a hand-made record: 1.0 or True would find line 1's cached log fields
                 log_key: Tuple[Any, ...] = (site, line)
                 task_id = session_id = user_id = version_id = None
             else:
-                parts = _unpacked(item)
+                parts = _unpacked(item, loaded)
                 if parts is None:
                     return None
                 log_key, created, text_in, text_out, metadata, task_id, session_id, user_id, version_id = parts
@@ -417,21 +418,16 @@ class PlainEncoder:
         return log
 
 
-def _unpacked(item: Any) -> Optional[Tuple[Any, ...]]:
+def _unpacked(item: Any, loaded: bool) -> Optional[Tuple[Any, ...]]:
     """(log key, created, input, output, metadata, task id, session id, user id, version
-    id) of a marshalled plain record (``_item.plain_record``'s bytes or tuple form), or
-    None where they are not the plain encoder's types."""
-    if type(item) is bytes:
+    id) of a plain record whose fields are marshalled (``_item.plain_record``'s bytes
+    form, ``loaded`` already, or its tuple form), or None where they are not the plain
+    encoder's types."""
+    if loaded:
         # A numbered call site: its parts were checked when it was numbered.
-        parts = _marshal_loads(item)
-        if type(parts) is list:  # a flat item marshalled, as a backlog queues it (``_item.plain_record``)
-            site, line, created, text_in, text_out, metadata = parts
-            if type(line) is not int:
-                return None
-            return (site, line), created, text_in, text_out, metadata, None, None, None, None
-        fields, created, line, site = parts
+        fields, created, line, site = item
         if type(line) is not int:
-            return None  # as in PlainEncoder.encode
+            return None  # a hand-made record: 1.0 or True would find line 1's cached log fields
         log_key: Tuple[Any, ...] = (site, line)
     else:
         record = record_form(item)
